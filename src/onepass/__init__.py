@@ -1,0 +1,1 @@
+"""onepass: one-pass hyperparameter tuning by implicit differentiation."""
