@@ -1,0 +1,556 @@
+"""The tuner: weight updates every step, a hyperparameter update every window.
+
+Used in a practitioner's own loop::
+
+    tuner = Tuner(model, torch.nn.functional.mse_loss,
+                  hyperparameters=dict(lr=1e-3, momentum=0.5, weight_decay=1e-5))
+    for x, y in batches:
+        tuner.step((x, y), val_batch=lambda: next(val_batches))
+
+Weight updates take the module's parameters in place (the fast path: one
+``torch.autograd.grad`` and a no-grad update).  The step that closes each
+window of ``update_interval`` updates also computes a hypergradient with the
+chosen ``method``:
+
+* ``"neumann"`` — the paper's implicit-function-theorem estimate with
+  ``neumann_terms`` terms through the most recent update ("Ours"; with
+  ``tune=("weight_decay",)`` it is Lorraine et al.);
+* ``"unroll"`` — exact differentiation through the last ``unroll_steps``
+  updates of the window (Diff-through-Opt);
+* ``"baydin"`` — hypergradient descent on the training loss, every step.
+
+and takes one step of the hyper-optimiser on the raw hyperparameters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from . import hyperparameters as hp
+from .hypergradients import implicit_hypergradient
+from .rules import UpdateRule, get_rule
+
+METHODS = ("neumann", "unroll", "baydin")
+HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or hypergradient was NaN or infinite; nothing was updated.
+
+    Attributes:
+        quantity: ``"training loss"``, ``"validation loss"`` or ``"hypergradient"``.
+        step: the 1-based index of the weight update that was refused.
+    """
+
+    def __init__(self, quantity: str, step: int):
+        super().__init__(f"non-finite {quantity} at update {step}; weights and hyperparameters "
+                         "were left as they were")
+        self.quantity = quantity
+        self.step = step
+
+
+@dataclass
+class StepResult:
+    """What one call of :meth:`Tuner.step` computed (tensors, not synchronised).
+
+    Attributes:
+        loss: training loss at the weights before the update.
+        val_loss: validation loss at the new weights, on steps that updated
+            the hyperparameters with a validation batch, else ``None``.
+        hypergradient: raw-space hypergradient per tuned name, when one was taken.
+    """
+
+    loss: Tensor
+    val_loss: Tensor | None = None
+    hypergradient: dict[str, list[Tensor]] | None = None
+
+
+def default_batch_loss(loss_fn: Callable) -> Callable:
+    """``batch = (inputs, targets)`` ↦ ``loss_fn(forward(inputs), targets)``."""
+    def batch_loss(forward, batch):
+        inputs, targets = batch
+        return loss_fn(forward(inputs), targets)
+    return batch_loss
+
+
+class Tuner:
+    """Trains ``model`` and tunes its optimiser's hyperparameters in the same pass.
+
+    Args:
+        model: any ``nn.Module``.
+        loss_fn: ``loss_fn(model(inputs), targets) -> scalar`` for batches
+            ``(inputs, targets)``. Give ``batch_loss`` instead for other batches.
+        params: the parameters to train: an iterable of tensors or of
+            ``torch.optim``-style groups (dicts with ``"params"`` and optional
+            hyperparameter values). Default: every parameter that requires grad.
+        rule: ``"sgd"``, ``"sgd_nesterov"``, ``"adam"``, ``"adamw"`` or an
+            :class:`~onepass.core.rules.UpdateRule`.
+        hyperparameters: initial values in natural units; missing ones take the
+            rule's defaults.
+        tune: names to tune. Default: every name given in ``hyperparameters``.
+            ``()`` trains with fixed hyperparameters.
+        granularity: per name, ``"scalar"`` (one value), ``"group"`` (one per
+            parameter group), ``"tensor"`` (one per parameter tensor) or
+            ``"weight"`` (one per weight). Default ``"scalar"``, or ``"group"``
+            when groups give different values.
+        method: ``"neumann"``, ``"unroll"`` or ``"baydin"`` (see module docs).
+        neumann_terms: ``K`` for ``"neumann"``.
+        unroll_steps: updates differentiated through by ``"unroll"``.
+        update_interval: weight updates per hyperparameter update (``"baydin"``
+            updates every step).
+        hyper_optimizer: ``"adam"`` or ``"sgd"`` (default ``"sgd"`` for Baydin,
+            else ``"adam"``), with learning rate ``hyper_lr`` (default 0.001 for
+            Baydin, else 0.05).
+        lr_bounds: the learning rate is clipped to this range after each
+            hyperparameter update.
+        batch_loss: ``batch_loss(forward, batch) -> scalar`` where ``forward``
+            calls the model (with the weights being differentiated).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable | None = None,
+        *,
+        params: Iterable | None = None,
+        rule: str | UpdateRule = "sgd",
+        hyperparameters: Mapping[str, float] | None = None,
+        tune: Sequence[str] | None = None,
+        granularity: Mapping[str, str] | None = None,
+        method: str = "neumann",
+        neumann_terms: int = 5,
+        unroll_steps: int = 5,
+        update_interval: int = 10,
+        hyper_optimizer: str | None = None,
+        hyper_lr: float | None = None,
+        lr_bounds: tuple[float, float] = (1e-10, 1.0),
+        batch_loss: Callable | None = None,
+    ):
+        self.model = model
+        self.rule = get_rule(rule)
+        if (loss_fn is None) == (batch_loss is None):
+            raise ValueError("give exactly one of loss_fn (for (inputs, targets) batches) or batch_loss")
+        self._batch_loss = batch_loss or default_batch_loss(loss_fn)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}{hp.closest(method, METHODS)} "
+                             f"(choose one of {', '.join(METHODS)})")
+        _check_int("update_interval", update_interval, 1)
+        _check_int("neumann_terms", neumann_terms, 1)
+        _check_int("unroll_steps", unroll_steps, 1)
+        if method == "unroll" and unroll_steps > update_interval:
+            raise ValueError(f"unroll_steps={unroll_steps} exceeds update_interval={update_interval}")
+        if not 0 < lr_bounds[0] < lr_bounds[1]:
+            raise ValueError(f"lr_bounds must satisfy 0 < low < high, got {lr_bounds}")
+        self.method = method
+        self.neumann_terms = neumann_terms
+        self.unroll_steps = unroll_steps
+        self.update_interval = 1 if method == "baydin" else update_interval
+        self.lr_bounds = tuple(lr_bounds)
+
+        groups = _parameter_groups(model, params)
+        self._params: list[nn.Parameter] = [p for group, _ in groups for p in group]
+        names = {id(p): n for n, p in model.named_parameters()}
+        missing = [i for i, p in enumerate(self._params) if id(p) not in names]
+        if missing:
+            raise ValueError("every tuned parameter must belong to the model")
+        self._names = [names[id(p)] for p in self._params]
+        self._buffer_names = [n for n, _ in model.named_buffers()]
+        like = self._params[0]
+
+        values = dict(self.rule.defaults)
+        for name, value in (hyperparameters or {}).items():
+            self._check_name(name)
+            values[name] = float(value)
+        tune = tuple(hyperparameters or {}) if tune is None else tuple(tune)
+        for name in tune:
+            self._check_name(name)
+        if method == "baydin" and set(tune) - {"lr"}:
+            raise ValueError(f"Baydin's hypergradient descent tunes only lr, not {sorted(set(tune) - {'lr'})}")
+        for group, overrides in groups:
+            for name in overrides:
+                self._check_name(name)
+        granularity = dict(granularity or {})
+        for name, kind in granularity.items():
+            self._check_name(name)
+            if kind not in hp.GRANULARITIES:
+                raise ValueError(f"unknown granularity {kind!r} for {name}; choose one of "
+                                 f"{', '.join(hp.GRANULARITIES)}")
+
+        # Each hyperparameter lives in slots; weight tensor i reads slot _slot_of[name][i].
+        self.granularity: dict[str, str] = {}
+        self._slot_of: dict[str, list[int]] = {}
+        self._raw: dict[str, list[Tensor]] = {}      # tuned: leaves in transformed space
+        self._fixed: dict[str, list[Tensor]] = {}    # fixed: natural values
+        for name in self.rule.hyperparameter_names:
+            per_group = [float(overrides.get(name, values[name])) for _, overrides in groups]
+            kind = granularity.get(name, "scalar" if len(set(per_group)) == 1 else "group")
+            if kind == "scalar" and len(set(per_group)) > 1:
+                raise ValueError(f"{name} differs between parameter groups, so it cannot be scalar")
+            if kind == "weight" and name not in tune:
+                kind = "tensor"
+            self.granularity[name] = kind
+            group_of = [g for g, (group, _) in enumerate(groups) for _ in group]
+            slot_of, slot_values, shapes = [], [], []
+            for i, p in enumerate(self._params):
+                if kind == "scalar":
+                    slot = 0
+                elif kind == "group":
+                    slot = group_of[i]
+                else:
+                    slot = i
+                slot_of.append(slot)
+                if slot == len(slot_values):
+                    slot_values.append(per_group[group_of[i]])
+                    shapes.append(p.shape if kind == "weight" else ())
+            self._slot_of[name] = slot_of
+            natural = [torch.full(shape, v, dtype=like.dtype, device=like.device)
+                       for shape, v in zip(shapes, slot_values)]
+            if name in tune:
+                for v in slot_values:
+                    hp.check_tunable(name, v)
+                self._raw[name] = [hp.to_raw(name, t).requires_grad_() for t in natural]
+            else:
+                self._fixed[name] = natural
+        self.tuned = tuple(n for n in self.rule.hyperparameter_names if n in self._raw)
+
+        leaves = self._raw_leaves()
+        self._hyper_optimizer = None
+        if leaves:
+            kind = hyper_optimizer or ("sgd" if method == "baydin" else "adam")
+            if kind not in HYPER_OPTIMIZERS:
+                raise ValueError(f"unknown hyper_optimizer {kind!r}; choose one of {', '.join(HYPER_OPTIMIZERS)}")
+            lr = hyper_lr if hyper_lr is not None else (0.001 if method == "baydin" else 0.05)
+            self._hyper_optimizer = HYPER_OPTIMIZERS[kind](leaves, lr=lr)
+
+        with torch.no_grad():
+            self.state = self.rule.init(tuple(self._params))
+        self.steps_taken = 0
+        self._hyper_cache: dict | None = None
+        self._unroll: tuple | None = None          # (weights, state) with graph, inside an unroll
+        self._previous_update: tuple | None = None  # Baydin: inputs of the last update
+        self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
+        self._input_shapes: list | None = None
+
+    # ----------------------------------------------------------------- public
+
+    def step(self, batch: Any, val_batch: Any = None) -> StepResult:
+        """Take one weight update on ``batch``; on the last update of a window,
+        also one hyperparameter update using ``val_batch``.
+
+        ``val_batch`` may be a batch or a zero-argument callable returning one
+        (it is only called when needed). Raises :class:`NonFiniteError`, with
+        nothing changed, if a loss or hypergradient is not finite.
+        """
+        step = self.steps_taken + 1
+        position = (step - 1) % self.update_interval + 1
+        closes_window = bool(self.tuned) and position == self.update_interval
+        self._remember_input_shapes(batch)
+        if closes_window and self.method != "baydin":
+            val_batch = val_batch() if callable(val_batch) else val_batch
+            if val_batch is None:
+                raise ValueError(f"update {step} closes a window of update_interval="
+                                 f"{self.update_interval}: pass a validation batch")
+            self._check_val_batch(val_batch)
+        if not self.tuned:
+            result = self._plain_step(batch, step)
+        elif self.method == "neumann":
+            result = self._neumann_step(batch, val_batch, step) if closes_window else self._plain_step(batch, step)
+        elif self.method == "unroll":
+            if position > self.update_interval - self.unroll_steps:
+                result = self._unrolled_step(batch, val_batch if closes_window else None, step,
+                                             first=position == self.update_interval - self.unroll_steps + 1)
+            else:
+                result = self._plain_step(batch, step)
+        else:
+            result = self._baydin_step(batch, step)
+        self.steps_taken = step
+        return result
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        """The trained parameter tensors, in the order of the rule's tuples."""
+        return list(self._params)
+
+    @property
+    def hyperparameters(self) -> dict[str, float | list]:
+        """Current values in natural units: a float for a scalar, a list of
+        floats per group or tensor, a list of tensors for per-weight values."""
+        out = {}
+        with torch.no_grad():
+            for name in self.rule.hyperparameter_names:
+                values = self._natural_slots(name)
+                kind = self.granularity[name]
+                if kind == "scalar":
+                    out[name] = values[0].item()
+                elif kind == "weight":
+                    out[name] = [v.clone() for v in values]
+                else:
+                    out[name] = [v.item() for v in values]
+        return out
+
+    def set_hyperparameters(self, **values: float) -> None:
+        """Overwrite hyperparameters (natural units, one value for every slot)."""
+        for name, value in values.items():
+            self._check_name(name)
+            with torch.no_grad():
+                if name in self._raw:
+                    hp.check_tunable(name, float(value))
+                    raw = hp.to_raw(name, torch.tensor(float(value), dtype=torch.float64))
+                    for leaf in self._raw[name]:
+                        leaf.fill_(raw.item())
+                else:
+                    for t in self._fixed[name]:
+                        t.fill_(float(value))
+        self._clip()
+        self._hyper_cache = None
+
+    def state_dict(self) -> dict:
+        """Everything but the model's own tensors needed to resume exactly
+        (save ``model.state_dict()`` beside it)."""
+        if self._unroll is not None:
+            raise RuntimeError("cannot checkpoint in the middle of an unrolled window; "
+                               "save after an update whose index is a multiple of update_interval")
+        return {
+            "steps_taken": self.steps_taken,
+            "rule_state": _clone(self.state),
+            "raw": {k: [t.detach().clone() for t in v] for k, v in self._raw.items()},
+            "fixed": {k: [t.clone() for t in v] for k, v in self._fixed.items()},
+            "hyper_optimizer": self._hyper_optimizer.state_dict() if self._hyper_optimizer else None,
+            "previous_update": _clone(self._previous_update),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore a :meth:`state_dict` of a tuner built with the same arguments."""
+        if set(state.get("raw", {})) != set(self._raw):
+            raise ValueError(f"checkpoint tunes {sorted(state.get('raw', {}))} but this tuner tunes "
+                             f"{sorted(self._raw)}")
+        with torch.no_grad():
+            for store, key in ((self._raw, "raw"), (self._fixed, "fixed")):
+                for name, tensors in store.items():
+                    for t, saved in zip(tensors, state[key][name]):
+                        t.copy_(saved)
+        self.state = _clone(state["rule_state"])
+        if self._hyper_optimizer is not None:
+            self._hyper_optimizer.load_state_dict(state["hyper_optimizer"])
+        self.steps_taken = int(state["steps_taken"])
+        self._previous_update = _clone(state["previous_update"])
+        self._previous_output = None
+        self._unroll = None
+        self._hyper_cache = None
+
+    # ------------------------------------------------------- the four steps
+
+    def _plain_step(self, batch, step: int) -> StepResult:
+        loss = self._batch_loss(self.model, batch)
+        grads = torch.autograd.grad(loss, self._params)
+        _check_finite(loss, "training loss", step)
+        with torch.no_grad():
+            new_weights, new_state = self.rule.update(tuple(self._params), self.state, grads, self._hyper())
+        self._commit(new_weights, new_state)
+        return StepResult(loss.detach())
+
+    def _neumann_step(self, batch, val_batch, step: int) -> StepResult:
+        # w_t = u(w_{t-1}, λ) with the graph kept: the Hessian enters through Jᵀ s.
+        weights = tuple(self._params)
+        loss = self._batch_loss(self.model, batch)
+        _check_finite(loss, "training loss", step)
+        grads = torch.autograd.grad(loss, weights, create_graph=True)
+        leaves = self._raw_leaves()
+        new_weights, new_state = self.rule.update(weights, self.state, grads, self._hyper(graph=True))
+        # v = ∂L_V/∂w at w_t.
+        at_new = [w.detach().requires_grad_() for w in new_weights]
+        val_loss = self._batch_loss(self._forward_with(at_new, keep_buffers=True), val_batch)
+        _check_finite(val_loss, "validation loss", step)
+        v = torch.autograd.grad(val_loss, at_new)
+        hypergradient = implicit_hypergradient(
+            lambda s: torch.autograd.grad(new_weights, weights, s, retain_graph=True),
+            lambda p: torch.autograd.grad(new_weights, leaves, p, allow_unused=True),
+            v, self.neumann_terms)
+        hypergradient = self._check_hypergradient(hypergradient, step)
+        self._commit(new_weights, new_state)
+        return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
+
+    def _unrolled_step(self, batch, val_batch, step: int, first: bool) -> StepResult:
+        if first or self._unroll is None:
+            weights, state = tuple(p.detach().requires_grad_() for p in self._params), self.state
+        else:
+            weights, state = self._unroll
+        loss = self._batch_loss(self._forward_with(weights), batch)
+        _check_finite(loss, "training loss", step)
+        grads = torch.autograd.grad(loss, weights, create_graph=not first)
+        new_weights, new_state = self.rule.update(weights, state, grads, self._hyper(graph=True))
+        if val_batch is None:
+            self._commit(new_weights, new_state)
+            self._unroll = (new_weights, new_state)
+            return StepResult(loss.detach())
+        val_loss = self._batch_loss(self._forward_with(new_weights, keep_buffers=True), val_batch)
+        _check_finite(val_loss, "validation loss", step)
+        hypergradient = torch.autograd.grad(val_loss, self._raw_leaves(), allow_unused=True)
+        hypergradient = self._check_hypergradient(hypergradient, step)
+        self._commit(new_weights, new_state)
+        self._unroll = None
+        return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
+
+    def _baydin_step(self, batch, step: int) -> StepResult:
+        loss = self._batch_loss(self.model, batch)
+        grads = torch.autograd.grad(loss, self._params)
+        _check_finite(loss, "training loss", step)
+        applied = None
+        if self._previous_update is not None:
+            # ∂L_T(w_t)/∂λ = ∇L_T(w_t) · ∂u(w_{t-1}, λ)/∂λ through the previous update.
+            output = self._previous_output or self.rule.update(
+                *self._previous_update, self._hyper(graph=True))[0]
+            hypergradient = torch.autograd.grad(output, self._raw_leaves(), grads, allow_unused=True)
+            applied = self._apply_hypergradient(self._check_hypergradient(hypergradient, step))
+        inputs = (tuple(p.detach() for p in self._params), self.state, grads)
+        new_weights, new_state = self.rule.update(*inputs, self._hyper(graph=True))
+        self._commit(new_weights, new_state)
+        self._previous_update, self._previous_output = inputs, new_weights
+        return StepResult(loss.detach(), None, applied)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_name(self, name: str) -> None:
+        if name not in hp.TRANSFORMS:
+            raise ValueError(f"unknown hyperparameter {name!r}{hp.closest(name, hp.TRANSFORMS)}")
+        if name not in self.rule.defaults:
+            raise ValueError(f"update rule {self.rule.name!r} has no hyperparameter {name!r} "
+                             f"(it has {', '.join(self.rule.hyperparameter_names)})")
+
+    def _raw_leaves(self) -> list[Tensor]:
+        return [leaf for name in self.tuned for leaf in self._raw[name]]
+
+    def _natural_slots(self, name: str) -> list[Tensor]:
+        if name in self._raw:
+            return [hp.to_natural(name, r) for r in self._raw[name]]
+        return self._fixed[name]
+
+    def _hyper(self, graph: bool = False) -> dict:
+        """The rule's ``hyper`` mapping; with ``graph`` it is differentiable in λ."""
+        if not graph and self._hyper_cache is not None:
+            return self._hyper_cache
+        hyper = {}
+        with torch.set_grad_enabled(graph):
+            for name in self.rule.hyperparameter_names:
+                if name in self._fixed and name in ("momentum", "weight_decay") and \
+                        all(not t.any() for t in self._fixed[name]):
+                    continue  # exactly zero: the rule skips the term, as torch.optim does
+                slots = self._natural_slots(name)
+                hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self._slot_of[name])
+        if not graph:
+            self._hyper_cache = hyper
+        return hyper
+
+    def _forward_with(self, weights: Sequence[Tensor], keep_buffers: bool = False) -> Callable:
+        """Call the model with ``weights`` in place of its parameters. With
+        ``keep_buffers`` its running statistics are left untouched."""
+        tensors = dict(zip(self._names, weights))
+        if keep_buffers and self._buffer_names:
+            buffers = dict(self.model.named_buffers())
+            tensors.update({n: buffers[n].clone() for n in self._buffer_names})
+
+        def forward(*args, **kwargs):
+            return functional_call(self.model, tensors, args, kwargs)
+        return forward
+
+    def _commit(self, new_weights, new_state) -> None:
+        # Swap storage instead of writing in place: graphs that saved the old
+        # weights (Baydin, unrolling) stay valid.
+        for p, w in zip(self._params, new_weights):
+            p.data = w.detach()
+        self.state = _detach(new_state)
+
+    def _check_hypergradient(self, hypergradient, step: int) -> list[Tensor]:
+        leaves = self._raw_leaves()
+        hypergradient = [torch.zeros_like(l) if g is None else g for l, g in zip(leaves, hypergradient)]
+        if not all(torch.isfinite(g).all() for g in hypergradient):
+            raise NonFiniteError("hypergradient", step)
+        return hypergradient
+
+    def _apply_hypergradient(self, hypergradient: list[Tensor]) -> dict[str, list[Tensor]]:
+        for leaf, g in zip(self._raw_leaves(), hypergradient):
+            leaf.grad = g
+        self._hyper_optimizer.step()
+        self._clip()
+        self._hyper_cache = None
+        out, i = {}, 0
+        for name in self.tuned:
+            n = len(self._raw[name])
+            out[name] = hypergradient[i:i + n]
+            i += n
+        return out
+
+    def _clip(self) -> None:
+        if "lr" in self._raw:
+            low, high = (math.log10(b) for b in self.lr_bounds)
+            with torch.no_grad():
+                for leaf in self._raw["lr"]:
+                    leaf.clamp_(low, high)
+
+    def _remember_input_shapes(self, batch) -> None:
+        if self._input_shapes is None and isinstance(batch, (tuple, list)):
+            self._input_shapes = [t.shape[1:] if isinstance(t, Tensor) else None for t in batch]
+
+    def _check_val_batch(self, val_batch) -> None:
+        if self._input_shapes is None or not isinstance(val_batch, (tuple, list)):
+            return
+        if len(val_batch) != len(self._input_shapes):
+            raise ValueError(f"validation batch has {len(val_batch)} parts but training batches have "
+                             f"{len(self._input_shapes)}")
+        for k, (t, shape) in enumerate(zip(val_batch, self._input_shapes)):
+            if shape is not None and (not isinstance(t, Tensor) or t.shape[1:] != shape):
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"validation batch part {k} has shape {got}, but training batches have "
+                                 f"shape (batch, {', '.join(map(str, shape))})")
+
+
+def _parameter_groups(model: nn.Module, params) -> list[tuple[list[nn.Parameter], dict]]:
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params)
+    if not params:
+        raise ValueError("no parameters to train")
+    if not isinstance(params[0], dict):
+        return [(params, {})]
+    groups = []
+    for group in params:
+        group = dict(group)
+        tensors = group.pop("params")
+        tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+        groups.append((tensors, group))
+    return groups
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def _check_finite(value: Tensor, quantity: str, step: int) -> None:
+    if not torch.isfinite(value):
+        raise NonFiniteError(quantity, step)
+
+
+def _detach(tree):
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, dict):
+        return {k: _detach(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_detach(v) for v in tree)
+    return tree
+
+
+def _clone(tree):
+    if isinstance(tree, Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_clone(v) for v in tree)
+    return tree
