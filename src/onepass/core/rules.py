@@ -18,7 +18,9 @@ that a rule and its ``torch.optim`` twin agree step by step.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence, Union
 
 import torch
@@ -37,13 +39,20 @@ def _at(value: HyperValue, index: int) -> Tensor:
 
 @dataclass(frozen=True)
 class UpdateRule:
-    """A named weight-update rule with its hyperparameters and their defaults."""
+    """A named weight-update rule with its hyperparameters and their defaults.
+
+    ``update_in_place(weights, state, grads, hyper) -> state`` is an optional
+    fast twin of ``update`` for steps that are not differentiated: it writes
+    the weights (and the state's tensors) in place with ``torch._foreach_*``
+    kernels, as ``torch.optim`` does. Its ``hyper`` values are Python floats or
+    one tensor per weight tensor. The tests hold the two to the same numbers.
+    """
 
     name: str
     defaults: Mapping[str, float]
     init: Callable[[Weights], State]
     update: Callable[..., tuple[Weights, State]]
-    options: Mapping[str, object] = field(default_factory=dict)
+    update_in_place: Callable[..., State] | None = None
 
     @property
     def hyperparameter_names(self) -> tuple[str, ...]:
@@ -79,6 +88,43 @@ def sgd_update(weights: Weights, state: State, grads: Weights, hyper: Hyper,
         new_weights.append(w - _at(lr, i) * direction)
         new_buffers.append(b)
     return tuple(new_weights), {"momentum_buffer": tuple(new_buffers)}
+
+
+def _scaled(tensors, factor):
+    if isinstance(factor, float):
+        return torch._foreach_mul(tensors, factor)
+    return torch._foreach_mul(tensors, list(factor))
+
+
+def _add_scaled(tensors, others, factor):
+    """``tensors + factor * others``, new tensors."""
+    if isinstance(factor, float):
+        return torch._foreach_add(tensors, others, alpha=factor)
+    return torch._foreach_add(tensors, _scaled(others, factor))
+
+
+def sgd_update_in_place(weights, state, grads, hyper, *, nesterov: bool = False) -> State:
+    """:func:`sgd_update`, writing the weights and momentum buffers in place."""
+    lr, momentum = hyper["lr"], hyper.get("momentum")
+    weight_decay = hyper.get("weight_decay")
+    weights, grads = list(weights), list(grads)
+    if weight_decay is not None:
+        grads = _add_scaled(grads, weights, weight_decay)
+    if momentum is None:
+        buffers = direction = grads
+    else:
+        buffers = list(state["momentum_buffer"])
+        if isinstance(momentum, float):
+            torch._foreach_mul_(buffers, momentum)
+        else:
+            torch._foreach_mul_(buffers, list(momentum))
+        torch._foreach_add_(buffers, grads)
+        direction = _add_scaled(grads, buffers, momentum) if nesterov else buffers
+    if isinstance(lr, float):
+        torch._foreach_add_(weights, direction, alpha=-lr)
+    else:
+        torch._foreach_sub_(weights, _scaled(direction, lr))
+    return {"momentum_buffer": tuple(buffers)}
 
 
 # --- Adam / AdamW ------------------------------------------------------------
@@ -122,22 +168,61 @@ def adam_update(weights: Weights, state: State, grads: Weights, hyper: Hyper,
     return tuple(new_weights), {"step": step, "exp_avg": tuple(new_m), "exp_avg_sq": tuple(new_v)}
 
 
+def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = False) -> State:
+    """:func:`adam_update`, in place; hyperparameters must be Python floats."""
+    lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
+    if not all(isinstance(v, float) for v in hyper.values()):
+        new_weights, new_state = adam_update(weights, state, grads, hyper, decoupled=decoupled)
+        torch._foreach_copy_(list(weights), list(new_weights))
+        return new_state
+    weight_decay = hyper.get("weight_decay")
+    weights, grads = list(weights), list(grads)
+    step = state["step"] + 1
+    t = float(step)
+    if weight_decay is not None:
+        if decoupled:
+            torch._foreach_mul_(weights, 1 - lr * weight_decay)
+        else:
+            grads = torch._foreach_add(grads, weights, alpha=weight_decay)
+    exp_avg, exp_avg_sq = list(state["exp_avg"]), list(state["exp_avg_sq"])
+    torch._foreach_mul_(exp_avg, beta1)
+    torch._foreach_add_(exp_avg, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sq)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(weights, exp_avg, denom, -lr / (1 - beta1 ** t))
+    return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}
+
+
 def _adamw_update(weights, state, grads, hyper):
     return adam_update(weights, state, grads, hyper, decoupled=True)
+
+
+def _adamw_update_in_place(weights, state, grads, hyper):
+    return adam_update_in_place(weights, state, grads, hyper, decoupled=True)
 
 
 def _sgd_nesterov_update(weights, state, grads, hyper):
     return sgd_update(weights, state, grads, hyper, nesterov=True)
 
 
+def _sgd_nesterov_update_in_place(weights, state, grads, hyper):
+    return sgd_update_in_place(weights, state, grads, hyper, nesterov=True)
+
+
+_SGD_DEFAULTS = {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}
 _ADAM_DEFAULTS = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 
 RULES: dict[str, UpdateRule] = {
-    "sgd": UpdateRule("sgd", {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}, sgd_init, sgd_update),
-    "sgd_nesterov": UpdateRule("sgd_nesterov", {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0},
-                               sgd_init, _sgd_nesterov_update),
-    "adam": UpdateRule("adam", {**_ADAM_DEFAULTS, "weight_decay": 0.0}, adam_init, adam_update),
-    "adamw": UpdateRule("adamw", {**_ADAM_DEFAULTS, "weight_decay": 1e-2}, adam_init, _adamw_update),
+    "sgd": UpdateRule("sgd", _SGD_DEFAULTS, sgd_init, sgd_update, sgd_update_in_place),
+    "sgd_nesterov": UpdateRule("sgd_nesterov", _SGD_DEFAULTS, sgd_init, _sgd_nesterov_update,
+                               _sgd_nesterov_update_in_place),
+    "adam": UpdateRule("adam", {**_ADAM_DEFAULTS, "weight_decay": 0.0}, adam_init, adam_update,
+                       adam_update_in_place),
+    "adamw": UpdateRule("adamw", {**_ADAM_DEFAULTS, "weight_decay": 1e-2}, adam_init, _adamw_update,
+                        _adamw_update_in_place),
 }
 
 

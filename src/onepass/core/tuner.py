@@ -231,6 +231,7 @@ class Tuner:
             self.state = self.rule.init(tuple(self._params))
         self.steps_taken = 0
         self._hyper_cache: dict | None = None
+        self._hyper_floats: dict | None = None
         self._unroll: tuple | None = None          # (weights, state) with graph, inside an unroll
         self._previous_update: tuple | None = None  # Baydin: inputs of the last update
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
@@ -307,7 +308,7 @@ class Tuner:
                     for t in self._fixed[name]:
                         t.fill_(float(value))
         self._clip()
-        self._hyper_cache = None
+        self._invalidate_hyper()
 
     def state_dict(self) -> dict:
         """Everything but the model's own tensors needed to resume exactly
@@ -341,7 +342,7 @@ class Tuner:
         self._previous_update = _clone(state["previous_update"])
         self._previous_output = None
         self._unroll = None
-        self._hyper_cache = None
+        self._invalidate_hyper()
 
     # ------------------------------------------------------- the four steps
 
@@ -350,8 +351,11 @@ class Tuner:
         grads = torch.autograd.grad(loss, self._params)
         _check_finite(loss, "training loss", step)
         with torch.no_grad():
-            new_weights, new_state = self.rule.update(tuple(self._params), self.state, grads, self._hyper())
-        self._commit(new_weights, new_state)
+            if self.rule.update_in_place is not None:
+                self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
+                                                       self._hyper_in_place())
+            else:
+                self._commit(*self.rule.update(tuple(self._params), self.state, grads, self._hyper()))
         return StepResult(loss.detach())
 
     def _neumann_step(self, batch, val_batch, step: int) -> StepResult:
@@ -446,6 +450,13 @@ class Tuner:
             self._hyper_cache = hyper
         return hyper
 
+    def _hyper_in_place(self) -> dict:
+        """:meth:`_hyper` with scalars as Python floats, for ``update_in_place``."""
+        if self._hyper_floats is None:
+            self._hyper_floats = {name: value.item() if isinstance(value, Tensor) else value
+                                  for name, value in self._hyper().items()}
+        return self._hyper_floats
+
     def _forward_with(self, weights: Sequence[Tensor], keep_buffers: bool = False) -> Callable:
         """Call the model with ``weights`` in place of its parameters. With
         ``keep_buffers`` its running statistics are left untouched."""
@@ -477,13 +488,16 @@ class Tuner:
             leaf.grad = g
         self._hyper_optimizer.step()
         self._clip()
-        self._hyper_cache = None
+        self._invalidate_hyper()
         out, i = {}, 0
         for name in self.tuned:
             n = len(self._raw[name])
             out[name] = hypergradient[i:i + n]
             i += n
         return out
+
+    def _invalidate_hyper(self) -> None:
+        self._hyper_cache = self._hyper_floats = None
 
     def _clip(self) -> None:
         if "lr" in self._raw:

@@ -1,0 +1,533 @@
+"""Run configurations: a schema, layered YAML loading, ``--set`` overrides.
+
+A run is described by one nested mapping in natural units (the values a
+researcher reads in the paper, e.g. ``lr: 0.001``), built from layers::
+
+    config = load_config(["uci_energy", "ours_lr_momentum"],
+                         overrides=["hyperparameters.lr=0.01"], random_init=3)
+
+Later layers override earlier ones key by key. Every layer is checked on load:
+an unknown key, a value of the wrong type or an impossible value raises
+:class:`ConfigError` naming the key and the file it came from (with a "did you
+mean" suggestion for misspelt keys). The result of :func:`load_config` and
+:func:`resolve_config` is a plain dict with every default filled in; it is what
+a run folder's ``config.yaml`` holds and what :func:`onepass.experiment.run.
+run_training` takes.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+from onepass.data.uci import UCI_DATASETS
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""The folder of the shipped config files (``src/onepass/configs``)."""
+
+ALGORITHMS = ("random", "random_stepped_lr", "random_validation", "random_training_set_only",
+              "lorraine", "baydin", "ours_lr", "ours_lr_momentum", "ours_hdlr_momentum",
+              "diff_through_opt")
+"""Names of the shipped algorithm configs (``configs/<name>.yaml``)."""
+
+DATASETS = tuple(f"uci_{name}" for name in UCI_DATASETS)
+"""Names of the shipped dataset configs (``configs/<name>.yaml``)."""
+
+METHODS = ("none", "neumann", "unroll", "baydin")
+TUNABLE = ("lr", "momentum", "weight_decay")
+LR_CLIP = (1e-10, 1.0)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key and its source."""
+
+
+# ------------------------------------------------------------------ schema
+
+@dataclass(frozen=True)
+class Field:
+    """One config value: its type, default, and the checks it must pass.
+
+    ``kind`` is one of ``int``, ``float``, ``bool``, ``str``, ``int_list``,
+    ``str_list`` or ``str_map``. ``check`` returns an error text or ``None``.
+    """
+
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple | None = None
+    nullable: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+def _at_least(low):
+    return lambda v: None if v >= low else f"must be ≥ {low}, got {v!r}"
+
+
+def _positive(v):
+    return None if math.isfinite(v) and v > 0 else f"must be a finite number > 0, got {v!r}"
+
+
+def _non_negative(v):
+    return None if math.isfinite(v) and v >= 0 else f"must be a finite number ≥ 0, got {v!r}"
+
+
+def _momentum(v):
+    return None if 0 <= v < 1 else f"must lie in [0, 1), got {v!r}"
+
+
+def _widths(v):
+    return None if all(w >= 1 for w in v) else f"every width must be ≥ 1, got {v!r}"
+
+
+def _tunable(v):
+    bad = [n for n in v if n not in TUNABLE]
+    if bad:
+        return f"cannot tune {bad[0]!r}{_did_you_mean(bad[0], TUNABLE)} (tunable: {', '.join(TUNABLE)})"
+    if len(set(v)) != len(v):
+        return f"lists a hyperparameter twice: {v!r}"
+    return None
+
+
+def _granularity(v):
+    for name, kind in v.items():
+        if name not in TUNABLE:
+            return f"unknown hyperparameter {name!r}{_did_you_mean(name, TUNABLE)}"
+        if kind not in ("scalar", "tensor", "weight"):
+            return f"{name}: granularity must be one of scalar, tensor, weight, got {kind!r}"
+    return None
+
+
+SIGMOID_HALF = 1.0 / (1.0 + math.exp(-0.5))  # the protocol's placeholder momentum, sigmoid(0.5)
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "dataset": {
+        "kind": Field("str", "uci", "dataset family", choices=("uci",)),
+        "name": Field("str", None, "dataset name", choices=tuple(UCI_DATASETS)),
+        "shuffle_seed": Field("int", None, "permute the rows with this seed before splitting "
+                              "(null keeps the file's order)", nullable=True),
+    },
+    "model": {
+        "kind": Field("str", "mlp", "model family", choices=("mlp",)),
+        "hidden": Field("int_list", [50], "hidden layer widths", check=_widths),
+        "batch_norm": Field("bool", False, "BatchNorm after each hidden layer"),
+    },
+    "training": {
+        "steps": Field("int", 4000, "weight updates", check=_at_least(1)),
+        "batch_size": Field("int", None, "training batch size (null: full batch)", nullable=True,
+                            check=_at_least(1)),
+        "loss": Field("str", "mse", "training loss", choices=("mse",)),
+    },
+    "hyperparameters": {
+        "lr": Field("float", 1e-3, "initial learning rate", check=_positive),
+        "momentum": Field("float", SIGMOID_HALF, "initial momentum", check=_momentum),
+        "weight_decay": Field("float", 1e-16, "initial weight decay", check=_non_negative),
+    },
+    "algorithm": {
+        "name": Field("str", "custom", "algorithm name (used in run folder names)"),
+        "method": Field("str", "none", "hypergradient method", choices=METHODS),
+        "tune": Field("str_list", [], "hyperparameters to tune", check=_tunable),
+        "granularity": Field("str_map", {}, "per tuned name: scalar, tensor or weight",
+                             check=_granularity),
+        "rule": Field("str", "sgd", "weight-update rule", choices=("sgd", "sgd_nesterov")),
+        "neumann_terms": Field("int", 5, "Neumann series terms K", check=_at_least(1)),
+        "unroll_steps": Field("int", 5, "updates differentiated through (unroll)", check=_at_least(1)),
+        "update_interval": Field("int", 10, "weight updates per hyperparameter update",
+                                 check=_at_least(1)),
+        "hyper_optimizer": Field("str", "adam", "optimiser of the raw hyperparameters",
+                                 choices=("adam", "sgd")),
+        "hyper_lr": Field("float", 0.05, "learning rate of the hyper-optimiser", check=_positive),
+        "validation": Field("str", "split", "split: hold out the validation set; merged: train on "
+                            "train+val", choices=("split", "merged")),
+        "full_validation": Field("bool", False, "validation loss on the whole validation set at "
+                                 "each log step"),
+        "lr_multiplier": Field("float", None, "multiply lr by this after every window of "
+                               "update_interval updates (clipped to [1e-10, 1])", nullable=True,
+                               check=_positive),
+    },
+    "logging": {
+        "interval": Field("int", 10, "updates between log steps", check=_at_least(1)),
+        "checkpoint_interval": Field("int", 1000, "updates between checkpoints (rounded up to a "
+                                     "multiple of update_interval)", check=_at_least(1)),
+        "tensorboard": Field("bool", True, "write TensorBoard event files"),
+    },
+}
+TOP_LEVEL: dict[str, Field] = {
+    "seed": Field("int", 0, "seed of the model initialisation and batch order", check=_at_least(0)),
+}
+
+
+# ------------------------------------------------------------- YAML input
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 loader that also reads ``1e-5`` (no dot) as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}") from None
+
+
+def find_config(name: str | Path) -> Path:
+    """The file for ``name``: a path, or a bare shipped name such as ``uci_energy``."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml", ".yml"):
+        shipped = CONFIG_DIR / f"{path.stem}.yaml"
+        if shipped.is_file():
+            return shipped
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config file {str(name)!r} not found (neither a file nor a shipped config"
+                          f"{_did_you_mean(path.stem, known)}; shipped: {', '.join(known)})")
+    raise ConfigError(f"config file {str(name)!r} not found")
+
+
+def read_config_file(name: str | Path) -> tuple[dict, str]:
+    """Read one config layer (checked for unknown keys and types); returns it and its source label."""
+    path = find_config(name)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read: {error.strerror}") from None
+    data = _parse_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config file must be a mapping of sections, "
+                          f"got {type(data).__name__}")
+    _check_layer(data, source)
+    return data, source
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"hyperparameters.lr=1e-3"`` → ``(("hyperparameters", "lr"), 0.001)``. The value is YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. hyperparameters.lr=0.001")
+    path = tuple(key.split("."))
+    if any(not part for part in path):
+        raise ConfigError(f"--set {text!r}: empty part in key {key!r}")
+    parsed = _parse_yaml(value, f"--set {key}") if value.strip() else None
+    return path, parsed
+
+
+# ---------------------------------------------------------------- checking
+
+def _did_you_mean(name, choices) -> str:
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _unknown_key(key, where: str, choices, source: str) -> ConfigError:
+    return ConfigError(f"{source}: unknown key {where}{key!r}{_did_you_mean(key, choices)}; "
+                       f"valid keys: {', '.join(choices)}")
+
+
+def _field(path: Sequence[str], source: str) -> Field:
+    """The schema field at ``path`` (a section and a key, or a top-level key)."""
+    top = {**SCHEMA, **TOP_LEVEL}
+    head = path[0]
+    if head not in top:
+        raise _unknown_key(head, "", list(top), source)
+    if head in TOP_LEVEL:
+        if len(path) > 1:
+            raise ConfigError(f"{source}: {head!r} is a value, not a section")
+        return TOP_LEVEL[head]
+    if len(path) == 1:
+        raise ConfigError(f"{source}: {head!r} is a section; give a key such as "
+                          f"{head}.{next(iter(SCHEMA[head]))}")
+    section = SCHEMA[head]
+    if path[1] not in section:
+        raise _unknown_key(path[1], f"in section {head!r}: ", list(section), source)
+    if len(path) > 2 and section[path[1]].kind != "str_map":
+        raise ConfigError(f"{source}: {'.'.join(path[:2])} is a value, not a section")
+    return section[path[1]]
+
+
+def _coerce(value: Any, spec: Field, key: str, source: str) -> Any:
+    """Check ``value`` against ``spec``; returns it normalised (ints to floats etc.)."""
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{source}: {key} {message}")
+
+    if value is None:
+        if spec.nullable:
+            return None
+        raise fail("is required" if spec.default is None else "must not be null")
+    kind = spec.kind
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"must be a number, got {value!r} ({type(value).__name__})")
+        value = float(value)
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"must be an integer, got {value!r} ({type(value).__name__})")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise fail(f"must be true or false, got {value!r} ({type(value).__name__})")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise fail(f"must be a string, got {value!r} ({type(value).__name__})")
+    elif kind in ("int_list", "str_list"):
+        item = int if kind == "int_list" else str
+        if isinstance(value, item) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, item)
+                                              for v in value):
+            raise fail(f"must be a list of {'integers' if item is int else 'strings'}, got {value!r}")
+        value = list(value)
+    elif kind == "str_map":
+        if not isinstance(value, dict) or any(not isinstance(k, str) or not isinstance(v, str)
+                                              for k, v in value.items()):
+            raise fail(f"must be a mapping of names to strings, got {value!r}")
+        value = dict(value)
+    if spec.choices is not None and value not in spec.choices:
+        raise fail(f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+                   f"{_did_you_mean(value, spec.choices)}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise fail(problem)
+    return value
+
+
+def _check_layer(data: Mapping, source: str) -> None:
+    """Check one layer's keys and value types (not cross-key consistency)."""
+    for head, body in data.items():
+        head = str(head)
+        if head in TOP_LEVEL:
+            _coerce(body, TOP_LEVEL[head], head, source)
+            continue
+        if head not in SCHEMA:
+            raise _unknown_key(head, "", [*SCHEMA, *TOP_LEVEL], source)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: section {head!r} must be a mapping of keys to values, "
+                              f"got {body!r}")
+        for key, value in body.items():
+            spec = _field((head, str(key)), source)
+            _coerce(value, spec, f"{head}.{key}", source)
+
+
+# ----------------------------------------------------------------- merging
+
+class _Layers:
+    """The merged raw values and, per key, the source that set it last."""
+
+    def __init__(self):
+        self.values: dict = {}
+        self.sources: dict[tuple[str, ...], str] = {}
+
+    def add(self, data: Mapping, source: str) -> None:
+        for head, body in data.items():
+            if head in TOP_LEVEL:
+                self.set((head,), body, source)
+            elif body is not None:
+                for key, value in body.items():
+                    self.set((head, key), value, source)
+
+    def set(self, path: tuple[str, ...], value: Any, source: str) -> None:
+        _field(path, source)
+        if len(path) == 3:  # one entry of a mapping-valued field, e.g. algorithm.granularity.lr
+            mapping = dict(self.get(path[:2]) or {})
+            if value is None:
+                mapping.pop(path[2], None)
+            else:
+                mapping[path[2]] = value
+            path, value = path[:2], mapping
+        _coerce(value, _field(path, source), ".".join(path), source)
+        node = self.values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+        self.sources[path] = source
+
+    def get(self, path: tuple[str, ...], default=None):
+        node = self.values
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def load_config(
+    files: Iterable[str | Path] = (),
+    overrides: Iterable[str | tuple[Sequence[str], Any]] = (),
+    *,
+    random_init: int | None = None,
+    base: Mapping | None = None,
+) -> dict:
+    """Build a resolved config from layers, later ones winning.
+
+    Order: ``base`` (a resolved config, e.g. from a checkpoint), then each file
+    (a path or a shipped name such as ``"uci_energy"``), then the random
+    initialisation drawn by :func:`draw_random_initialisation(random_init)
+    <draw_random_initialisation>` (hyperparameters, and ``lr_multiplier`` if the
+    algorithm has one), then ``overrides`` (``"key.path=value"`` strings or
+    ``(path, value)`` pairs). Raises :class:`ConfigError`.
+    """
+    layers = _Layers()
+    if base is not None:
+        if not isinstance(base, Mapping):
+            raise ConfigError(f"base config must be a mapping, got {type(base).__name__}")
+        _check_layer(base, "<base config>")
+        layers.add(base, "<base config>")
+    for name in files:
+        data, source = read_config_file(name)
+        layers.add(data, source)
+    if random_init is not None:
+        source = f"--random-init {random_init}"
+        drawn = draw_random_initialisation(random_init)
+        for key in TUNABLE:
+            layers.set(("hyperparameters", key), drawn[key], source)
+        if layers.get(("algorithm", "lr_multiplier")) is not None:
+            layers.set(("algorithm", "lr_multiplier"), drawn["lr_multiplier"], source)
+    for item in overrides:
+        path, value = parse_override(item) if isinstance(item, str) else (tuple(item[0]), item[1])
+        layers.set(tuple(path), value, f"--set {'.'.join(path)}")
+    return _resolve(layers)
+
+
+def resolve_config(config: Mapping, source: str = "<config>") -> dict:
+    """Check a config mapping and fill in every default (idempotent)."""
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{source}: a config must be a mapping, got {type(config).__name__}")
+    _check_layer(config, source)
+    layers = _Layers()
+    layers.add(config, source)
+    return _resolve(layers)
+
+
+def _resolve(layers: _Layers) -> dict:
+    out: dict = {}
+    for head, section in SCHEMA.items():
+        out[head] = {}
+        for key, spec in section.items():
+            path = (head, key)
+            value = layers.get(path, _MISSING)
+            source = layers.sources.get(path, "defaults")
+            if value is _MISSING and spec.default is None and not spec.nullable:
+                raise ConfigError(f"{head}.{key} is required (for dataset.name give a dataset "
+                                  "config such as configs/uci_energy.yaml)")
+            if value is _MISSING:
+                value = list(spec.default) if isinstance(spec.default, list) else (
+                    dict(spec.default) if isinstance(spec.default, dict) else spec.default)
+            out[head][key] = _coerce(value, spec, f"{head}.{key}", source)
+    for key, spec in TOP_LEVEL.items():
+        value = layers.get((key,), spec.default)
+        out[key] = _coerce(value, spec, key, layers.sources.get((key,), "defaults"))
+    _check_consistency(out, layers.sources)
+    return out
+
+
+_MISSING = object()
+
+
+def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> None:
+    def fail(path: str, message: str) -> ConfigError:
+        source = sources.get(tuple(path.split(".")), "defaults")
+        return ConfigError(f"{source}: {path} {message}")
+
+    algo, hyper = config["algorithm"], config["hyperparameters"]
+    method, tune = algo["method"], algo["tune"]
+    if method == "none" and tune:
+        raise fail("algorithm.tune", f"must be empty for method 'none', got {tune!r}")
+    if method != "none" and not tune:
+        raise fail("algorithm.tune", f"must name at least one hyperparameter for method {method!r}")
+    if method == "baydin" and set(tune) - {"lr"}:
+        raise fail("algorithm.tune", f"may only contain 'lr' for method 'baydin', got {tune!r}")
+    if method in ("neumann", "unroll") and algo["validation"] == "merged":
+        raise fail("algorithm.validation", f"must be 'split' for method {method!r}: its "
+                   "hypergradient needs a validation set")
+    if algo["full_validation"] and algo["validation"] == "merged":
+        raise fail("algorithm.full_validation", "needs algorithm.validation: split")
+    if method == "unroll" and algo["unroll_steps"] > algo["update_interval"]:
+        raise fail("algorithm.unroll_steps", f"({algo['unroll_steps']}) must not exceed "
+                   f"algorithm.update_interval ({algo['update_interval']})")
+    for name in algo["granularity"]:
+        if name not in tune:
+            raise fail("algorithm.granularity", f"sets {name!r}, which is not tuned "
+                       f"(algorithm.tune: {tune!r})")
+    if algo["lr_multiplier"] is not None and "lr" in tune:
+        raise fail("algorithm.lr_multiplier", "cannot be combined with tuning lr")
+    if "momentum" in tune and not 0 < hyper["momentum"] < 1:
+        raise fail("hyperparameters.momentum", f"must lie strictly between 0 and 1 to be tuned, "
+                   f"got {hyper['momentum']!r}")
+    if "weight_decay" in tune and not hyper["weight_decay"] > 0:
+        raise fail("hyperparameters.weight_decay", f"must be > 0 to be tuned (e.g. 1e-16), "
+                   f"got {hyper['weight_decay']!r}")
+    if "lr" in tune and not LR_CLIP[0] <= hyper["lr"] <= LR_CLIP[1]:
+        raise fail("hyperparameters.lr", f"must lie in [{LR_CLIP[0]}, {LR_CLIP[1]}] to be tuned, "
+                   f"got {hyper['lr']!r}")
+
+
+# ------------------------------------------------------------ other helpers
+
+def draw_random_initialisation(seed: int) -> dict[str, float]:
+    """The paper's random initialisation for ``seed`` (natural units).
+
+    ``lr = 10^U(-6,-1)``, ``weight_decay = 10^U(-7,-2)``, ``momentum = U(0,1)``
+    and the stepped-lr multiplier ``U(0.95, 1.01)``, drawn in that order from
+    ``numpy.random.default_rng(seed)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"--random-init must be a non-negative integer seed, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    lr = 10.0 ** rng.uniform(-6.0, -1.0)
+    weight_decay = 10.0 ** rng.uniform(-7.0, -2.0)
+    momentum = rng.uniform(0.0, 1.0)
+    if momentum == 0.0:  # measure zero, but tuning needs 0 < momentum
+        momentum = float(np.nextafter(0.0, 1.0))
+    lr_multiplier = rng.uniform(0.95, 1.01)
+    return {"lr": float(lr), "weight_decay": float(weight_decay), "momentum": float(momentum),
+            "lr_multiplier": float(lr_multiplier)}
+
+
+def dump_config(config: Mapping) -> str:
+    """A resolved config as YAML text (what ``config.yaml`` in a run folder holds)."""
+    return yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None)
+
+
+def _plain(tree):
+    if isinstance(tree, Mapping):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_plain(v) for v in tree]
+    return tree
+
+
+def describe_schema() -> str:
+    """One line per config key with its default: for ``--help``."""
+    lines = []
+    for head, section in SCHEMA.items():
+        for key, spec in section.items():
+            lines.append(f"  {head}.{key} = {spec.default!r}  ({spec.doc})")
+    for key, spec in TOP_LEVEL.items():
+        lines.append(f"  {key} = {spec.default!r}  ({spec.doc})")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "Field", "SCHEMA", "describe_schema",
+    "draw_random_initialisation", "dump_config", "find_config", "load_config", "parse_override",
+    "read_config_file", "resolve_config",
+]

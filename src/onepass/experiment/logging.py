@@ -1,0 +1,224 @@
+"""The run folder: ``config.yaml``, ``metrics.csv``, TensorBoard events, ``summary.json``.
+
+Everything a finished (or diverged, failed, interrupted) run leaves behind, in
+a form scripts can read without TensorBoard. Files that other processes may
+read while the run goes on (``summary.json``, ``checkpoint.pt``) are written
+atomically: to a temporary file in the same folder, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from onepass.experiment.config import dump_config
+
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+LOSS_COLUMNS = ("step", "train_loss", "val_loss", "test_loss", "test_loss_unnormalised", "wall_time_s")
+STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
+
+
+# ------------------------------------------------------------- atomic files
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_summary(run_dir: str | os.PathLike, summary: Mapping) -> Path:
+    """Write ``summary.json`` atomically (NaN and infinities become null)."""
+    path = Path(run_dir) / SUMMARY
+    atomic_write_bytes(path, (json.dumps(_json_safe(summary), indent=2) + "\n").encode())
+    return path
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """The run's ``summary.json``, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
+    """Write the resolved config as ``config.yaml``."""
+    path = Path(run_dir) / CONFIG
+    atomic_write_bytes(path, dump_config(config).encode())
+    return path
+
+
+def versions() -> dict[str, str]:
+    """Software versions recorded in every summary."""
+    from onepass import __version__
+    import numpy
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "onepass": __version__}
+
+
+def _json_safe(tree):
+    if isinstance(tree, Mapping):
+        return {str(k): _json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_json_safe(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    if isinstance(tree, torch.Tensor):
+        return _json_safe(tree.tolist())
+    return tree
+
+
+# ---------------------------------------------------------- hyperparameters
+
+def hyperparameter_summary(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Natural values for summaries: floats stay floats; per-group/tensor/weight
+    values become ``{"mean", "min", "max", "median"}``."""
+    out = {}
+    for name, value in hyperparameters.items():
+        if isinstance(value, (int, float)):
+            out[name] = float(value)
+        else:
+            flat = _flatten(value)
+            out[name] = {"mean": flat.mean().item(), "min": flat.min().item(),
+                         "max": flat.max().item(), "median": flat.median().item()}
+    return out
+
+
+def hyperparameter_columns(hyperparameters: Mapping[str, Any]) -> dict[str, float]:
+    """CSV columns: ``name`` for a scalar, ``name_mean/_min/_max`` otherwise."""
+    out = {}
+    for name, value in hyperparameter_summary(hyperparameters).items():
+        if isinstance(value, dict):
+            for stat in ("mean", "min", "max"):
+                out[f"{name}_{stat}"] = value[stat]
+        else:
+            out[name] = value
+    return out
+
+
+def _flatten(value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(-1).double().cpu()
+    return torch.cat([_flatten(v) if isinstance(v, torch.Tensor)
+                      else torch.tensor([float(v)], dtype=torch.float64) for v in value])
+
+
+# ------------------------------------------------------------------ writer
+
+class RunLogger:
+    """Appends one row per log step to ``metrics.csv`` and TensorBoard.
+
+    Args:
+        run_dir: the run folder (created if needed).
+        hyperparameters: the tuner's current values, to fix the CSV columns.
+        tensorboard: also write TensorBoard event files.
+        resume_step: continuing a run in the same folder from this update:
+            rows after it are dropped from ``metrics.csv`` and TensorBoard
+            events after it are purged.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, hyperparameters: Mapping[str, Any], *,
+                 tensorboard: bool = True, resume_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.columns = [*LOSS_COLUMNS, *hyperparameter_columns(hyperparameters)]
+        path = self.run_dir / METRICS
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+            text = io.StringIO()
+            writer = csv.DictWriter(text, self.columns, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_bytes(path, text.getvalue().encode())
+            self._file = path.open("a", newline="")
+        else:
+            self._file = path.open("w", newline="")
+            self._file.write(",".join(self.columns) + "\n")
+        self._csv = csv.DictWriter(self._file, self.columns, extrasaction="ignore",
+                                   lineterminator="\n")
+        self._file.flush()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+
+    def log(self, row: Mapping[str, Any], hyperparameters: Mapping[str, Any]) -> dict:
+        """Write one log step; ``row`` has the loss columns. Returns the full CSV row."""
+        full = {**row, **hyperparameter_columns(hyperparameters)}
+        self._csv.writerow({k: _csv_value(full.get(k)) for k in self.columns})
+        self._file.flush()
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, tag in (("train_loss", "Loss/Training"), ("val_loss", "Loss/Validation"),
+                             ("test_loss", "Loss/Test"),
+                             ("test_loss_unnormalised", "Loss/Test_Unnormalised")):
+                if row.get(key) is not None:
+                    self._tb.add_scalar(tag, row[key], step)
+            for name, value in hyperparameters.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"Hyperparameters/{name}", value, step)
+                else:
+                    flat = _flatten(value)
+                    self._tb.add_histogram(f"Hyperparameters/{name}", flat, step)
+                    self._tb.add_scalar(f"Hyperparameters/{name}_mean", flat.mean().item(), step)
+        return full
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
+    """Rows of ``metrics.csv`` as dicts of floats (``None`` for empty cells)."""
+    with (Path(run_dir) / METRICS).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
+
+
+__all__ = [
+    "CHECKPOINT", "CONFIG", "METRICS", "RunLogger", "STATUSES", "SUMMARY", "atomic_torch_save",
+    "atomic_write_bytes", "hyperparameter_columns", "hyperparameter_summary", "read_metrics",
+    "read_summary", "versions", "write_config", "write_summary",
+]
