@@ -260,3 +260,58 @@ def test_vmap_over_learning_rates():
     for k, lr in enumerate(lrs):
         for w, g, b in zip(weights, grads, batched):
             torch.testing.assert_close(b[k], w - lr * g, rtol=1e-15, atol=1e-15)
+
+
+# ----------------------------------------------------------------- in-place twins
+
+
+def _float_hyper(rule_name):
+    return {k: v.item() for k, v in _hyper_for(rule_name).items()}
+
+
+@pytest.mark.parametrize("rule_name", sorted(RULES))
+@pytest.mark.parametrize("form", ["floats", "per_tensor"])
+def test_update_in_place_matches_update(rule_name, form):
+    """The no-grad fast path writes the same numbers as the pure rule, in place."""
+    rule = get_rule(rule_name)
+    assert rule.update_in_place is not None
+    torch.manual_seed(7)
+    start = (torch.randn(3, 4, dtype=DTYPE), torch.randn(4, dtype=DTYPE), torch.randn(2, 3, dtype=DTYPE))
+    n = len(start)
+    tensors = _hyper_for(rule_name)
+    if form == "floats":
+        fast_hyper = _float_hyper(rule_name)
+        pure_hyper = tensors
+    else:
+        # one value per weight tensor, different between tensors
+        scale = (1.0, 0.5, 2.0)
+        pure_hyper = {k: tuple(v * s if k == "lr" else v.clone() for s in scale) for k, v in tensors.items()}
+        fast_hyper = pure_hyper
+    weights, state = start, rule.init(start)
+    fast_weights = tuple(w.clone() for w in start)
+    fast_state = rule.init(fast_weights)
+    ids = [id(w) for w in fast_weights]
+    for _ in range(20):
+        grads = tuple(torch.randn_like(w) for w in start)
+        saved_grads = tuple(g.clone() for g in grads)
+        weights, state = rule.update(weights, state, grads, pure_hyper)
+        fast_state = rule.update_in_place(fast_weights, fast_state, grads, fast_hyper)
+        for g, s in zip(grads, saved_grads):
+            assert torch.equal(g, s)       # the gradients are inputs, not scratch space
+    assert [id(w) for w in fast_weights] == ids
+    assert n == len(weights)
+    for a, b in zip(fast_weights, weights):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(fast_weights[0], start[0])
+    for a, b in zip(_flat(fast_state), _flat(state)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_in_place_without_momentum_or_decay():
+    rule = get_rule("sgd")
+    weights = (torch.ones(3, dtype=DTYPE),)
+    grads = (torch.full((3,), 2.0, dtype=DTYPE),)
+    state = rule.update_in_place(weights, rule.init(weights), grads, {"lr": 0.25})
+    assert torch.equal(weights[0], torch.full((3,), 0.5, dtype=DTYPE))
+    assert torch.equal(grads[0], torch.full((3,), 2.0, dtype=DTYPE))
+    assert torch.equal(state["momentum_buffer"][0], torch.full((3,), 2.0, dtype=DTYPE))

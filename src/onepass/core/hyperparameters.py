@@ -42,9 +42,19 @@ TRANSFORMS: dict[str, Transform] = {
 GRANULARITIES = ("scalar", "group", "tensor", "weight")
 
 
+# Spellings people use for our names; difflib alone cannot see these.
+ALIASES = {
+    "learning_rate": "lr", "learningrate": "lr", "step_size": "lr", "eta": "lr",
+    "wd": "weight_decay", "weightdecay": "weight_decay", "l2": "weight_decay",
+    "mu": "momentum", "beta_1": "beta1", "beta_2": "beta2", "epsilon": "eps",
+}
+
+
 def closest(name: str, choices) -> str:
     """A 'did you mean' suffix for an unknown name, or an empty string."""
-    match = difflib.get_close_matches(name, list(choices), n=1)
+    choices = list(choices)
+    alias = ALIASES.get(name.lower())
+    match = [alias] if alias in choices else difflib.get_close_matches(name, choices, n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
