@@ -110,6 +110,13 @@ class Tuner:
             hyperparameter update.
         batch_loss: ``batch_loss(forward, batch) -> scalar`` where ``forward``
             calls the model (with the weights being differentiated).
+        population: train ``P`` independent runs at once. Every parameter then
+            has a leading dimension ``P`` (member ``m`` owns slice ``m``), the
+            loss returns one value per member, shape ``(P,)``, and each
+            hyperparameter value may be a sequence of ``P`` initial values.
+            A member whose loss or hypergradient is not finite is marked in
+            :attr:`diverged` and frozen (its weights and hyperparameters stop
+            changing) instead of raising; the others go on undisturbed.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class Tuner:
         hyper_lr: float | None = None,
         lr_bounds: tuple[float, float] = (1e-10, 1.0),
         batch_loss: Callable | None = None,
+        population: int | None = None,
     ):
         self.model = model
         self.rule = get_rule(rule)
@@ -151,6 +159,9 @@ class Tuner:
         self.unroll_steps = unroll_steps
         self.update_interval = 1 if method == "baydin" else update_interval
         self.lr_bounds = tuple(lr_bounds)
+        if population is not None:
+            _check_int("population", population, 1)
+        self.population = population
 
         groups = _parameter_groups(model, params)
         self._params: list[nn.Parameter] = [p for group, _ in groups for p in group]
@@ -161,11 +172,16 @@ class Tuner:
         self._names = [names[id(p)] for p in self._params]
         self._buffer_names = [n for n, _ in model.named_buffers()]
         like = self._params[0]
+        if population is not None:
+            wrong = [n for n, p in zip(self._names, self._params) if p.dim() == 0 or p.shape[0] != population]
+            if wrong:
+                raise ValueError(f"with population={population} every parameter needs a leading dimension "
+                                 f"of {population}; these do not: {', '.join(wrong)}")
 
         values = dict(self.rule.defaults)
         for name, value in (hyperparameters or {}).items():
             self._check_name(name)
-            values[name] = float(value)
+            values[name] = self._member_values(name, value)
         tune = tuple(hyperparameters or {}) if tune is None else tuple(tune)
         for name in tune:
             self._check_name(name)
@@ -187,7 +203,7 @@ class Tuner:
         self._raw: dict[str, list[Tensor]] = {}      # tuned: leaves in transformed space
         self._fixed: dict[str, list[Tensor]] = {}    # fixed: natural values
         for name in self.rule.hyperparameter_names:
-            per_group = [float(overrides.get(name, values[name])) for _, overrides in groups]
+            per_group = [self._member_values(name, overrides.get(name, values[name])) for _, overrides in groups]
             kind = granularity.get(name, "scalar" if len(set(per_group)) == 1 else "group")
             if kind == "scalar" and len(set(per_group)) > 1:
                 raise ValueError(f"{name} differs between parameter groups, so it cannot be scalar")
@@ -206,13 +222,13 @@ class Tuner:
                 slot_of.append(slot)
                 if slot == len(slot_values):
                     slot_values.append(per_group[group_of[i]])
-                    shapes.append(p.shape if kind == "weight" else ())
+                    shapes.append(p.shape if kind == "weight" else (population,) if population else ())
             self._slot_of[name] = slot_of
-            natural = [torch.full(shape, v, dtype=like.dtype, device=like.device)
-                       for shape, v in zip(shapes, slot_values)]
+            natural = [self._slot_tensor(v, shape, like) for shape, v in zip(shapes, slot_values)]
             if name in tune:
                 for v in slot_values:
-                    hp.check_tunable(name, v)
+                    for member_value in (v if isinstance(v, tuple) else (v,)):
+                        hp.check_tunable(name, member_value)
                 self._raw[name] = [hp.to_raw(name, t).requires_grad_() for t in natural]
             else:
                 self._fixed[name] = natural
@@ -236,6 +252,9 @@ class Tuner:
         self._previous_update: tuple | None = None  # Baydin: inputs of the last update
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
         self._input_shapes: list | None = None
+        self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
+        if population is not None:
+            self.diverged = torch.zeros(population, dtype=torch.bool, device=like.device)
 
     # ----------------------------------------------------------------- public
 
@@ -286,27 +305,28 @@ class Tuner:
             for name in self.rule.hyperparameter_names:
                 values = self._natural_slots(name)
                 kind = self.granularity[name]
-                if kind == "scalar":
-                    out[name] = values[0].item()
-                elif kind == "weight":
+                if kind == "weight":
                     out[name] = [v.clone() for v in values]
+                elif kind == "scalar":
+                    out[name] = values[0].tolist()
                 else:
-                    out[name] = [v.item() for v in values]
+                    out[name] = [v.tolist() for v in values]
         return out
 
-    def set_hyperparameters(self, **values: float) -> None:
-        """Overwrite hyperparameters (natural units, one value for every slot)."""
+    def set_hyperparameters(self, **values) -> None:
+        """Overwrite hyperparameters (natural units; one value for every slot,
+        or with a population one value per member)."""
         for name, value in values.items():
             self._check_name(name)
+            value = self._member_values(name, value)
             with torch.no_grad():
-                if name in self._raw:
-                    hp.check_tunable(name, float(value))
-                    raw = hp.to_raw(name, torch.tensor(float(value), dtype=torch.float64))
-                    for leaf in self._raw[name]:
-                        leaf.fill_(raw.item())
-                else:
-                    for t in self._fixed[name]:
-                        t.fill_(float(value))
+                for t in self._raw.get(name, []) + self._fixed.get(name, []):
+                    new = self._slot_tensor(value, t.shape, t)
+                    if name in self._raw:
+                        for member_value in (value if isinstance(value, tuple) else (value,)):
+                            hp.check_tunable(name, member_value)
+                        new = hp.to_raw(name, new)
+                    t.copy_(new)
         self._clip()
         self._invalidate_hyper()
 
@@ -323,6 +343,7 @@ class Tuner:
             "fixed": {k: [t.clone() for t in v] for k, v in self._fixed.items()},
             "hyper_optimizer": self._hyper_optimizer.state_dict() if self._hyper_optimizer else None,
             "previous_update": _clone(self._previous_update),
+            "diverged": _clone(self.diverged),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -340,6 +361,7 @@ class Tuner:
             self._hyper_optimizer.load_state_dict(state["hyper_optimizer"])
         self.steps_taken = int(state["steps_taken"])
         self._previous_update = _clone(state["previous_update"])
+        self.diverged = _clone(state.get("diverged"))
         self._previous_output = None
         self._unroll = None
         self._invalidate_hyper()
@@ -348,8 +370,8 @@ class Tuner:
 
     def _plain_step(self, batch, step: int) -> StepResult:
         loss = self._batch_loss(self.model, batch)
-        grads = torch.autograd.grad(loss, self._params)
-        _check_finite(loss, "training loss", step)
+        grads = torch.autograd.grad(self._total(loss), self._params)
+        grads = self._check_losses(loss, "training loss", step, grads)
         with torch.no_grad():
             if self.rule.update_in_place is not None:
                 self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
@@ -362,15 +384,15 @@ class Tuner:
         # w_t = u(w_{t-1}, λ) with the graph kept: the Hessian enters through Jᵀ s.
         weights = tuple(self._params)
         loss = self._batch_loss(self.model, batch)
-        _check_finite(loss, "training loss", step)
-        grads = torch.autograd.grad(loss, weights, create_graph=True)
+        grads = torch.autograd.grad(self._total(loss), weights, create_graph=True)
+        grads = self._check_losses(loss, "training loss", step, grads)
         leaves = self._raw_leaves()
         new_weights, new_state = self.rule.update(weights, self.state, grads, self._hyper(graph=True))
         # v = ∂L_V/∂w at w_t.
         at_new = [w.detach().requires_grad_() for w in new_weights]
         val_loss = self._batch_loss(self._forward_with(at_new, keep_buffers=True), val_batch)
-        _check_finite(val_loss, "validation loss", step)
-        v = torch.autograd.grad(val_loss, at_new)
+        v = torch.autograd.grad(self._total(val_loss), at_new)
+        v = self._check_losses(val_loss, "validation loss", step, v)
         hypergradient = implicit_hypergradient(
             lambda s: torch.autograd.grad(new_weights, weights, s, retain_graph=True),
             lambda p: torch.autograd.grad(new_weights, leaves, p, allow_unused=True),
@@ -385,16 +407,17 @@ class Tuner:
         else:
             weights, state = self._unroll
         loss = self._batch_loss(self._forward_with(weights), batch)
-        _check_finite(loss, "training loss", step)
-        grads = torch.autograd.grad(loss, weights, create_graph=not first)
+        grads = torch.autograd.grad(self._total(loss), weights, create_graph=not first)
+        grads = self._check_losses(loss, "training loss", step, grads)
         new_weights, new_state = self.rule.update(weights, state, grads, self._hyper(graph=True))
         if val_batch is None:
             self._commit(new_weights, new_state)
             self._unroll = (new_weights, new_state)
             return StepResult(loss.detach())
         val_loss = self._batch_loss(self._forward_with(new_weights, keep_buffers=True), val_batch)
-        _check_finite(val_loss, "validation loss", step)
-        hypergradient = torch.autograd.grad(val_loss, self._raw_leaves(), allow_unused=True)
+        self._check_losses(val_loss, "validation loss", step)
+        hypergradient = torch.autograd.grad(self._total(val_loss, finite_only=True), self._raw_leaves(),
+                                            allow_unused=True)
         hypergradient = self._check_hypergradient(hypergradient, step)
         self._commit(new_weights, new_state)
         self._unroll = None
@@ -402,8 +425,8 @@ class Tuner:
 
     def _baydin_step(self, batch, step: int) -> StepResult:
         loss = self._batch_loss(self.model, batch)
-        grads = torch.autograd.grad(loss, self._params)
-        _check_finite(loss, "training loss", step)
+        grads = torch.autograd.grad(self._total(loss), self._params)
+        grads = self._check_losses(loss, "training loss", step, grads)
         applied = None
         if self._previous_update is not None:
             # ∂L_T(w_t)/∂λ = ∇L_T(w_t) · ∂u(w_{t-1}, λ)/∂λ through the previous update.
@@ -416,6 +439,52 @@ class Tuner:
         self._commit(new_weights, new_state)
         self._previous_update, self._previous_output = inputs, new_weights
         return StepResult(loss.detach(), None, applied)
+
+    # ------------------------------------------------------------ populations
+
+    def _member_values(self, name: str, value):
+        """A float, or with a population a tuple of ``P`` floats (one per member)."""
+        if isinstance(value, Tensor):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            if self.population is None or len(value) != self.population:
+                raise ValueError(f"{name} was given {len(value)} values; a sequence needs "
+                                 f"population={len(value)} (one value per member)")
+            values = tuple(float(v) for v in value)
+            return values[0] if len(set(values)) == 1 else values
+        return float(value)
+
+    def _slot_tensor(self, value, shape, like: Tensor) -> Tensor:
+        """A slot of ``shape`` holding ``value`` (per member along dimension 0)."""
+        kwargs = dict(dtype=like.dtype, device=like.device)
+        if not isinstance(value, tuple):
+            return torch.full(tuple(shape), value, **kwargs)
+        per_member = torch.tensor(value, **kwargs).view(-1, *[1] * (len(shape) - 1))
+        return per_member.expand(tuple(shape)).clone()
+
+    def _member_view(self, tensor: Tensor, like: Tensor) -> Tensor:
+        """``tensor`` of shape ``(P,)`` reshaped to broadcast against ``like``."""
+        return tensor.view(-1, *[1] * (like.dim() - 1))
+
+    def _total(self, loss: Tensor, finite_only: bool = False) -> Tensor:
+        if self.population is None:
+            return loss
+        return torch.where(self.diverged, 0.0, loss).sum() if finite_only else loss.sum()
+
+    def _check_losses(self, loss: Tensor, quantity: str, step: int, grads=None):
+        """Single run: raise :class:`NonFiniteError`. Population: freeze the
+        members whose loss is not finite, and zero their gradients."""
+        if self.population is None:
+            if not torch.isfinite(loss):
+                raise NonFiniteError(quantity, step)
+            return grads
+        bad = ~torch.isfinite(loss)
+        if bad.any():
+            self.diverged = self.diverged | bad
+            self._invalidate_hyper()
+        if grads is not None and self.diverged.any():
+            grads = tuple(torch.where(self._member_view(self.diverged, g), 0.0, g) for g in grads)
+        return grads
 
     # ---------------------------------------------------------------- helpers
 
@@ -435,7 +504,9 @@ class Tuner:
         return self._fixed[name]
 
     def _hyper(self, graph: bool = False) -> dict:
-        """The rule's ``hyper`` mapping; with ``graph`` it is differentiable in λ."""
+        """The rule's ``hyper`` mapping; with ``graph`` it is differentiable in λ.
+        With a population each value broadcasts against its weight tensor, and
+        the learning rate of a diverged member is zero."""
         if not graph and self._hyper_cache is not None:
             return self._hyper_cache
         hyper = {}
@@ -445,7 +516,16 @@ class Tuner:
                         all(not t.any() for t in self._fixed[name]):
                     continue  # exactly zero: the rule skips the term, as torch.optim does
                 slots = self._natural_slots(name)
-                hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self._slot_of[name])
+                if self.population is None:
+                    hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self._slot_of[name])
+                    continue
+                values = []
+                for k, w in zip(self._slot_of[name], self._params):
+                    value = slots[k] if self.granularity[name] == "weight" else self._member_view(slots[k], w)
+                    if name == "lr" and self.diverged.any():
+                        value = torch.where(self._member_view(self.diverged, w), 0.0, value)
+                    values.append(value)
+                hyper[name] = tuple(values)
         if not graph:
             self._hyper_cache = hyper
         return hyper
@@ -479,15 +559,27 @@ class Tuner:
     def _check_hypergradient(self, hypergradient, step: int) -> list[Tensor]:
         leaves = self._raw_leaves()
         hypergradient = [torch.zeros_like(l) if g is None else g for l, g in zip(leaves, hypergradient)]
-        if not all(torch.isfinite(g).all() for g in hypergradient):
-            raise NonFiniteError("hypergradient", step)
-        return hypergradient
+        if self.population is None:
+            if not all(torch.isfinite(g).all() for g in hypergradient):
+                raise NonFiniteError("hypergradient", step)
+            return hypergradient
+        for g in hypergradient:
+            self.diverged = self.diverged | ~torch.isfinite(g).reshape(self.population, -1).all(1)
+        self._invalidate_hyper()
+        return [torch.where(self._member_view(self.diverged, g), 0.0, g) for g in hypergradient]
 
     def _apply_hypergradient(self, hypergradient: list[Tensor]) -> dict[str, list[Tensor]]:
-        for leaf, g in zip(self._raw_leaves(), hypergradient):
+        leaves = self._raw_leaves()
+        frozen = self.population is not None and bool(self.diverged.any())
+        before = [leaf.detach().clone() for leaf in leaves] if frozen else None
+        for leaf, g in zip(leaves, hypergradient):
             leaf.grad = g
         self._hyper_optimizer.step()
         self._clip()
+        if frozen:
+            with torch.no_grad():
+                for leaf, old in zip(leaves, before):
+                    leaf.copy_(torch.where(self._member_view(self.diverged, leaf), old, leaf))
         self._invalidate_hyper()
         out, i = {}, 0
         for name in self.tuned:
@@ -543,11 +635,6 @@ def _parameter_groups(model: nn.Module, params) -> list[tuple[list[nn.Parameter]
 def _check_int(name: str, value: int, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
-
-
-def _check_finite(value: Tensor, quantity: str, step: int) -> None:
-    if not torch.isfinite(value):
-        raise NonFiniteError(quantity, step)
 
 
 def _detach(tree):

@@ -1,0 +1,108 @@
+"""A population of P runs trained as one computation equals P single runs."""
+import math
+
+import pytest
+import torch
+
+import onepass
+from onepass.models import MLP, PopulationMLP, member_mse
+
+P, STEPS = 4, 40
+METHODS = {
+    "fixed": dict(tune=()),
+    "neumann": dict(method="neumann", tune=("lr", "momentum", "weight_decay")),
+    "neumann_per_weight_lr": dict(method="neumann", tune=("lr", "momentum", "weight_decay"),
+                                  granularity={"lr": "weight"}),
+    "unroll": dict(method="unroll", tune=("lr", "momentum", "weight_decay")),
+    "baydin": dict(method="baydin", tune=("lr",)),
+}
+
+
+@pytest.fixture
+def problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(1, keepdim=True))
+    xv = torch.randn(15, 5, generator=g, dtype=torch.float64)
+    yv = torch.sin(xv.sum(1, keepdim=True))
+    starts = dict(lr=[0.05, 0.01, 0.2, 1e-3], momentum=[0.5, 0.9, 0.1, 0.7],
+                  weight_decay=[1e-4, 1e-6, 1e-3, 1e-5])
+    models = []
+    for m in range(P):
+        torch.manual_seed(m)
+        models.append(MLP(5, (7,)).double())
+    return (x, y), (xv, yv), starts, models
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_members_equal_single_runs(problem, name):
+    batch, val_batch, starts, models = problem
+    options = METHODS[name]
+    population = PopulationMLP.from_models(models)
+    pop_tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P, **options)
+    for _ in range(STEPS):
+        pop_tuner.step(batch, val_batch)
+    for m, model in enumerate(models):
+        single = onepass.Tuner(model, torch.nn.functional.mse_loss,
+                               hyperparameters={k: v[m] for k, v in starts.items()}, **options)
+        for _ in range(STEPS):
+            single.step(batch, val_batch)
+        member = population.member(m)
+        for a, b in zip(member.parameters(), model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        for key, value in single.hyperparameters.items():
+            pop_value = pop_tuner.hyperparameters[key]
+            if isinstance(value, float):
+                assert pop_value[m] == pytest.approx(value, rel=1e-9)
+            else:  # per weight: list of tensors, member m is slice m of each
+                for a, b in zip(PopulationMLP.to_member_layout(pop_value, m), value):
+                    torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
+    assert not pop_tuner.diverged.any()
+
+
+def test_diverged_member_is_frozen_and_others_go_on(problem):
+    batch, val_batch, starts, models = problem
+    starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
+    population = PopulationMLP.from_models(models)
+    tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
+                          tune=("lr", "momentum", "weight_decay"), lr_bounds=(1e-10, 100.0))
+    frozen_at = None
+    for step in range(STEPS):
+        tuner.step(batch, val_batch)
+        if tuner.diverged[2] and frozen_at is None:
+            frozen_at = ([w[2].clone() for w in population.parameters()], tuner.hyperparameters["lr"][2])
+    assert tuner.diverged.tolist() == [False, False, True, False]
+    weights, lr = frozen_at
+    for w, w_frozen in zip(population.parameters(), weights):
+        assert torch.equal(w[2], w_frozen)
+    assert tuner.hyperparameters["lr"][2] == lr
+    # the healthy members are exactly what they would have been alone
+    single = onepass.Tuner(models[0], torch.nn.functional.mse_loss,
+                           hyperparameters={k: v[0] for k, v in starts.items()}, lr_bounds=(1e-10, 100.0))
+    for _ in range(STEPS):
+        single.step(batch, val_batch)
+    for a, b in zip(population.member(0).parameters(), models[0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert all(math.isfinite(v) for m, v in enumerate(tuner.hyperparameters["lr"]) if m != 2)
+
+
+def test_population_shape_errors():
+    model = MLP(3)
+    with pytest.raises(ValueError, match="leading dimension of 4"):
+        onepass.Tuner(model, member_mse, hyperparameters=dict(lr=0.1), population=4)
+    population = PopulationMLP(4, 3)
+    with pytest.raises(ValueError, match="population=3"):
+        onepass.Tuner(population, member_mse, hyperparameters=dict(lr=[0.1, 0.2, 0.3]), population=4)
+
+
+def test_member_round_trip():
+    torch.manual_seed(0)
+    models = [MLP(3, (4, 6), 2) for _ in range(3)]
+    population = PopulationMLP.from_models(models)
+    x = torch.randn(9, 3)
+    out = population(x)
+    for m, model in enumerate(models):
+        torch.testing.assert_close(out[m], model(x))
+        torch.testing.assert_close(population(x.expand(3, 9, 3))[m], model(x))
+        for a, b in zip(population.member(m).parameters(), model.parameters()):
+            assert torch.equal(a, b)
