@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from onepass.models.lstm import LSTMLanguageModel
+from onepass.models.resnet import ResNet18
+
 
 class MLP(nn.Sequential):
     """Fully connected ReLU network ``n_inputs -> *hidden -> n_outputs``.
@@ -35,23 +38,46 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-MODEL_KINDS = ("mlp",)
+MODEL_KINDS = ("mlp", "lstm", "resnet18")
 
 
 def build_model(spec: dict, n_inputs: int, n_outputs: int) -> nn.Module:
     """Build a model from a config mapping such as ``{"kind": "mlp", "hidden": [50]}``.
 
-    Keys for ``kind: mlp``: ``hidden`` (list of widths, default ``[50]``) and
-    ``batch_norm`` (default false). Raises ``ValueError`` naming an unknown
-    kind or unexpected keys.
+    Keys per kind (all optional):
+
+    * ``mlp``: ``hidden`` (list of widths, default ``[50]``) and
+      ``batch_norm`` (default false); ``n_inputs -> hidden -> n_outputs``.
+    * ``lstm``: :class:`~onepass.models.lstm.LSTMLanguageModel` over a
+      vocabulary of ``n_inputs`` words (``n_outputs`` must equal it), with
+      ``embedding_dim``, ``hidden_dim`` (default 650 each), ``num_layers``
+      (2), ``dropout`` (0.5), ``tie_weights`` (false) and
+      ``double_backward`` (true).
+    * ``resnet18``: :class:`~onepass.models.resnet.ResNet18` with
+      ``n_outputs`` classes and ``n_inputs`` image channels; no keys.
+
+    Raises ``ValueError`` naming an unknown kind or unexpected keys.
     """
     options = dict(spec)
     kind = options.pop("kind", None)
-    if kind != "mlp":
+    if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
-    unknown = set(options) - {"hidden", "batch_norm"}
+    allowed = {
+        "mlp": {"hidden", "batch_norm"},
+        "lstm": {"embedding_dim", "hidden_dim", "num_layers", "dropout", "tie_weights",
+                 "double_backward"},
+        "resnet18": set(),
+    }[kind]
+    unknown = set(options) - allowed
     if unknown:
-        raise ValueError(f"unexpected keys for model kind 'mlp': {sorted(unknown)}")
+        raise ValueError(f"unexpected keys for model kind {kind!r}: {sorted(unknown)}")
+    if kind == "lstm":
+        if n_outputs != n_inputs:
+            raise ValueError(f"an lstm language model predicts its own vocabulary: "
+                             f"n_outputs={n_outputs} differs from n_inputs={n_inputs}")
+        return LSTMLanguageModel(n_inputs, **options)
+    if kind == "resnet18":
+        return ResNet18(num_classes=n_outputs, in_channels=n_inputs)
     return MLP(
         n_inputs,
         hidden=tuple(options.get("hidden", (50,))),
