@@ -585,3 +585,33 @@ def test_readme_snippet():
     assert "Tuner" in code
     torch.set_default_dtype(torch.float32)   # as a reader's fresh interpreter has it
     exec(compile(code, str(readme), "exec"), {"__name__": "__readme__"})
+
+
+def test_reset_each_window_restarts_every_window_from_the_initial_weights():
+    """Long Diff-through-Opt ("Standalone"): each window trains from the same start,
+    so with hyperparameters held fixed every window ends at the same weights."""
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    initial = [p.detach().clone() for p in model.parameters()]
+    tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, method="unroll", update_interval=8,
+                          unroll_steps=8, reset_each_window=True,
+                          hyperparameters=dict(lr=0.05, momentum=0.5, weight_decay=1e-4), hyper_lr=0.0)
+    ends = []
+    for step in range(1, 25):
+        tuner.step((x, y), (x, y))
+        if step % 8 == 0:
+            ends.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(ends[0], ends[2]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert not torch.equal(ends[0][0], initial[0])
+    # With hyperparameter learning on, the next window starts from `initial` again.
+    tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, method="unroll", update_interval=8,
+                          unroll_steps=8, reset_each_window=True,
+                          hyperparameters=dict(lr=0.05, momentum=0.5, weight_decay=1e-4))
+    start = [p.detach().clone() for p in model.parameters()]
+    for _ in range(8):
+        tuner.step((x, y), (x, y))
+    tuner._reset_weights()
+    for a, b in zip(model.parameters(), start):
+        assert torch.equal(a, b)

@@ -110,6 +110,11 @@ class Tuner:
             hyperparameter update.
         batch_loss: ``batch_loss(forward, batch) -> scalar`` where ``forward``
             calls the model (with the weights being differentiated).
+        reset_each_window: at the start of every window after the first,
+            restore the initial weights, buffers and optimiser state, so each
+            hyperparameter update sees ``update_interval`` updates from the same
+            start (long Diff-through-Opt, "Standalone"/"Full", with
+            ``method="unroll"`` and ``unroll_steps == update_interval``).
         population: train ``P`` independent runs at once. Every parameter then
             has a leading dimension ``P`` (member ``m`` owns slice ``m``), the
             loss returns one value per member, shape ``(P,)``, and each
@@ -137,6 +142,7 @@ class Tuner:
         hyper_lr: float | None = None,
         lr_bounds: tuple[float, float] = (1e-10, 1.0),
         batch_loss: Callable | None = None,
+        reset_each_window: bool = False,
         population: int | None = None,
     ):
         self.model = model
@@ -245,6 +251,11 @@ class Tuner:
 
         with torch.no_grad():
             self.state = self.rule.init(tuple(self._params))
+        self.reset_each_window = bool(reset_each_window)
+        self._initial = None
+        if self.reset_each_window:
+            self._initial = {"weights": [p.detach().clone() for p in self._params],
+                             "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
         self.steps_taken = 0
         self._hyper_cache: dict | None = None
         self._hyper_floats: dict | None = None
@@ -268,6 +279,8 @@ class Tuner:
         """
         step = self.steps_taken + 1
         position = (step - 1) % self.update_interval + 1
+        if self.reset_each_window and position == 1 and step > 1:
+            self._reset_weights()
         closes_window = bool(self.tuned) and position == self.update_interval
         self._remember_input_shapes(batch)
         if closes_window and self.method != "baydin":
@@ -290,6 +303,16 @@ class Tuner:
             result = self._baydin_step(batch, step)
         self.steps_taken = step
         return result
+
+    def _reset_weights(self) -> None:
+        """Back to the initial weights, buffers and optimiser state."""
+        with torch.no_grad():
+            for p, w in zip(self._params, self._initial["weights"]):
+                p.data = w.clone()
+            buffers = dict(self.model.named_buffers())
+            for name, value in self._initial["buffers"].items():
+                buffers[name].copy_(value)
+            self.state = self.rule.init(tuple(self._params))
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -344,6 +367,7 @@ class Tuner:
             "hyper_optimizer": self._hyper_optimizer.state_dict() if self._hyper_optimizer else None,
             "previous_update": _clone(self._previous_update),
             "diverged": _clone(self.diverged),
+            "initial": _clone(self._initial),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -362,6 +386,8 @@ class Tuner:
         self.steps_taken = int(state["steps_taken"])
         self._previous_update = _clone(state["previous_update"])
         self.diverged = _clone(state.get("diverged"))
+        if self.reset_each_window:
+            self._initial = _clone(state["initial"])
         self._previous_output = None
         self._unroll = None
         self._invalidate_hyper()
