@@ -4,7 +4,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from onepass import Tuner
-from onepass.models import LSTMLanguageModel, build_model, clip_gradients, detach_hidden
+from onepass.core.rules import clip_gradients
+from onepass.models import LSTMLanguageModel, build_model, detach_hidden
 
 VOCAB = 20
 

@@ -615,3 +615,38 @@ def test_reset_each_window_restarts_every_window_from_the_initial_weights():
     tuner._reset_weights()
     for a, b in zip(model.parameters(), start):
         assert torch.equal(a, b)
+
+
+def test_max_grad_norm_matches_clip_grad_norm_and_enters_the_hypergradient():
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
+    xv, yv = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 1, dtype=torch.float64)
+    make = lambda: torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    torch.manual_seed(1)
+    reference, model = make(), make()
+    model.load_state_dict(reference.state_dict())
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
+    tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, tune=(), max_grad_norm=0.05,
+                          hyperparameters=dict(lr=0.3, momentum=0.9))
+    for _ in range(20):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(reference(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+        optimizer.step()
+        tuner.step((x, y))
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+    # K = 1: the hypergradient is the exact derivative through one clipped update.
+    tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, max_grad_norm=0.05, neumann_terms=1,
+                          update_interval=1, tune=("lr",), hyperparameters=dict(lr=0.3))
+    start = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    a = torch.tensor(math.log10(0.3), dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in model.named_parameters()]
+    call = lambda w, inputs: torch.func.functional_call(model, dict(zip(names, w)), (inputs,))
+    g = torch.autograd.grad(torch.nn.functional.mse_loss(call(start, x), y), start, create_graph=True)
+    g = onepass.core.rules.clip_gradients(g, 0.05)
+    new = [w - 10 ** a * gi for w, gi in zip(start, g)]
+    (exact,) = torch.autograd.grad(torch.nn.functional.mse_loss(call(new, xv), yv), a)
+    result = tuner.step((x, y), (xv, yv))
+    torch.testing.assert_close(result.hypergradient["lr"][0], exact, rtol=1e-10, atol=0)

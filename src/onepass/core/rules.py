@@ -59,6 +59,25 @@ class UpdateRule:
         return tuple(self.defaults)
 
 
+def clip_gradients(grads: Weights, max_norm: float, *, per_member: bool = False) -> Weights:
+    """Rescale gradients so that their joint 2-norm is at most ``max_norm``.
+
+    The arithmetic of ``torch.nn.utils.clip_grad_norm_`` (factor
+    ``min(1, max_norm / (norm + 1e-6))``, one norm over all tensors) as a pure,
+    differentiable function, so that it can be part of an update that a
+    hypergradient differentiates through (the paper clips at 0.25 for Penn
+    Treebank). With ``per_member`` the leading dimension indexes independent
+    runs of a population, each clipped by its own norm.
+    """
+    if per_member:
+        squares = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        factor = torch.clamp(max_norm / (squares.sqrt() + 1e-6), max=1.0)
+        return tuple(g * factor.view(-1, *[1] * (g.dim() - 1)) for g in grads)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return tuple(g * factor for g in grads)
+
+
 # --- SGD ---------------------------------------------------------------------
 
 def sgd_init(weights: Weights) -> State:

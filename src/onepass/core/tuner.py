@@ -33,7 +33,7 @@ from torch.func import functional_call
 
 from . import hyperparameters as hp
 from .hypergradients import implicit_hypergradient
-from .rules import UpdateRule, get_rule
+from .rules import UpdateRule, clip_gradients, get_rule
 
 METHODS = ("neumann", "unroll", "baydin")
 HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -110,6 +110,9 @@ class Tuner:
             hyperparameter update.
         batch_loss: ``batch_loss(forward, batch) -> scalar`` where ``forward``
             calls the model (with the weights being differentiated).
+        max_grad_norm: clip the training gradient to this joint 2-norm inside
+            the update (so hypergradients see the clipping), as
+            ``torch.nn.utils.clip_grad_norm_`` does.
         reset_each_window: at the start of every window after the first,
             restore the initial weights, buffers and optimiser state, so each
             hyperparameter update sees ``update_interval`` updates from the same
@@ -142,6 +145,7 @@ class Tuner:
         hyper_lr: float | None = None,
         lr_bounds: tuple[float, float] = (1e-10, 1.0),
         batch_loss: Callable | None = None,
+        max_grad_norm: float | None = None,
         reset_each_window: bool = False,
         population: int | None = None,
     ):
@@ -168,6 +172,9 @@ class Tuner:
         if population is not None:
             _check_int("population", population, 1)
         self.population = population
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm!r}")
+        self.max_grad_norm = max_grad_norm
 
         groups = _parameter_groups(model, params)
         self._params: list[nn.Parameter] = [p for group, _ in groups for p in group]
@@ -396,8 +403,7 @@ class Tuner:
 
     def _plain_step(self, batch, step: int) -> StepResult:
         loss = self._batch_loss(self.model, batch)
-        grads = torch.autograd.grad(self._total(loss), self._params)
-        grads = self._check_losses(loss, "training loss", step, grads)
+        grads = self._training_gradients(loss, self._params, step)
         with torch.no_grad():
             if self.rule.update_in_place is not None:
                 self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
@@ -410,8 +416,7 @@ class Tuner:
         # w_t = u(w_{t-1}, λ) with the graph kept: the Hessian enters through Jᵀ s.
         weights = tuple(self._params)
         loss = self._batch_loss(self.model, batch)
-        grads = torch.autograd.grad(self._total(loss), weights, create_graph=True)
-        grads = self._check_losses(loss, "training loss", step, grads)
+        grads = self._training_gradients(loss, weights, step, create_graph=True)
         leaves = self._raw_leaves()
         new_weights, new_state = self.rule.update(weights, self.state, grads, self._hyper(graph=True))
         # v = ∂L_V/∂w at w_t.
@@ -433,8 +438,7 @@ class Tuner:
         else:
             weights, state = self._unroll
         loss = self._batch_loss(self._forward_with(weights), batch)
-        grads = torch.autograd.grad(self._total(loss), weights, create_graph=not first)
-        grads = self._check_losses(loss, "training loss", step, grads)
+        grads = self._training_gradients(loss, weights, step, create_graph=not first)
         new_weights, new_state = self.rule.update(weights, state, grads, self._hyper(graph=True))
         if val_batch is None:
             self._commit(new_weights, new_state)
@@ -451,8 +455,7 @@ class Tuner:
 
     def _baydin_step(self, batch, step: int) -> StepResult:
         loss = self._batch_loss(self.model, batch)
-        grads = torch.autograd.grad(self._total(loss), self._params)
-        grads = self._check_losses(loss, "training loss", step, grads)
+        grads = self._training_gradients(loss, self._params, step)
         applied = None
         if self._previous_update is not None:
             # ∂L_T(w_t)/∂λ = ∇L_T(w_t) · ∂u(w_{t-1}, λ)/∂λ through the previous update.
@@ -503,13 +506,21 @@ class Tuner:
         if self.population is None:
             if not torch.isfinite(loss):
                 raise NonFiniteError(quantity, step)
-            return grads
-        bad = ~torch.isfinite(loss)
-        if bad.any():
-            self.diverged = self.diverged | bad
-            self._invalidate_hyper()
-        if grads is not None and self.diverged.any():
-            grads = tuple(torch.where(self._member_view(self.diverged, g), 0.0, g) for g in grads)
+        else:
+            bad = ~torch.isfinite(loss)
+            if bad.any():
+                self.diverged = self.diverged | bad
+                self._invalidate_hyper()
+            if grads is not None and self.diverged.any():
+                grads = tuple(torch.where(self._member_view(self.diverged, g), 0.0, g) for g in grads)
+        return grads
+
+    def _training_gradients(self, loss: Tensor, weights, step: int, create_graph: bool = False):
+        """``∇L_T`` (per member, with dead members zeroed), clipped if asked."""
+        grads = torch.autograd.grad(self._total(loss), weights, create_graph=create_graph)
+        grads = self._check_losses(loss, "training loss", step, grads)
+        if self.max_grad_norm is not None:
+            grads = clip_gradients(grads, self.max_grad_norm, per_member=self.population is not None)
         return grads
 
     # ---------------------------------------------------------------- helpers

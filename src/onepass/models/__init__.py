@@ -1,6 +1,6 @@
 """Neural network models."""
 
-from onepass.models.lstm import LSTMLanguageModel, clip_gradients, detach_hidden
+from onepass.models.lstm import LSTMLanguageModel, detach_hidden
 from onepass.models.mlp import MLP, MODEL_KINDS, build_model
 from onepass.models.population import PopulationMLP, member_mse
 from onepass.models.resnet import ResNet18
@@ -12,7 +12,6 @@ __all__ = [
     "PopulationMLP",
     "ResNet18",
     "build_model",
-    "clip_gradients",
     "detach_hidden",
     "member_mse",
 ]

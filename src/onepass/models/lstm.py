@@ -106,19 +106,4 @@ def detach_hidden(hidden: Hidden) -> Hidden:
     return tuple(h.detach() for h in hidden)
 
 
-def clip_gradients(grads: tuple[Tensor, ...], max_norm: float) -> tuple[Tensor, ...]:
-    """Rescale gradients so that their joint 2-norm is at most ``max_norm``.
-
-    The arithmetic of ``torch.nn.utils.clip_grad_norm_`` (factor
-    ``min(1, max_norm / (norm + 1e-6))``, norm over all tensors together) as a
-    pure, differentiable function: nothing is modified in place, so it can sit
-    inside a graph that is differentiated again (an update rule that a
-    hypergradient differentiates through). The paper clips at 0.25 for Penn
-    Treebank.
-    """
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    return tuple(g * factor for g in grads)
-
-
-__all__ = ["LSTMLanguageModel", "clip_gradients", "detach_hidden"]
+__all__ = ["LSTMLanguageModel", "detach_hidden"]
