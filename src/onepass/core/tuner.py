@@ -118,6 +118,12 @@ class Tuner:
             hyperparameter update sees ``update_interval`` updates from the same
             start (long Diff-through-Opt, "Standalone"/"Full", with
             ``method="unroll"`` and ``unroll_steps == update_interval``).
+        compile: compute the gradient of the steps that are not differentiated
+            (all but the window's last, for ``"neumann"``) with ``torch.compile``
+            of a ``torch.func`` gradient. Worth it for long runs of small models
+            and for populations (about 3× faster per step on the paper's UCI
+            MLPs); the first step pays seconds of compilation. Results agree
+            with the eager path to rounding.
         population: train ``P`` independent runs at once. Every parameter then
             has a leading dimension ``P`` (member ``m`` owns slice ``m``), the
             loss returns one value per member, shape ``(P,)``, and each
@@ -147,6 +153,7 @@ class Tuner:
         batch_loss: Callable | None = None,
         max_grad_norm: float | None = None,
         reset_each_window: bool = False,
+        compile: bool = False,
         population: int | None = None,
     ):
         self.model = model
@@ -270,6 +277,7 @@ class Tuner:
         self._previous_update: tuple | None = None  # Baydin: inputs of the last update
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
         self._input_shapes: list | None = None
+        self._compiled_gradient = self._compile_gradient() if compile else None
         self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
         if population is not None:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=like.device)
@@ -402,8 +410,12 @@ class Tuner:
     # ------------------------------------------------------- the four steps
 
     def _plain_step(self, batch, step: int) -> StepResult:
-        loss = self._batch_loss(self.model, batch)
-        grads = self._training_gradients(loss, self._params, step)
+        if self._compiled_gradient is not None:
+            grads, loss = self._compiled_gradient(tuple(p.detach() for p in self._params), batch)
+            grads = self._finish_gradients(grads, loss, step)
+        else:
+            loss = self._batch_loss(self.model, batch)
+            grads = self._training_gradients(loss, self._params, step)
         with torch.no_grad():
             if self.rule.update_in_place is not None:
                 self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
@@ -518,6 +530,9 @@ class Tuner:
     def _training_gradients(self, loss: Tensor, weights, step: int, create_graph: bool = False):
         """``∇L_T`` (per member, with dead members zeroed), clipped if asked."""
         grads = torch.autograd.grad(self._total(loss), weights, create_graph=create_graph)
+        return self._finish_gradients(grads, loss, step)
+
+    def _finish_gradients(self, grads, loss: Tensor, step: int):
         grads = self._check_losses(loss, "training loss", step, grads)
         if self.max_grad_norm is not None:
             grads = clip_gradients(grads, self.max_grad_norm, per_member=self.population is not None)
@@ -566,6 +581,19 @@ class Tuner:
         if not graph:
             self._hyper_cache = hyper
         return hyper
+
+    def _compile_gradient(self) -> Callable:
+        """``(weights, batch) -> (grads, loss)`` through ``torch.compile``."""
+        def total_and_loss(weights, batch):
+            loss = self._batch_loss(self._forward_with(weights), batch)
+            return self._total(loss), loss
+
+        gradient = torch.func.grad_and_value(total_and_loss, has_aux=True)
+
+        def grads_and_loss(weights, batch):
+            grads, (_, loss) = gradient(weights, batch)
+            return grads, loss
+        return torch.compile(grads_and_loss, dynamic=False)
 
     def _hyper_in_place(self) -> dict:
         """:meth:`_hyper` with scalars as Python floats, for ``update_in_place``."""
