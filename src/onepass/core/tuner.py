@@ -23,6 +23,7 @@ and takes one step of the hyper-optimiser on the raw hyperparameters.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -379,7 +380,7 @@ class Tuner:
             "rule_state": _clone(self.state),
             "raw": {k: [t.detach().clone() for t in v] for k, v in self._raw.items()},
             "fixed": {k: [t.clone() for t in v] for k, v in self._fixed.items()},
-            "hyper_optimizer": self._hyper_optimizer.state_dict() if self._hyper_optimizer else None,
+            "hyper_optimizer": copy.deepcopy(self._hyper_optimizer.state_dict()) if self._hyper_optimizer else None,
             "previous_update": _clone(self._previous_update),
             "diverged": _clone(self.diverged),
             "initial": _clone(self._initial),
