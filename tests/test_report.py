@@ -253,3 +253,20 @@ def test_load_runs_scales_to_300_folders(tmp_path):
     assert [table.row(a).n for a in algorithms] == [100, 100, 100]
     assert table.row("random").diverged == 10            # i % 30 == 0
     assert table.row(THREE_BATCHED).n == 33
+
+
+def test_a_search_study_counts_once_with_its_best_validation_run(tmp_path):
+    """BO / ASHA / PBT trials: one value per study, the best-validation trial's test loss."""
+    trials = {"a": [(0.30, 5.0), (0.10, 2.0), (0.20, 1.0)], "b": [(0.50, 7.0), (0.40, 9.0)]}
+    for study, results in trials.items():
+        for i, (val, test_u) in enumerate(results):
+            folder = write_run(tmp_path / "bayesopt" / study, f"eval_{i}", algorithm="bayesopt",
+                               val=val, test_u=test_u)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary["search"] = {"method": "bayesopt", "study": study, "index": i}
+            (folder / "summary.json").write_text(json.dumps(summary))
+    (table,) = build_tables(load_runs(tmp_path))
+    row = table.row("bayesopt")
+    assert (row.n, row.excluded) == (2, 0)
+    assert sorted(row.values.tolist()) == [2.0, 9.0]
+    assert row.display == "Bayesian optimisation"

@@ -25,6 +25,11 @@ missing one counts as +inf; ties go to the earlier run) is kept and its test
 loss reported. Its ``n`` is the number of groups, ``diverged`` counts the
 kept runs that diverged, ``excluded`` the ``random_validation`` runs in no
 group.
+
+A **search** algorithm (``bayesopt``, ``asha``, ``pbt``: runs whose summary
+has a ``search`` entry naming their study) spends many runs on one result:
+its row has one value per study, the test loss of the study's run with the
+lowest final validation loss (:func:`search_stats`), so ``n`` counts studies.
 """
 from __future__ import annotations
 
@@ -57,6 +62,12 @@ DISPLAY_NAMES = {
     "ours_lr_momentum": "Ours (WD+LR+M)",
     "ours_hdlr_momentum": "Ours (WD+HDLR+M)",
     "diff_through_opt": "Diff-through-Opt",
+    "long_dto_standalone": "Long Diff-through-Opt (Standalone)",
+    "long_dto_medium": "Long Diff-through-Opt (Medium)",
+    "long_dto_full": "Long Diff-through-Opt (Full)",
+    "bayesopt": "Bayesian optimisation",
+    "asha": "ASHA",
+    "pbt": "PBT",
 }
 """Paper names of the algorithms, in the paper's row order."""
 _ORDER = {name: i for i, name in enumerate(DISPLAY_NAMES)}
@@ -152,6 +163,24 @@ def algorithm_stats(algorithm: str, runs: Sequence[Run], metric: str) -> Algorit
                           len(runs) - len(used), *summarise(values), values=values, runs=used)
 
 
+def search_stats(algorithm: str, runs: Sequence[Run], metric: str) -> AlgorithmStats:
+    """The row of a search algorithm: per study, the run with the best final
+    validation loss (ties to the earlier run) stands for the study."""
+    usable = [r for r in initialisation_order(runs) if r.in_statistics and r.final_value(metric) is not None]
+    studies: dict[str, list[Run]] = {}
+    for run in usable:
+        studies.setdefault(str(run.summary["search"].get("study", "")), []).append(run)
+    kept = [min(group, key=lambda r: _or_inf(r.final_value("val_loss"))) for group in studies.values()]
+    values = np.array([r.final_value(metric) for r in kept], dtype=float)
+    return AlgorithmStats(algorithm, len(kept), sum(r.diverged for r in kept),
+                          len(runs) - len(usable), *summarise(values), values=values, runs=kept)
+
+
+def is_search(runs: Sequence[Run]) -> bool:
+    """Whether these runs are the trials of search studies (BO, ASHA, PBT)."""
+    return bool(runs) and all(isinstance(r.summary.get("search"), dict) for r in runs)
+
+
 def three_batched(runs: Sequence[Run], metric: str) -> AlgorithmStats:
     """The Random (3-batched) row from ``random_validation`` runs of one dataset."""
     usable = initialisation_order([r for r in runs if r.in_statistics
@@ -184,7 +213,8 @@ def build_tables(runs: Iterable[Run], metric: str | None = None) -> list[Dataset
         by_algorithm: dict[str, list[Run]] = {}
         for run in dataset_runs:
             by_algorithm.setdefault(run.algorithm, []).append(run)
-        rows = [algorithm_stats(a, rs, chosen) for a, rs in by_algorithm.items()]
+        rows = [(search_stats if is_search(rs) else algorithm_stats)(a, rs, chosen)
+                for a, rs in by_algorithm.items()]
         if THREE_BATCHED_SOURCE in by_algorithm:
             rows.append(three_batched(by_algorithm[THREE_BATCHED_SOURCE], chosen))
         rows.sort(key=lambda row: algorithm_sort_key(row.algorithm))
