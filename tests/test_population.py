@@ -112,15 +112,16 @@ def test_compiled_gradients_agree_with_eager_ones(problem):
     """``compile=True`` (torch.compile of the undifferentiated steps' gradient)
     gives the same population run as the eager path, to rounding."""
     batch, val_batch, starts, models = problem
-    runs = []
-    for compile in (False, True):
-        population = PopulationMLP.from_models(models)
-        tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
-                              compile=compile, tune=("lr", "momentum", "weight_decay"))
-        for _ in range(25):
-            tuner.step(batch, val_batch)
-        runs.append((list(population.parameters()), tuner.hyperparameters["lr"]))
-    (eager, eager_lr), (compiled, compiled_lr) = runs
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert compiled_lr == pytest.approx(eager_lr, rel=1e-10)
+    for options in (METHODS["neumann"], METHODS["baydin"]):
+        runs = []
+        for compile in (False, True):
+            population = PopulationMLP.from_models(models)
+            tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
+                                  compile=compile, **options)
+            for _ in range(25):
+                tuner.step(batch, val_batch)
+            runs.append((list(population.parameters()), tuner.hyperparameters["lr"]))
+        (eager, eager_lr), (compiled, compiled_lr) = runs
+        for a, b in zip(eager, compiled):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert compiled_lr == pytest.approx(eager_lr, rel=1e-10)

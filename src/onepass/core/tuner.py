@@ -120,7 +120,8 @@ class Tuner:
             start (long Diff-through-Opt, "Standalone"/"Full", with
             ``method="unroll"`` and ``unroll_steps == update_interval``).
         compile: compute the gradient of the steps that are not differentiated
-            (all but the window's last, for ``"neumann"``) with ``torch.compile``
+            twice (all but the window's last for ``"neumann"``, every step for
+            ``"baydin"``) with ``torch.compile``
             of a ``torch.func`` gradient. Worth it for long runs of small models
             and for populations (about 3× faster per step on the paper's UCI
             MLPs); the first step pays seconds of compilation. Results agree
@@ -410,13 +411,16 @@ class Tuner:
 
     # ------------------------------------------------------- the four steps
 
-    def _plain_step(self, batch, step: int) -> StepResult:
+    def _gradients_now(self, batch, step: int):
+        """``(loss, ∇L_T)`` at the current weights, without a graph."""
         if self._compiled_gradient is not None:
             grads, loss = self._compiled_gradient(tuple(p.detach() for p in self._params), batch)
-            grads = self._finish_gradients(grads, loss, step)
-        else:
-            loss = self._batch_loss(self.model, batch)
-            grads = self._training_gradients(loss, self._params, step)
+            return loss, self._finish_gradients(grads, loss, step)
+        loss = self._batch_loss(self.model, batch)
+        return loss, self._training_gradients(loss, self._params, step)
+
+    def _plain_step(self, batch, step: int) -> StepResult:
+        loss, grads = self._gradients_now(batch, step)
         with torch.no_grad():
             if self.rule.update_in_place is not None:
                 self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
@@ -467,8 +471,7 @@ class Tuner:
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
     def _baydin_step(self, batch, step: int) -> StepResult:
-        loss = self._batch_loss(self.model, batch)
-        grads = self._training_gradients(loss, self._params, step)
+        loss, grads = self._gradients_now(batch, step)
         applied = None
         if self._previous_update is not None:
             # ∂L_T(w_t)/∂λ = ∇L_T(w_t) · ∂u(w_{t-1}, λ)/∂λ through the previous update.
