@@ -36,8 +36,25 @@ ALGORITHMS = ("random", "random_stepped_lr", "random_validation", "random_traini
               "diff_through_opt")
 """Names of the shipped algorithm configs (``configs/<name>.yaml``)."""
 
-DATASETS = tuple(f"uci_{name}" for name in UCI_DATASETS)
+EXTRA_ALGORITHMS = ("long_dto_standalone", "long_dto_medium", "long_dto_full")
+"""Shipped algorithm configs beyond the main table: long Diff-through-Opt, whose
+windows (``update_interval = unroll_steps = N``) are far longer than a short run."""
+
+DATASET_KINDS = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
+"""Dataset families (``dataset.kind``); each is a task of :mod:`onepass.experiment.tasks`."""
+
+DATASETS = tuple(f"uci_{name}" for name in UCI_DATASETS) + DATASET_KINDS[1:]
 """Names of the shipped dataset configs (``configs/<name>.yaml``)."""
+
+MODEL_KEYS = {"mlp": ("hidden", "batch_norm"),
+              "lstm": ("embedding_dim", "hidden_dim", "num_layers", "dropout", "tie_weights"),
+              "resnet18": ("width",)}
+"""The ``model.*`` keys that apply to each ``model.kind``."""
+# The model kind(s) each dataset family can train, and its loss.
+DATASET_MODELS = {"uci": ("mlp",), "fashion_mnist": ("mlp",), "penn_treebank": ("lstm",),
+                  "cifar10": ("resnet18",)}
+DATASET_LOSS = {"uci": "mse", "fashion_mnist": "cross_entropy", "penn_treebank": "cross_entropy",
+                "cifar10": "cross_entropy"}
 
 METHODS = ("none", "neumann", "unroll", "baydin")
 TUNABLE = ("lr", "momentum", "weight_decay")
@@ -108,21 +125,38 @@ SIGMOID_HALF = 1.0 / (1.0 + math.exp(-0.5))  # the protocol's placeholder moment
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "dataset": {
-        "kind": Field("str", "uci", "dataset family", choices=("uci",)),
-        "name": Field("str", None, "dataset name", choices=tuple(UCI_DATASETS)),
+        "kind": Field("str", "uci", "dataset family", choices=DATASET_KINDS),
+        "name": Field("str", None, "dataset name (a UCI set, else the kind)",
+                      choices=tuple(UCI_DATASETS) + DATASET_KINDS[1:]),
         "shuffle_seed": Field("int", None, "permute the rows with this seed before splitting "
                               "(null keeps the file's order)", nullable=True),
+        "validation_size": Field("int", None, "fashion_mnist / cifar10: held-out validation "
+                                 "images (null: 10000 / 5000)", nullable=True, check=_at_least(1)),
+        "bptt": Field("int", 70, "penn_treebank: tokens per window (truncated BPTT length)",
+                      check=_at_least(1)),
     },
     "model": {
-        "kind": Field("str", "mlp", "model family", choices=("mlp",)),
-        "hidden": Field("int_list", [50], "hidden layer widths", check=_widths),
-        "batch_norm": Field("bool", False, "BatchNorm after each hidden layer"),
+        "kind": Field("str", "mlp", "model family", choices=tuple(MODEL_KEYS)),
+        "hidden": Field("int_list", [50], "mlp: hidden layer widths", check=_widths),
+        "batch_norm": Field("bool", False, "mlp: BatchNorm after each hidden layer"),
+        "embedding_dim": Field("int", 650, "lstm: embedding width", check=_at_least(1)),
+        "hidden_dim": Field("int", 650, "lstm: units per LSTM layer", check=_at_least(1)),
+        "num_layers": Field("int", 2, "lstm: stacked LSTM layers", check=_at_least(1)),
+        "dropout": Field("float", 0.5, "lstm: dropout probability",
+                         check=lambda v: None if 0 <= v < 1 else f"must lie in [0, 1), got {v!r}"),
+        "tie_weights": Field("bool", False, "lstm: share the embedding and decoder weights"),
+        "width": Field("int", 64, "resnet18: channels of the first stage (64 in the paper)",
+                       check=_at_least(1)),
     },
     "training": {
         "steps": Field("int", 4000, "weight updates", check=_at_least(1)),
         "batch_size": Field("int", None, "training batch size (null: full batch)", nullable=True,
                             check=_at_least(1)),
-        "loss": Field("str", "mse", "training loss", choices=("mse",)),
+        "loss": Field("str", "mse", "training loss (uci: mse, else cross_entropy)",
+                      choices=("mse", "cross_entropy")),
+        "max_grad_norm": Field("float", None, "clip the training gradient to this joint 2-norm "
+                               "inside the update (penn_treebank: 0.25)", nullable=True,
+                               check=_positive),
     },
     "hyperparameters": {
         "lr": Field("float", 1e-3, "initial learning rate", check=_positive),
@@ -150,6 +184,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "lr_multiplier": Field("float", None, "multiply lr by this after every window of "
                                "update_interval updates (clipped to [1e-10, 1])", nullable=True,
                                check=_positive),
+        "reset_each_window": Field("bool", False, "restore the initial weights and optimiser state "
+                                   "at the start of every window (long Diff-through-Opt: "
+                                   "Standalone, Full)"),
     },
     "logging": {
         "interval": Field("int", 10, "updates between log steps", check=_at_least(1)),
@@ -449,6 +486,24 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
 
     algo, hyper = config["algorithm"], config["hyperparameters"]
     method, tune = algo["method"], algo["tune"]
+    dataset, model = config["dataset"], config["model"]
+    kind = dataset["kind"]
+    if kind == "uci" and dataset["name"] not in UCI_DATASETS:
+        raise fail("dataset.name", f"must be a UCI dataset ({', '.join(UCI_DATASETS)}) for kind "
+                   f"'uci', got {dataset['name']!r}")
+    if kind != "uci" and dataset["name"] != kind:
+        raise fail("dataset.name", f"must be {kind!r} for kind {kind!r}, got {dataset['name']!r}")
+    if model["kind"] not in DATASET_MODELS[kind]:
+        raise fail("model.kind", f"must be {' or '.join(DATASET_MODELS[kind])} for dataset kind "
+                   f"{kind!r}, got {model['kind']!r}")
+    for key, spec in SCHEMA["model"].items():
+        # A resolved config lists every key, so only a non-default value is an error.
+        if key != "kind" and key not in MODEL_KEYS[model["kind"]] and model[key] != spec.default:
+            owner = next(k for k, keys in MODEL_KEYS.items() if key in keys)
+            raise fail(f"model.{key}", f"applies to model kind {owner!r}, not {model['kind']!r}")
+    if config["training"]["loss"] != DATASET_LOSS[kind]:
+        raise fail("training.loss", f"must be {DATASET_LOSS[kind]!r} for dataset kind {kind!r}, "
+                   f"got {config['training']['loss']!r}")
     if method == "none" and tune:
         raise fail("algorithm.tune", f"must be empty for method 'none', got {tune!r}")
     if method != "none" and not tune:
@@ -467,6 +522,9 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
         if name not in tune:
             raise fail("algorithm.granularity", f"sets {name!r}, which is not tuned "
                        f"(algorithm.tune: {tune!r})")
+    if algo["reset_each_window"] and method != "unroll":
+        raise fail("algorithm.reset_each_window", f"needs method 'unroll' (long Diff-through-Opt), "
+                   f"got {method!r}")
     if algo["lr_multiplier"] is not None and "lr" in tune:
         raise fail("algorithm.lr_multiplier", "cannot be combined with tuning lr")
     if "momentum" in tune and not 0 < hyper["momentum"] < 1:
@@ -527,7 +585,9 @@ def describe_schema() -> str:
 
 
 __all__ = [
-    "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "Field", "SCHEMA", "describe_schema",
+    "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "DATASET_KINDS", "EXTRA_ALGORITHMS",
+    "Field", "MODEL_KEYS", "SCHEMA",
+    "describe_schema",
     "draw_random_initialisation", "dump_config", "find_config", "load_config", "parse_override",
     "read_config_file", "resolve_config",
 ]

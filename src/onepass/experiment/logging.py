@@ -146,13 +146,17 @@ class RunLogger:
         resume_step: continuing a run in the same folder from this update:
             rows after it are dropped from ``metrics.csv`` and TensorBoard
             events after it are purged.
+        metric_columns: extra columns after the losses (e.g. ``test_accuracy``,
+            ``test_perplexity``), written to TensorBoard as ``Metrics/<name>``.
     """
 
     def __init__(self, run_dir: str | os.PathLike, hyperparameters: Mapping[str, Any], *,
-                 tensorboard: bool = True, resume_step: int | None = None):
+                 tensorboard: bool = True, resume_step: int | None = None,
+                 metric_columns: Sequence[str] = ()):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.columns = [*LOSS_COLUMNS, *hyperparameter_columns(hyperparameters)]
+        self.metric_columns = list(metric_columns)
+        self.columns = [*LOSS_COLUMNS, *self.metric_columns, *hyperparameter_columns(hyperparameters)]
         path = self.run_dir / METRICS
         if resume_step is not None and path.is_file():
             with path.open(newline="") as f:
@@ -187,6 +191,9 @@ class RunLogger:
                              ("test_loss_unnormalised", "Loss/Test_Unnormalised")):
                 if row.get(key) is not None:
                     self._tb.add_scalar(tag, row[key], step)
+            for key in self.metric_columns:
+                if row.get(key) is not None:
+                    self._tb.add_scalar(f"Metrics/{key}", row[key], step)
             for name, value in hyperparameters.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"Hyperparameters/{name}", value, step)

@@ -35,9 +35,10 @@ from onepass.core import NonFiniteError, Tuner
 from onepass.data.uci import load_uci
 from onepass.experiment.config import LR_CLIP, resolve_config
 from onepass.experiment.logging import (
-    CHECKPOINT, RunLogger, atomic_torch_save, hyperparameter_summary, versions, write_config,
-    write_summary,
+    CHECKPOINT, LOSS_COLUMNS, RunLogger, atomic_torch_save, hyperparameter_summary, versions,
+    write_config, write_summary,
 )
+from onepass.experiment.tasks import make_task
 from onepass.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -132,44 +133,32 @@ def run_training(
         checkpoint = load_checkpoint(resume_from, device)
         _check_resumable(checkpoint["config"], config, resume_from)
 
-    # ---- data: train on train+val when the algorithm has no validation split
-    data = load_uci(config["dataset"]["name"], data_dir,
-                    shuffle_seed=config["dataset"]["shuffle_seed"]).to(device)
-    split = algo["validation"] == "split"
-    x_train, y_train = (data.x_train, data.y_train) if split else (data.x_trainval, data.y_trainval)
-    batch_size = training["batch_size"]
+    # ---- data (per dataset.kind, see onepass.experiment.tasks): train on
+    # train+val when the algorithm has no validation split
+    task = make_task(config, data_dir, device)
 
     # ---- model: the same seed gives every algorithm the same initial weights
     torch.manual_seed(config["seed"])
-    model = build_model(config["model"], data.n_inputs, 1).to(device)
+    model = task.build_model().to(device)
     method = algo["method"]
     tuner = Tuner(
-        model, F.mse_loss, rule=algo["rule"], hyperparameters=dict(config["hyperparameters"]),
+        model, **task.tuner_loss(), max_grad_norm=training["max_grad_norm"], rule=algo["rule"],
+        hyperparameters=dict(config["hyperparameters"]),
         tune=tuple(algo["tune"]), granularity=dict(algo["granularity"]) or None,
         method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
         unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
         hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
+        reset_each_window=algo["reset_each_window"],
     )
-    sampler = BatchSampler(x_train, y_train, batch_size, config["seed"])
-    val_generator = torch.Generator().manual_seed(config["seed"] + 1)
-    last_val_batch: list = [None]
-
-    def val_batch():
-        if batch_size is None or batch_size >= len(data.x_val):
-            batch = (data.x_val, data.y_val)
-        else:
-            index = torch.randperm(len(data.x_val), generator=val_generator)[:batch_size]
-            index = index.to(device)
-            batch = (data.x_val[index], data.y_val[index])
-        last_val_batch[0] = batch
-        return batch
+    sampler = task.sampler
+    val_batch = task.val_batch
 
     steps_done, wall_before, last_row = 0, 0.0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         tuner.load_state_dict(checkpoint["tuner"])
         sampler.load_state_dict(checkpoint["sampler"])
-        val_generator.set_state(checkpoint["val_generator"].cpu())
+        task.load_state_dict(checkpoint.get("task") or {"val_generator": checkpoint["val_generator"]})
         torch.set_rng_state(checkpoint["torch_rng"].cpu())
         if device.type == "cuda" and checkpoint.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
@@ -182,7 +171,8 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, config)
     logger = RunLogger(run_dir, tuner.hyperparameters, tensorboard=log_cfg["tensorboard"],
-                       resume_step=steps_done if same_folder else None)
+                       resume_step=steps_done if same_folder else None,
+                       metric_columns=[m for m in task.metrics if m not in LOSS_COLUMNS])
 
     steps = training["steps"]
     window = tuner.update_interval
@@ -197,28 +187,9 @@ def run_training(
     }
     write_summary(run_dir, summary)
 
-    def evaluate(x, y) -> float:
-        with torch.no_grad():
-            return F.mse_loss(model(x), y).item()
-
     def losses_now(train_loss: float | None) -> dict:
         """A log row at the current weights; ``train_loss`` None → evaluate on the whole training set."""
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            try:
-                train = evaluate(x_train, y_train) if train_loss is None else train_loss
-                if not split:
-                    val = None
-                elif train_loss is None or algo["full_validation"] or last_val_batch[0] is None:
-                    val = evaluate(data.x_val, data.y_val)
-                else:
-                    val = evaluate(*last_val_batch[0])
-                test = evaluate(data.x_test, data.y_test)
-            finally:
-                model.train(was_training)
-        return {"train_loss": train, "val_loss": val, "test_loss": test,
-                "test_loss_unnormalised": data.unnormalise_mse(test)}
+        return task.losses_now(model, train_loss)
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=steps_done, disable=not progress, dynamic_ncols=True,
@@ -232,7 +203,7 @@ def run_training(
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "config": config, "steps": tuner.steps_taken,
             "model": model.state_dict(), "tuner": tuner.state_dict(),
-            "sampler": sampler.state_dict(), "val_generator": val_generator.get_state(),
+            "sampler": sampler.state_dict(), "task": task.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "wall_time_s": wall(), "last_row": last_row, "versions": versions(),
@@ -274,7 +245,8 @@ def run_training(
     finally:
         bar.close()
         logger.close()
-        summary.update(_final_summary(status, tuner, last_row, wall(), error, diverged))
+        summary.update(_final_summary(status, tuner, last_row, wall(), error, diverged,
+                                      metrics=task.metrics))
         if status == "finished" and save_state_to is not None:
             save_state(save_state_to)
             summary["state_saved_to"] = str(save_state_to)
@@ -282,9 +254,10 @@ def run_training(
     return summary
 
 
-def _final_summary(status, tuner, last_row, wall_time, error, diverged) -> dict:
+def _final_summary(status, tuner, last_row, wall_time, error, diverged, metrics=()) -> dict:
+    keys = ("train_loss", "val_loss", "test_loss", "test_loss_unnormalised")
     final = {k: (None if last_row is None else last_row.get(k))
-             for k in ("train_loss", "val_loss", "test_loss", "test_loss_unnormalised")}
+             for k in (*keys, *(m for m in metrics if m not in keys))}
     return {
         "status": status, "final": final, "final_step": None if last_row is None else last_row["step"],
         "hyperparameters": hyperparameter_summary(tuner.hyperparameters),

@@ -54,7 +54,8 @@ def build_model(spec: dict, n_inputs: int, n_outputs: int) -> nn.Module:
       (2), ``dropout`` (0.5), ``tie_weights`` (false) and
       ``double_backward`` (true).
     * ``resnet18``: :class:`~onepass.models.resnet.ResNet18` with
-      ``n_outputs`` classes and ``n_inputs`` image channels; no keys.
+      ``n_outputs`` classes and ``n_inputs`` image channels; ``width``
+      (default 64: channels of the first stage).
 
     Raises ``ValueError`` naming an unknown kind or unexpected keys.
     """
@@ -66,7 +67,7 @@ def build_model(spec: dict, n_inputs: int, n_outputs: int) -> nn.Module:
         "mlp": {"hidden", "batch_norm"},
         "lstm": {"embedding_dim", "hidden_dim", "num_layers", "dropout", "tie_weights",
                  "double_backward"},
-        "resnet18": set(),
+        "resnet18": {"width"},
     }[kind]
     unknown = set(options) - allowed
     if unknown:
@@ -77,7 +78,7 @@ def build_model(spec: dict, n_inputs: int, n_outputs: int) -> nn.Module:
                              f"n_outputs={n_outputs} differs from n_inputs={n_inputs}")
         return LSTMLanguageModel(n_inputs, **options)
     if kind == "resnet18":
-        return ResNet18(num_classes=n_outputs, in_channels=n_inputs)
+        return ResNet18(num_classes=n_outputs, in_channels=n_inputs, **options)
     return MLP(
         n_inputs,
         hidden=tuple(options.get("hidden", (50,))),

@@ -43,22 +43,28 @@ class ResNet18(nn.Module):
     """CIFAR ResNet-18: 3×3 stem (64), BasicBlocks [2, 2, 2, 2], global average pool, linear.
 
     Input ``(N, in_channels, 32, 32)`` (other sizes work too: the pooling is
-    global), output logits ``(N, num_classes)``.
+    global), output logits ``(N, num_classes)``. ``width`` is the channel
+    count of the stem and first stage (64, the paper's model); the stages have
+    ``width × (1, 2, 4, 8)`` channels, so a small width gives a toy ResNet-18
+    of the same depth (for tests).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        stages, width = [], 64
-        for out_channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        base = width
+        self.conv1 = nn.Conv2d(in_channels, base, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
+        stages = []
+        for out_channels, stride in ((base, 1), (2 * base, 2), (4 * base, 2), (8 * base, 2)):
             stages.append(nn.Sequential(
                 BasicBlock(width, out_channels, stride),
                 BasicBlock(out_channels, out_channels, 1),
             ))
             width = out_channels
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(8 * base, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

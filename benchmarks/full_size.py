@@ -1,0 +1,168 @@
+"""Cost of the one-pass tuner on the paper's full-size models (synthetic data).
+
+For each experiment (Fashion-MNIST MLP 784-50-10, batch 50; Penn Treebank
+2-layer LSTM 650/650 over 10,000 words, 40 sequences × 70 tokens, gradient
+clipping 0.25; CIFAR-10 ResNet-18, batch 100) it times ``--updates`` weight
+updates of
+
+* plain SGD: ``torch.optim.SGD`` (lr, momentum, weight decay) on the same
+  model, with ``clip_grad_norm_`` for Penn Treebank;
+* the :class:`~onepass.Tuner` with Ours (WD+LR+M): Neumann K=5, one
+  hyperparameter update every 10 weight updates, tuning lr, momentum and
+  weight decay;
+
+on random data of the real shapes (no download), after ``--warmup`` untimed
+updates, and prints the seconds per update and the ratio tuner / SGD (the
+paper reports 2–3×)::
+
+    python benchmarks/full_size.py --updates 100 --json bench.json
+    python benchmarks/full_size.py --only fashion_mnist cifar10 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from onepass.core import Tuner
+from onepass.experiment.tasks import HiddenCarrier, lm_batch_loss
+from onepass.models import MLP, LSTMLanguageModel, ResNet18
+
+EXPERIMENTS = ("fashion_mnist", "penn_treebank", "cifar10")
+HYPER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-4}
+VOCAB, BPTT, SEQUENCES = 10_000, 70, 40
+
+
+def setup(name: str, device, *, small: bool = False, seed: int = 0):
+    """``(model, batch_loss, next_batch, next_val_batch, max_grad_norm)`` for one
+    experiment on synthetic data; ``small`` shrinks the models (for testing this script)."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if name == "fashion_mnist":
+        model = MLP(784, [8] if small else [50], 10)
+
+        def batch():
+            return (torch.randn(50, 784, generator=g).to(device),
+                    torch.randint(0, 10, (50,), generator=g).to(device))
+
+        def batch_loss(forward, b):
+            return F.cross_entropy(forward(b[0]), b[1])
+        return model.to(device), batch_loss, batch, batch, None
+    if name == "penn_treebank":
+        vocab = 100 if small else VOCAB
+        width = 8 if small else 650
+        model = LSTMLanguageModel(vocab, width, width, 2)
+        streams = {}
+
+        def stream(key):
+            carrier = streams.setdefault(key, HiddenCarrier())
+
+            def next_window():
+                tokens = torch.randint(0, vocab, (BPTT + 1, SEQUENCES), generator=g).to(device)
+                return tokens[:-1], tokens[1:], carrier
+            return next_window
+        return model.to(device), lm_batch_loss, stream("train"), stream("valid"), 0.25
+    if name == "cifar10":
+        model = ResNet18(10, width=4 if small else 64)
+
+        def batch():
+            return (torch.randn(100, 3, 32, 32, generator=g).to(device),
+                    torch.randint(0, 10, (100,), generator=g).to(device))
+
+        def batch_loss(forward, b):
+            return F.cross_entropy(forward(b[0]), b[1])
+        return model.to(device), batch_loss, batch, batch, None
+    raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+
+
+def make_tuner(model, batch_loss, max_grad_norm, neumann_terms: int = 5) -> Tuner:
+    """Ours (WD+LR+M) as in configs/ours_lr_momentum.yaml."""
+    return Tuner(model, batch_loss=batch_loss, hyperparameters=dict(HYPER),
+                 tune=("lr", "momentum", "weight_decay"), method="neumann",
+                 neumann_terms=neumann_terms, update_interval=10, hyper_optimizer="adam",
+                 hyper_lr=0.05, max_grad_norm=max_grad_norm)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_sgd(name, device, updates, warmup, small=False) -> float:
+    model, batch_loss, batch, _, clip = setup(name, device, small=small)
+    optimizer = torch.optim.SGD(model.parameters(), **HYPER)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(model, batch())
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(updates):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / updates
+
+
+def time_tuner(name, device, updates, warmup, small=False) -> float:
+    model, batch_loss, batch, val_batch, clip = setup(name, device, small=small)
+    tuner = make_tuner(model, batch_loss, clip)
+    for _ in range(warmup):
+        tuner.step(batch(), val_batch=val_batch)
+    # Time whole windows from a window boundary, so hypersteps are counted fairly.
+    while tuner.steps_taken % tuner.update_interval:
+        tuner.step(batch(), val_batch=val_batch)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(updates):
+        tuner.step(batch(), val_batch=val_batch)
+    _sync(device)
+    return (time.perf_counter() - start) / updates
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=100, help="timed updates per measurement "
+                        "(default 100; a multiple of 10 counts whole tuner windows)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed updates first (default 2)")
+    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--small", action="store_true", help="tiny models (to test the script)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
+    args = parser.parse_args(argv)
+    if args.updates < 1:
+        parser.error("--updates must be ≥ 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from onepass.experiment.run import resolve_device
+    device = resolve_device(args.device)
+    results = {}
+    print(f"{'experiment':15s} {'SGD s/upd':>10s} {'tuner s/upd':>12s} {'ratio':>6s}")
+    for name in args.only:
+        sgd = time_sgd(name, device, args.updates, args.warmup, args.small)
+        tuned = time_tuner(name, device, args.updates, args.warmup, args.small)
+        results[name] = {"sgd_s_per_update": sgd, "tuner_s_per_update": tuned, "ratio": tuned / sgd}
+        print(f"{name:15s} {sgd:10.4f} {tuned:12.4f} {tuned / sgd:6.2f}", flush=True)
+    if args.json:
+        info = {"device": str(device), "threads": torch.get_num_threads(), "updates": args.updates,
+                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                "small": args.small, "results": results}
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
