@@ -1,4 +1,4 @@
-"""The ``onepass`` command: ``train``, ``download`` and ``demo``.
+"""The ``onepass`` command: ``train``, ``sweep``, ``reproduce``, ``report``, ``download`` and ``demo``.
 
 Errors the user can fix (a bad config, a missing file or dataset) print one
 line ``onepass: error: ...`` to stderr and exit with status 2.
@@ -96,14 +96,122 @@ def _add_train(subparsers) -> None:
     p.set_defaults(handler=_train)
 
 
+SWEEP_DESCRIPTION = """\
+Run every (algorithm, random initialisation) pair of one dataset config.
+
+Initialisation i (0 <= i < N) draws the paper's random hyperparameters with
+seed SEED+i and sets the config's seed (the initial weights) to SEED+i, so every
+algorithm starts initialisation i from the same weights. Each run writes a
+folder LOG_ROOT/ALGORITHM/init_III in the format of onepass train (its
+summary.json carries init_index); LOG_ROOT/sweep.json records the sweep.
+
+Re-running the same command continues a sweep: runs whose summary says
+finished or diverged are kept; interrupted, failed, still-"running" (killed)
+and missing runs are run again from scratch. A different sweep in the same
+LOG_ROOT is refused.
+
+Population mode (--population auto, the default) trains the initialisations of
+an algorithm together, --population-size at a time, as one batched computation
+when the model allows it (full-batch MLPs without BatchNorm: every UCI config);
+each member's run folder equals the single run's (up to float rounding).
+"""
+
+SWEEP_EPILOG = """\
+examples:
+  onepass sweep -c uci_energy -a random ours_lr_momentum -N 20 -l runs/energy20 --workers 2
+  onepass sweep -c uci_energy -a paper -N 200 -l runs/energy   # the 9 algorithms of the paper
+  onepass sweep -c uci_energy -a ours_lr -N 8 --executor ray --address auto -l runs/ray
+"""
+
+
+def _add_sweep_options(p, *, dataset: bool) -> None:
+    if dataset:
+        p.add_argument("-c", "--config", required=True, metavar="DATASET",
+                       help="dataset config (shipped name such as uci_energy, or a path)")
+        p.add_argument("-a", "--algorithms", nargs="+", required=True, metavar="ALGO",
+                       help="algorithm configs (shipped names or paths); 'paper' stands for the "
+                            "nine algorithms of the paper's main table")
+        p.add_argument("-N", "--inits", type=int, required=True,
+                       help="number of random initialisations per algorithm")
+        p.add_argument("-l", "--log-root", type=Path, required=True, help="the sweep folder")
+        p.add_argument("--seed", type=int, default=0,
+                       help="initialisation i uses seed SEED+i (default 0)")
+        p.add_argument("--steps", type=int, help="training.steps of every run (default: the config's)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value of every run (as in onepass train; "
+                            "recorded in the manifest)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel worker processes, one torch thread each (default: "
+                        + ("1" if dataset else "2") + ")")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes (default) or a Ray cluster (pip install 'onepass[ray]')")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance; "
+                                     "'auto' joins a running one)")
+    p.add_argument("--population", choices=("auto", "off"), default="auto",
+                   help="train initialisations together as one population where the model allows "
+                        "(default auto)")
+    p.add_argument("--population-size", type=int, default=None, metavar="P",
+                   help="initialisations per population (default 50)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="dataset root (default: $ONEPASS_DATA_DIR, else ~/.cache/onepass)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where to train (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_sweep(subparsers) -> None:
+    p = subparsers.add_parser("sweep", help="run every algorithm from N random initialisations",
+                              description=SWEEP_DESCRIPTION, epilog=SWEEP_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_sweep_options(p, dataset=True)
+    p.set_defaults(handler=_sweep)
+
+
+def _add_reproduce(subparsers) -> None:
+    from onepass.sweep.reproduce import EXPERIMENTS
+
+    p = subparsers.add_parser(
+        "reproduce", help="run one of the paper's experiments (sweep + report)",
+        description="Run one of the paper's experiments: the sweep of its algorithms (by "
+                    "default the nine single-run algorithms × 200 initialisations, 4,000 "
+                    "updates each) into -l (default runs/NAME), then onepass report on it. "
+                    "Re-running continues an interrupted experiment.",
+        epilog="experiments: " + ", ".join(EXPERIMENTS) + "\n\nexample:\n"
+               "  onepass reproduce uci_energy --inits 20 --steps 1000 --workers 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME",
+                   help="experiment: " + ", ".join(EXPERIMENTS))
+    p.add_argument("--inits", type=int, help="initialisations per algorithm (default: the paper's)")
+    p.add_argument("--steps", type=int, help="updates per run (default: the paper's)")
+    p.add_argument("-l", "--log-root", type=Path, help="sweep folder (default runs/NAME)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation i uses seed SEED+i")
+    _add_sweep_options(p, dataset=False)
+    p.set_defaults(handler=_reproduce)
+
+
+def _add_report(subparsers) -> None:
+    p = subparsers.add_parser("report", help="tables, figures and an HTML page for a sweep "
+                                             "(see onepass report --help)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=lambda args: _run_report(args.args))
+
+
+def _run_report(argv: list[str]) -> int:
+    from onepass.analysis.report import report_main
+    return int(report_main(list(argv)) or 0)
+
+
 def _add_download(subparsers) -> None:
     from onepass.data.uci import UCI_DATASETS
 
     p = subparsers.add_parser("download", help="fetch datasets into the data directory",
                               description="Fetch datasets into the data directory.")
-    p.add_argument("family", choices=("uci",), help="dataset family (uci: the eight UCI sets)")
+    p.add_argument("family", choices=("uci", "fashion_mnist", "ptb", "cifar10"),
+                   help="dataset family (uci: the eight UCI sets; fashion_mnist: the four IDX "
+                        "files; ptb: Penn Treebank simple-examples.tgz; cifar10: the python "
+                        "pickles)")
     p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"datasets to fetch (default all: {', '.join(UCI_DATASETS)})")
+                   help=f"uci only: datasets to fetch (default all: {', '.join(UCI_DATASETS)})")
     p.add_argument("--data-dir", type=Path, metavar="DIR",
                    help="dataset root (default: $ONEPASS_DATA_DIR, else ~/.cache/onepass)")
     p.set_defaults(handler=_download)
@@ -126,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onepass {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(subparsers)
+    _add_sweep(subparsers)
+    _add_reproduce(subparsers)
+    _add_report(subparsers)
     _add_download(subparsers)
     _add_demo(subparsers)
+    from onepass.search.cli import add_search_commands  # bayesopt, asha, pbt
+    add_search_commands(subparsers)
     return parser
 
 
@@ -185,9 +298,8 @@ def _train(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    from onepass.data.uci import load_uci, uci_path
-    if not uci_path(config["dataset"]["name"], args.data_dir).is_file():
-        load_uci(config["dataset"]["name"], args.data_dir)  # raises, saying where it looked
+    from onepass.experiment.tasks import check_data
+    check_data(config, args.data_dir)  # raises, saying where it looked
     print(f"onepass: run folder {run_dir}", file=sys.stderr)
     try:
         summary = run_training(config, run_dir, data_dir=args.data_dir, device=args.device,
@@ -212,10 +324,95 @@ def _train(args) -> int:
     return EXIT_OK
 
 
+def _sweep_common(args) -> dict:
+    return dict(workers=args.workers, executor=args.executor, address=args.address,
+                population=args.population, data_dir=args.data_dir, device=args.device,
+                progress=not args.no_progress)
+
+
+def _check_ray(args) -> None:
+    if args.executor == "ray":
+        from onepass.sweep.executors import import_ray
+        try:
+            import_ray()
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+
+
+def _print_outcome(outcome) -> int:
+    counts = ", ".join(f"{v} {k}" for k, v in outcome.counts.items())
+    print(f"onepass: sweep {outcome.root}: {outcome.total} runs ({counts}); ran {outcome.ran}, "
+          f"{outcome.skipped} were already done", file=sys.stderr)
+    for result in outcome.failed[:10]:
+        print(f"onepass: {result.algorithm} init {result.init_index}: {result.status}"
+              + (f" ({result.error})" if result.error else ""), file=sys.stderr)
+    if outcome.failed:
+        print(f"onepass: {len(outcome.failed)} runs did not finish; rerun the same command to "
+              "redo them", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _sweep(args) -> int:
+    from onepass.sweep import DEFAULT_POPULATION_SIZE, PAPER_ALGORITHMS, SweepError, run_sweep
+
+    _check_ray(args)
+    algorithms = [a for name in args.algorithms
+                  for a in (PAPER_ALGORITHMS if name == "paper" else [name])]
+    options = _sweep_common(args)
+    options["workers"] = options["workers"] or 1
+    try:
+        outcome = run_sweep(args.config, algorithms, args.inits, args.log_root, seed=args.seed,
+                            steps=args.steps, overrides=args.overrides,
+                            population_size=args.population_size or DEFAULT_POPULATION_SIZE,
+                            **options)
+    except SweepError as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("onepass: sweep interrupted; rerun the same command to continue it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _print_outcome(outcome)
+
+
+def _reproduce(args) -> int:
+    from onepass.sweep import SweepError
+    from onepass.sweep.reproduce import reproduce
+
+    _check_ray(args)
+    options = _sweep_common(args)
+    options["workers"] = options["workers"] or 2
+    try:
+        outcome, written = reproduce(args.name, root=args.log_root, inits=args.inits,
+                                     steps=args.steps, seed=args.seed,
+                                     population_size=args.population_size, **options)
+    except SweepError as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("onepass: interrupted; rerun the same command to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    status = _print_outcome(outcome)
+    if "table.md" in written:
+        print(written["table.md"].read_text())
+    for path in written.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return status
+
+
 def _download(args) -> int:
-    from onepass.data.uci import download_uci
-    for path in download_uci(args.names or None, args.data_dir):
-        print(path)
+    if args.family == "uci":
+        from onepass.data.uci import download_uci
+        for path in download_uci(args.names or None, args.data_dir):
+            print(path)
+        return EXIT_OK
+    if args.names:
+        raise UsageError(f"download {args.family} takes no dataset names (got {' '.join(args.names)})")
+    if args.family == "fashion_mnist":
+        from onepass.data.fashion_mnist import download_fashion_mnist as fetch
+    elif args.family == "ptb":
+        from onepass.data.ptb import download_ptb as fetch
+    else:
+        from onepass.data.cifar10 import download_cifar10 as fetch
+    print(fetch(args.data_dir))
     return EXIT_OK
 
 
@@ -235,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # everything after "demo" is the demo's own (argparse REMAINDER
         return _run_demo(argv[1:])  # would stop at a leading --option)
+    if argv[:1] == ["report"]:
+        return _run_report(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,150 @@
+"""Sweeps: every (algorithm, random initialisation) pair of one dataset.
+
+:func:`run_sweep` is what ``onepass sweep`` calls::
+
+    run_sweep("uci_energy", ["random", "ours_lr"], inits=20, root="runs/energy",
+              steps=4000, workers=2)
+
+* :mod:`.plan`: the runs, their folders, the manifest, resume state;
+* :mod:`.population`: many initialisations trained as one computation;
+* :mod:`.executors`: in-process, local worker processes, or Ray;
+* :mod:`.reproduce`: the paper's named experiments (sweep + report).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from onepass.sweep.executors import PopulationTask, RunResult, SingleTask, import_ray
+from onepass.sweep.plan import (
+    MANIFEST, PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest,
+    run_is_done,
+)
+
+DEFAULT_POPULATION_SIZE = 50
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` did: ``counts`` of final statuses over the whole
+    sweep, ``skipped`` (already done before), ``ran`` (this call), ``failed``."""
+
+    root: Path
+    total: int
+    skipped: int
+    ran: int
+    counts: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)
+
+
+def make_tasks(specs: Sequence[RunSpec], *, population: str = "auto",
+               population_size: int = DEFAULT_POPULATION_SIZE) -> list:
+    """Group pending runs into tasks: population chunks (per algorithm, in
+    initialisation order, at most ``population_size``) where they apply, single
+    runs elsewhere; interleaved so early tasks cover every algorithm."""
+    from onepass.sweep.population import population_applies
+
+    if population not in ("auto", "off"):
+        raise SweepError(f"--population must be auto or off, got {population!r}")
+    if population_size < 1:
+        raise SweepError(f"--population-size must be ≥ 1, got {population_size}")
+    singles, by_algorithm = [], {}
+    for spec in specs:
+        if population == "auto" and population_size > 1 and population_applies(spec.config):
+            by_algorithm.setdefault(spec.algorithm, []).append(spec)
+        else:
+            singles.append(SingleTask(spec))
+    chunked = {a: [s[k:k + population_size] for k in range(0, len(s), population_size)]
+               for a, s in by_algorithm.items()}
+    tasks = []
+    for k in range(max((len(c) for c in chunked.values()), default=0)):
+        for chunks in chunked.values():
+            if k < len(chunks):
+                chunk = chunks[k]
+                tasks.append(PopulationTask(chunk) if len(chunk) > 1 else SingleTask(chunk[0]))
+    return tasks + singles
+
+
+def run_sweep(
+    dataset: str,
+    algorithms: Sequence[str],
+    inits: int,
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    overrides: Sequence[str] = (),
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    population: str = "auto",
+    population_size: int = DEFAULT_POPULATION_SIZE,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> SweepOutcome:
+    """Run (or continue) a sweep under ``root``; see :mod:`onepass.sweep.plan`.
+
+    Raises:
+        SweepError: bad arguments, a manifest of a different sweep, another
+            sweep running in ``root``.
+        ImportError: ``executor="ray"`` without Ray installed.
+        ConfigError, FileNotFoundError: a bad config or missing data.
+        KeyboardInterrupt: runs in flight are recorded ``interrupted``.
+    """
+    if executor not in EXECUTORS:
+        raise SweepError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        import_ray()
+    if workers < 1:
+        raise SweepError(f"--workers must be ≥ 1, got {workers}")
+    sweep = Sweep(Path(root), dataset, algorithms, inits, seed=seed, steps=steps,
+                  overrides=overrides)
+    first = sweep.config(algorithms[0], 0)["dataset"]
+    name = first["name"]
+    if first["kind"] == "uci":
+        from onepass.data.uci import load_uci, uci_path
+        if not uci_path(name, data_dir).is_file():
+            load_uci(name, data_dir)  # raises, saying where it looked
+    with RootLock(sweep.root):
+        check_or_write_manifest(sweep)
+        specs = sweep.runs()
+        pending = [s for s in specs if not run_is_done(s)]
+        tasks = make_tasks(pending, population=population, population_size=population_size)
+        outcome = SweepOutcome(sweep.root, len(specs), len(specs) - len(pending), 0)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(specs), initial=outcome.skipped, disable=not progress,
+                   dynamic_ncols=True, unit="run", desc=f"sweep {name}")
+        counts: Counter = Counter()
+        try:
+            if executor == "ray":
+                from onepass.sweep.executors import run_ray
+                stream = run_ray(tasks, address=address, data_dir=data_dir, device=device)
+            else:
+                from onepass.sweep.executors import run_local
+                stream = run_local(tasks, workers=workers, data_dir=data_dir, device=device)
+            for results in stream:
+                for result in results:
+                    counts[result.status] += 1
+                    if result.status not in ("finished", "diverged"):
+                        outcome.failed.append(result)
+                outcome.ran += len(results)
+                bar.update(len(results))
+                bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=False)
+        finally:
+            bar.close()
+        total: Counter = Counter()
+        from onepass.experiment.logging import read_summary
+        for spec in specs:
+            summary = read_summary(spec.run_dir)
+            total[(summary or {}).get("status", "missing")] += 1
+        outcome.counts = dict(sorted(total.items()))
+    return outcome
+
+
+__all__ = ["DEFAULT_POPULATION_SIZE", "EXECUTORS", "MANIFEST", "PAPER_ALGORITHMS", "RunResult",
+           "Sweep", "SweepError", "SweepOutcome", "make_tasks", "run_sweep"]
