@@ -1,0 +1,1 @@
+"""Running sweeps on clusters: :mod:`onepass.cluster.slurm` (SLURM through submitit)."""

@@ -1,0 +1,229 @@
+"""Run a sweep's tasks as SLURM jobs through ``submitit``.
+
+The interface is that of the sweep layer's executors
+(:func:`onepass.sweep.executors.run_local`, :func:`~onepass.sweep.executors.run_ray`):
+a list of tasks (:class:`~onepass.sweep.executors.SingleTask` /
+:class:`~onepass.sweep.executors.PopulationTask`) goes in, and one list of
+:class:`~onepass.sweep.executors.RunResult` per task comes out as each task
+completes::
+
+    from onepass.cluster.slurm import SlurmExecutor
+    executor = SlurmExecutor("runs/energy/.slurm", partition="gpu", timeout_min=120,
+                             gpus_per_node=1, chunk_size=10)
+    for results in executor.run(tasks, data_dir="/shared/data", device="auto"):
+        ...
+
+* **Jobs.** Tasks are grouped in chunks of ``chunk_size`` (one task per job by
+  default) and submitted as one SLURM job array; each job runs its tasks one
+  after the other with :func:`~onepass.sweep.executors.execute_task`, writing
+  the run folders directly (the log root must be on a filesystem shared with
+  the compute nodes, as must ``data_dir``). ``max_parallel`` caps the jobs of
+  the array that run at once (``--array=...%N``).
+* **Resumable.** A run whose ``summary.json`` says ``finished`` or
+  ``diverged`` is skipped, both when submitting (:meth:`SlurmExecutor.submit_runs`
+  drops it) and again inside the job (a requeued or preempted job does not redo
+  what it finished before). Resubmitting the same sweep after a crash, a
+  timeout or a cancelled allocation therefore only runs what is missing.
+* **Failures.** A job that dies (time limit, node failure, OOM) reports its
+  runs as ``failed``; the driver never raises for it. Interrupting the driver
+  (Ctrl-C) cancels the jobs still queued or running.
+
+``submitit`` is an optional extra: ``pip install 'onepass[slurm]'``. For tests
+and laptops, ``cluster="local"`` runs the same jobs as local processes
+(``submitit``'s ``LocalExecutor``), and ``cluster="debug"`` in this process.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+SLURM_HINT = "the slurm executor needs submitit: pip install 'onepass[slurm]'"
+
+
+def import_submitit():
+    """``submitit``, or :class:`ImportError` with the install hint (one line)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError(SLURM_HINT) from None
+    return submitit
+
+
+# ------------------------------------------------------------- on the node
+
+def _task_done(task) -> bool:
+    from onepass.sweep.plan import run_is_done
+    return all(run_is_done(spec) for spec in task.specs)
+
+
+def _done_results(task) -> list:
+    from onepass.experiment.logging import read_summary
+    from onepass.sweep.executors import RunResult
+    out = []
+    for spec in task.specs:
+        summary = read_summary(spec.run_dir) or {}
+        out.append(RunResult(spec.algorithm, spec.init_index, summary.get("status", "finished"),
+                             summary.get("error")))
+    return out
+
+
+def run_chunk(tasks: Sequence, data_dir=None, device: str = "cpu", threads: int = 1) -> list:
+    """What one SLURM job runs: its tasks in order, skipping those already done.
+
+    Returns the flat list of :class:`~onepass.sweep.executors.RunResult`, one
+    per run, in task order.
+    """
+    import torch
+
+    from onepass.sweep.executors import execute_task
+    if threads:
+        torch.set_num_threads(threads)
+    results = []
+    for task in tasks:
+        if _task_done(task):
+            results.extend(_done_results(task))
+        else:
+            results.extend(execute_task(task, data_dir, device))
+    return results
+
+
+# ------------------------------------------------------------- the driver
+
+class SlurmExecutor:
+    """Submit sweep tasks to SLURM with ``submitit`` and collect their results.
+
+    Args:
+        folder: where submitit keeps job scripts, pickles and logs
+            (``%j`` is not needed; one sub-folder per job is made by submitit).
+        cluster: ``None`` or ``"slurm"`` for SLURM; ``"local"`` to run the
+            jobs as local processes; ``"debug"`` to run them in this process.
+        chunk_size: tasks per job (1: one job per run or population chunk).
+        partition, timeout_min, cpus_per_task, gpus_per_node, mem_gb: the
+            usual job resources (``None`` leaves the cluster's default).
+        max_parallel: jobs of the array running at once (``None``: no cap).
+        threads: ``torch.set_num_threads`` inside each job (0 keeps torch's
+            default; default ``cpus_per_task``).
+        poll_s: seconds between checks of the jobs' states.
+        slurm_parameters: further submitit parameters, e.g.
+            ``{"slurm_account": "abc", "slurm_qos": "high"}``.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        cluster: str | None = None,
+        chunk_size: int = 1,
+        partition: str | None = None,
+        timeout_min: int = 60,
+        cpus_per_task: int = 1,
+        gpus_per_node: int | None = None,
+        mem_gb: float | None = None,
+        max_parallel: int | None = None,
+        threads: int | None = None,
+        poll_s: float = 5.0,
+        slurm_parameters: Mapping[str, Any] | None = None,
+    ):
+        submitit = import_submitit()
+        if cluster not in (None, "slurm", "local", "debug"):
+            raise ValueError(f"unknown cluster {cluster!r}; choose slurm, local or debug")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        if max_parallel is not None and max_parallel < 1:
+            raise ValueError(f"max_parallel must be ≥ 1, got {max_parallel}")
+        self.folder = Path(folder)
+        self.chunk_size = chunk_size
+        self.threads = cpus_per_task if threads is None else threads
+        self.poll_s = poll_s
+        self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster=cluster)
+        parameters: dict[str, Any] = {"timeout_min": timeout_min, "cpus_per_task": cpus_per_task,
+                                      "name": "onepass"}
+        if gpus_per_node is not None:
+            parameters["gpus_per_node"] = gpus_per_node
+        if mem_gb is not None:
+            parameters["mem_gb"] = mem_gb
+        if partition is not None:
+            parameters["slurm_partition"] = partition
+        if max_parallel is not None:
+            parameters["slurm_array_parallelism"] = max_parallel
+        parameters.update(slurm_parameters or {})
+        self.executor.update_parameters(**parameters)
+        self.jobs: list = []
+
+    # -- what run_local / run_ray offer
+    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu") -> Iterator[list]:
+        """Yield each task's results (a list of ``RunResult``) as its job completes.
+
+        Tasks whose runs are all done already are yielded at once, unsubmitted.
+        """
+        pending = []
+        for task in tasks:
+            if _task_done(task):
+                yield _done_results(task)
+            else:
+                pending.append(task)
+        if not pending:
+            return
+        chunks = [pending[k:k + self.chunk_size] for k in range(0, len(pending), self.chunk_size)]
+        data_dir = None if data_dir is None else str(Path(data_dir).resolve())
+        jobs = self.executor.map_array(run_chunk, chunks, [data_dir] * len(chunks),
+                                       [str(device)] * len(chunks), [self.threads] * len(chunks))
+        self.jobs = list(jobs)
+        waiting = dict(zip(self.jobs, chunks))
+        try:
+            while waiting:
+                finished = [job for job in waiting if job.done()]
+                if not finished:
+                    time.sleep(self.poll_s)
+                    continue
+                for job in finished:
+                    chunk = waiting.pop(job)
+                    yield from self._collect(job, chunk)
+        finally:
+            for job in waiting:  # interrupted driver: cancel what is still queued or running
+                try:
+                    job.cancel(check=False)
+                except Exception:  # noqa: BLE001  (best effort)
+                    pass
+
+    def submit_runs(self, specs: Iterable, *, population: str = "off", population_size: int = 50,
+                    data_dir=None, device: str = "cpu") -> Iterator[list]:
+        """Run :class:`~onepass.sweep.plan.RunSpec` s: the pending ones (not
+        finished or diverged) are grouped into tasks as ``onepass sweep`` does
+        (:func:`onepass.sweep.make_tasks`) and run with :meth:`run`."""
+        from onepass.sweep import make_tasks
+        from onepass.sweep.plan import run_is_done
+        pending = [spec for spec in specs if not run_is_done(spec)]
+        tasks = make_tasks(pending, population=population, population_size=population_size)
+        return self.run(tasks, data_dir=data_dir, device=device)
+
+    def _collect(self, job, chunk) -> Iterator[list]:
+        from onepass.sweep.executors import RunResult
+        try:
+            flat = job.result()
+        except Exception as error:  # noqa: BLE001  (the job died: its runs are redone on resume)
+            message = f"slurm job {job.job_id}: {type(error).__name__}: " \
+                      f"{' '.join(str(error).split())[:500]}"
+            for task in chunk:
+                if _task_done(task):
+                    yield _done_results(task)
+                else:
+                    yield [RunResult(s.algorithm, s.init_index, "failed", message) for s in task.specs]
+            return
+        k = 0
+        for task in chunk:
+            n = len(task.specs)
+            yield flat[k:k + n]
+            k += n
+
+
+def run_slurm(tasks: Sequence, *, folder: str | os.PathLike, data_dir=None, device: str = "cpu",
+              **options) -> Iterator[list]:
+    """Functional form, like ``run_local`` / ``run_ray``: ``SlurmExecutor(folder,
+    **options).run(tasks, data_dir=data_dir, device=device)``."""
+    return SlurmExecutor(folder, **options).run(tasks, data_dir=data_dir, device=device)
+
+
+__all__ = ["SLURM_HINT", "SlurmExecutor", "import_submitit", "run_chunk", "run_slurm"]

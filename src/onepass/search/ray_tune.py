@@ -1,0 +1,328 @@
+"""ASHA and PBT on Ray Tune, as the paper's baselines (``pip install 'onepass[ray]'``).
+
+Each trial trains the base algorithm (default ``random_training_set_only``:
+fixed hyperparameters, validation split kept unseen; ``ours_lr_momentum`` runs
+the paper's method inside the scheduler) from hyperparameters drawn over the
+protocol's ranges (lr ``10^U(-6,-1)``, weight decay ``10^U(-7,-2)``, momentum
+``U(0,1)``), for at most ``max_steps`` (4,000) updates.
+
+Reporting: the protocol reports after every weight update; here a trial
+reports once per window of ``report_every`` updates (default 10), which costs a
+tenth of the evaluations and changes the schedulers only by rounding their
+milestones to multiples of 10 updates. Each report's metric ``val_loss`` is the
+loss on the WHOLE validation set (a diverged trial reports
+:data:`~onepass.search.trainable.DIVERGED_SCORE` and stops); ``step`` counts
+weight updates and is the schedulers' ``time_attr``.
+
+* ASHA: ``ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=10,
+  reduction_factor=4)``, minimising ``val_loss``.
+* PBT: ``PopulationBasedTraining(time_attr="step", perturbation_interval=100)``
+  over the same ranges (Ray's explore: resample with probability 0.25, else
+  multiply by 0.8 or 1.2), momentum clipped to ``[0, 1 − 1e-6]``. A trial's
+  checkpoint holds its model, tuner (optimiser state and hyperparameters),
+  batch order, metrics so far and wall time; an exploit loads the donor's
+  checkpoint (``metrics.csv`` then carries the donor's history up to that
+  update) and sets the explored hyperparameters. With a tuning base
+  (``ours_lr_momentum``) the explore step scales the donor's *current* values
+  by the ratio Ray applied to its config values.
+
+Each trial writes a run folder ``<root>/<method>/trial_<iii>/`` in the format
+of :func:`~onepass.experiment.run.run_training` (``algorithm.name`` ``asha`` or
+``pbt``); a trial stopped early by ASHA is recorded as ``finished`` with
+``stopped_early: true``. ``summary.json["search"]`` records the study, the
+trial and the seconds since the study started; ``<root>/<method>/study.json``
+the settings, every trial's result, the best trial (lowest final validation
+loss) and the study's wall-clock time. Ray's own files go to
+``<root>/<method>/_ray/``. Against a cluster (``address``), the run folders
+and the data directory must be on storage every node sees, and ``onepass``
+must be installed on every node.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from onepass.experiment.logging import atomic_write_bytes, read_summary
+from onepass.search import require
+from onepass.search.trainable import (
+    BASES, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, clip_hyperparameters, score, trial_config,
+)
+
+STUDY = "study.json"
+STATE_FILE = "state.pt"
+STATIC = "_onepass"
+
+
+def _trainable_class():
+    tune = require("ray.tune", "ray")
+    import torch
+
+    class OnepassTrainable(tune.Trainable):
+        """A Ray Tune trial: a :class:`TrainingSession` advanced one window per ``step``."""
+
+        def setup(self, config):
+            torch.set_num_threads(1)
+            static = config[STATIC]
+            self.static = static
+            self.token = secrets.token_hex(8)
+            index = self.trial_id.rsplit("_", 1)[-1]
+            name = f"trial_{int(index):03d}" if index.isdigit() else f"trial_{self.trial_id}"
+            self.run_dir = Path(static["root"]) / name
+            hyper = {k: float(config[k]) for k in SEARCH_SPACE}
+            cfg = trial_config(static["dataset"], static["base"], hyper, name=static["method"],
+                               steps=static["max_steps"], seed=static["seed"],
+                               overrides=static["overrides"])
+            self.session = TrainingSession(
+                cfg, self.run_dir, data_dir=static["data_dir"], device=static["device"],
+                extra_summary={"search": self._search_info(), "session": self.token})
+
+        def _search_info(self) -> dict:
+            return {"method": self.static["method"], "study": self.static["root"],
+                    "trial_id": self.trial_id, "base": self.static["base"],
+                    "study_started_at": self.static["started_at"],
+                    "started_at_study_s": time.time() - self.static["started_at"]}
+
+        def step(self):
+            row = self.session.advance(self.static["report_every"])
+            result = {"val_loss": row["score"], "step": int(row["step"]), "done": bool(row["done"]),
+                      "trial_wall_time_s": row.get("wall_time_s") or 0.0}
+            for key in ("train_loss", "test_loss", "test_loss_unnormalised"):
+                if row.get(key) is not None:
+                    result[key] = row[key]
+            hyper = self.session.tuner.hyperparameters
+            for key in SEARCH_SPACE:
+                value = hyper[key]
+                result[f"hp_{key}"] = float(value) if isinstance(value, (int, float)) else math.nan
+            return result
+
+        def save_checkpoint(self, checkpoint_dir):
+            state = self.session.state()
+            state["trial_id"] = self.trial_id
+            state["trial_config"] = {k: float(self.config[k]) for k in SEARCH_SPACE}
+            torch.save(state, os.path.join(checkpoint_dir, STATE_FILE))
+            if self.static["keep_checkpoints"]:
+                keep = self.run_dir / "checkpoints"
+                keep.mkdir(exist_ok=True)
+                torch.save(state, keep / f"step_{state['steps']:05d}.pt")
+            return None
+
+        def load_checkpoint(self, checkpoint):
+            if isinstance(checkpoint, dict):
+                state = checkpoint
+            else:
+                state = torch.load(os.path.join(checkpoint, STATE_FILE), weights_only=False)
+            donor = state["trial_id"]
+            note = {"event": "exploit" if donor != self.trial_id else "restore",
+                    "step": int(state["steps"]), "donor": donor,
+                    "donor_run_dir": Path(state["run_dir"]).name,
+                    "at_study_s": time.time() - self.static["started_at"]}
+            self.session.load_state(state, note=note)
+            restored = self.session.tuner.hyperparameters
+            wanted = {k: float(self.config[k]) for k in SEARCH_SPACE}
+            if self.session.tuner.tuned:  # explore around the donor's current (tuned) values
+                old = state["trial_config"]
+                wanted = {k: float(restored[k]) * wanted[k] / old[k] if old[k] > 0 else wanted[k]
+                          for k in SEARCH_SPACE}
+            self.session.set_hyperparameters(**wanted)
+            note["hyperparameters_restored"] = {k: float(restored[k]) for k in SEARCH_SPACE}
+            note["hyperparameters_explored"] = {k: float(v) for k, v in
+                                                self.session.tuner.hyperparameters.items()}
+            self.session.events[-1] = note
+            if self.static["keep_checkpoints"]:
+                keep = self.run_dir / "restored"
+                keep.mkdir(exist_ok=True)
+                torch.save({"note": note, "model": {k: v.detach().cpu().clone() for k, v in
+                                                     self.session.model.state_dict().items()}},
+                           keep / f"step_{note['step']:05d}_from_{donor}.pt")
+            self.session.write_summary(search=self._search_info())
+
+        def cleanup(self):
+            session = getattr(self, "session", None)
+            if session is None:
+                return
+            on_disk = read_summary(self.run_dir) or {}
+            if on_disk.get("session") not in (None, self.token):
+                return  # a newer actor of this trial owns the folder now
+            search = self._search_info()
+            search["finished_at_study_s"] = time.time() - self.static["started_at"]
+            session.summary["search"] = {**session.summary.get("search", {}), **{
+                k: v for k, v in search.items() if k != "started_at_study_s"}}
+            session.close()
+
+    return OnepassTrainable
+
+
+def explore_clip(config: dict) -> dict:
+    """PBT's ``custom_explore_fn``: keep the explored values inside the ranges
+    a run accepts (momentum in ``[0, 1 − 1e-6]``, lr and weight decay positive)."""
+    config["momentum"] = min(max(float(config["momentum"]), 0.0), MOMENTUM_MAX)
+    config["lr"] = min(max(float(config["lr"]), 1e-10), 1.0)
+    config["weight_decay"] = max(float(config["weight_decay"]), 0.0)
+    return config
+
+
+def search_space():
+    tune = require("ray.tune", "ray")
+    (lr_lo, lr_hi), (wd_lo, wd_hi), (m_lo, m_hi) = (SEARCH_SPACE[k] for k in
+                                                     ("lr", "weight_decay", "momentum"))
+    return {"lr": tune.loguniform(10.0 ** lr_lo, 10.0 ** lr_hi),
+            "weight_decay": tune.loguniform(10.0 ** wd_lo, 10.0 ** wd_hi),
+            "momentum": tune.uniform(m_lo, min(m_hi, MOMENTUM_MAX))}
+
+
+def run_ray_search(
+    method: str,
+    dataset: str | os.PathLike,
+    root: str | os.PathLike,
+    *,
+    base: str = "random_training_set_only",
+    num_samples: int | None = None,
+    max_steps: int = 4000,
+    report_every: int = 10,
+    grace_period: int = 10,
+    reduction_factor: float = 4,
+    perturbation_interval: int = 100,
+    synch: bool = False,
+    seed: int = 0,
+    overrides: Sequence = (),
+    data_dir=None,
+    device: str = "cpu",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_trial: float = 1.0,
+    max_concurrent_trials: int | None = None,
+    keep_checkpoints: bool = True,
+    verbose: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Run an ASHA (``method="asha"``) or PBT (``"pbt"``) study; returns ``study.json``'s content.
+
+    ``root`` is the study folder (``<log root>/asha``); ``dataset`` a dataset
+    config (``uci_energy``). ``num_samples``: trials (ASHA, default 100) or the
+    population (PBT, default 20). Uses a running Ray session if there is one,
+    else ``ray.init(address=address)`` (a local one when ``address`` is None).
+    ``max_concurrent_trials=1`` makes ASHA's decisions reproducible (they
+    otherwise depend on which trial reports first).
+    """
+    ray = require("ray", "ray")
+    tune = require("ray.tune", "ray")
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    if method not in ("asha", "pbt"):
+        raise ValueError(f"method must be asha or pbt, got {method!r}")
+    if base not in BASES:
+        raise ValueError(f"--base must be one of {', '.join(BASES)}, got {base!r}")
+    log = log or (lambda text: None)
+    root = Path(root).resolve()
+    if num_samples is None:
+        num_samples = 100 if method == "asha" else 20
+    # Check the trial config (and the window) before starting Ray.
+    probe = trial_config(str(dataset), base, {"lr": 1e-3, "weight_decay": 1e-5, "momentum": 0.5},
+                         name=method, steps=max_steps, seed=seed, overrides=overrides)
+    window = probe["algorithm"]["update_interval"] if probe["algorithm"]["tune"] else 1
+    if report_every % window:
+        raise ValueError(f"report_every ({report_every}) must be a multiple of the base's "
+                         f"update_interval ({window}) so that trials can be checkpointed")
+    if method == "pbt" and perturbation_interval % report_every:
+        raise ValueError(f"perturbation_interval ({perturbation_interval}) must be a multiple of "
+                         f"report_every ({report_every})")
+    from onepass.data.uci import load_uci
+    load_uci(probe["dataset"]["name"], data_dir)  # the data must be there (raises otherwise)
+
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    static = {"method": method, "root": str(root), "dataset": str(dataset), "base": base,
+              "max_steps": int(max_steps), "report_every": int(report_every), "seed": int(seed),
+              "overrides": [_override_text(o) for o in overrides],
+              "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+              "device": device, "started_at": started, "keep_checkpoints": bool(keep_checkpoints)}
+    if method == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric="val_loss", mode="min", max_t=max_steps,
+                                  grace_period=grace_period, reduction_factor=reduction_factor)
+        checkpoint_config = tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)
+    else:
+        scheduler = PopulationBasedTraining(
+            time_attr="step", metric="val_loss", mode="min",
+            perturbation_interval=perturbation_interval, hyperparam_mutations=search_space(),
+            custom_explore_fn=explore_clip, synch=synch)
+        checkpoint_config = tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)
+
+    started_ray = False
+    if not ray.is_initialized():
+        kwargs = {"include_dashboard": False, "log_to_driver": verbose > 0}
+        if address is None:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(address=address, **kwargs)
+        started_ray = True
+    try:
+        trainable = tune.with_resources(_trainable_class(), {"cpu": cpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**search_space(), STATIC: static},
+            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
+                                        max_concurrent_trials=max_concurrent_trials,
+                                        search_alg=BasicVariantGenerator(random_state=seed),
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=method, storage_path=str(root / "_ray"),
+                                      checkpoint_config=checkpoint_config, verbose=verbose,
+                                      stop={"done": True}))
+        log(f"{method}: {num_samples} trials of at most {max_steps} updates, base {base}, "
+            f"run folders under {root}")
+        grid = tuner.fit()
+        errors = [str(r.error) for r in grid if r.error is not None]
+    finally:
+        if started_ray:
+            ray.shutdown()
+    study = collect_study(root, method=method, settings={
+        k: v for k, v in static.items() if k not in ("started_at",)} | {
+        "num_samples": num_samples, "grace_period": grace_period,
+        "reduction_factor": reduction_factor, "perturbation_interval": perturbation_interval,
+        "synch": synch},
+        elapsed_s=time.time() - started)
+    study["errors"] = errors
+    _write_json(root / STUDY, study)
+    return study
+
+
+def collect_study(root: Path, *, method: str, settings: Mapping, elapsed_s: float) -> dict:
+    """Read the trials' run folders into a study record (best = lowest final validation loss)."""
+    trials = []
+    for folder in sorted(Path(root).glob("trial_*")):
+        summary = read_summary(folder)
+        if summary is None:
+            continue
+        final = summary.get("final") or {}
+        trials.append({"run_dir": folder.name, "status": summary.get("status"),
+                       "steps": summary.get("steps"), "score": score(summary),
+                       "val_loss": final.get("val_loss"), "test_loss": final.get("test_loss"),
+                       "test_loss_unnormalised": final.get("test_loss_unnormalised"),
+                       "wall_time_s": summary.get("wall_time_s"),
+                       "stopped_early": summary.get("stopped_early"),
+                       "exploits": sum(1 for e in summary.get("events", [])
+                                       if e.get("event") == "exploit")})
+    best = min(trials, key=lambda t: t["score"]) if trials else None
+    return {"settings": dict(settings), "method": method, "trials": trials, "best": best,
+            "completed": len(trials), "elapsed_s": elapsed_s,
+            "wall_time_s": float(sum(t["wall_time_s"] or 0.0 for t in trials)),
+            "updates": int(sum(t["steps"] or 0 for t in trials))}
+
+
+def _override_text(item) -> str:
+    if isinstance(item, str):
+        return item
+    path, value = item
+    return f"{'.'.join(path)}={json.dumps(value)}"
+
+
+def _write_json(path: Path, data) -> None:
+    from onepass.experiment.logging import _json_safe
+    atomic_write_bytes(path, (json.dumps(_json_safe(data), indent=2) + "\n").encode())
+
+
+__all__ = ["collect_study", "explore_clip", "run_ray_search", "search_space"]

@@ -1,0 +1,61 @@
+"""The SLURM executor, through submitit's local executor (no cluster needed)."""
+import json
+import sys
+
+import pytest
+
+from onepass.sweep import make_tasks
+from onepass.sweep.plan import Sweep
+
+
+def tiny_sweep(root):
+    return Sweep(root, "uci_energy", ["ours_lr"], inits=2, steps=20,
+                 overrides=["logging.tensorboard=false"])
+
+
+def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
+    from onepass.cluster import slurm
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(ImportError) as info:
+        slurm.SlurmExecutor(tmp_path)
+    assert str(info.value) == "the slurm executor needs submitit: pip install 'onepass[slurm]'"
+
+
+def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
+    pytest.importorskip("submitit")
+    from onepass.cluster.slurm import SlurmExecutor
+
+    sweep = tiny_sweep(tmp_path / "runs")
+    specs = sweep.runs()
+    executor = SlurmExecutor(tmp_path / "slurm", cluster="local", chunk_size=2, poll_s=0.2,
+                             timeout_min=5)
+    results = [r for batch in executor.submit_runs(specs, data_dir=shared_data) for r in batch]
+    assert sorted((r.algorithm, r.init_index, r.status) for r in results) == \
+        [("ours_lr", 0, "finished"), ("ours_lr", 1, "finished")]
+    assert len(executor.jobs) == 1  # one job for the chunk of both runs
+    summaries = [json.loads((s.run_dir / "summary.json").read_text()) for s in specs]
+    assert [(s["status"], s["steps"], s["init_index"]) for s in summaries] == \
+        [("finished", 20, 0), ("finished", 20, 1)]
+
+    # Resumable: finished runs are not submitted again, a missing one is.
+    (specs[1].run_dir / "summary.json").unlink()
+    again = SlurmExecutor(tmp_path / "slurm", cluster="local", poll_s=0.2, timeout_min=5)
+    tasks = make_tasks(specs, population="off")
+    results = [r for batch in again.run(tasks, data_dir=shared_data) for r in batch]
+    assert sorted((r.init_index, r.status) for r in results) == [(0, "finished"), (1, "finished")]
+    assert len(again.jobs) == 1
+    assert json.loads((specs[1].run_dir / "summary.json").read_text())["status"] == "finished"
+    first = json.loads((specs[0].run_dir / "summary.json").read_text())
+    assert first["finished_at"] == summaries[0]["finished_at"]  # untouched
+
+
+def test_a_dead_job_reports_failed_runs(tmp_path):
+    pytest.importorskip("submitit")
+    from onepass.cluster.slurm import SlurmExecutor
+
+    sweep = tiny_sweep(tmp_path / "runs")
+    tasks = make_tasks(sweep.runs()[:1], population="off")
+    executor = SlurmExecutor(tmp_path / "slurm", cluster="debug", poll_s=0.05)
+    # No data under this data_dir: the run fails inside the job, recorded, not raised.
+    results = [r for batch in executor.run(tasks, data_dir=tmp_path / "nodata") for r in batch]
+    assert [r.status for r in results] == ["failed"]
