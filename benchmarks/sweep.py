@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--population", choices=("auto", "off"), default="auto")
     parser.add_argument("--population-size", type=int, default=DEFAULT_POPULATION_SIZE)
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave training.compile off (default: on, as onepass reproduce does)")
     parser.add_argument("--no-tensorboard", action="store_true",
                         help="set logging.tensorboard=false (default: write events, as a real sweep)")
     parser.add_argument("--data-dir", type=Path)
@@ -47,6 +49,8 @@ def main(argv=None) -> int:
     if not temporary and root.exists():
         parser.error(f"{root} exists; the benchmark needs a fresh folder")
     overrides = ["logging.tensorboard=false"] if args.no_tensorboard else []
+    if not args.no_compile:
+        overrides.append("training.compile=true")
     try:
         start = time.perf_counter()
         outcome = run_sweep(args.dataset, args.algorithms, args.inits, root, steps=args.steps,

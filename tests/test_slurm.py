@@ -59,3 +59,19 @@ def test_a_dead_job_reports_failed_runs(tmp_path):
     # No data under this data_dir: the run fails inside the job, recorded, not raised.
     results = [r for batch in executor.run(tasks, data_dir=tmp_path / "nodata") for r in batch]
     assert [r.status for r in results] == ["failed"]
+
+
+def test_onepass_sweep_runs_through_the_slurm_executor(shared_data, tmp_path):
+    """``run_sweep(executor="slurm")`` submits through submitit (its local cluster here)
+    and leaves the same run folders as a local sweep."""
+    from onepass.experiment.logging import read_summary
+    from onepass.sweep import run_sweep
+
+    outcome = run_sweep("uci_energy", ["random", "ours_lr"], 2, tmp_path / "sweep", steps=20,
+                        executor="slurm", slurm=dict(cluster="local", poll_s=0.2),
+                        population="off", data_dir=shared_data, progress=False)
+    assert outcome.counts == {"finished": 4}
+    for algorithm in ("random", "ours_lr"):
+        for i in range(2):
+            summary = read_summary(tmp_path / "sweep" / algorithm / f"init_{i:03d}")
+            assert summary["status"] == "finished" and summary["steps"] == 20

@@ -143,8 +143,16 @@ def _add_sweep_options(p, *, dataset: bool) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="parallel worker processes, one torch thread each (default: "
                         + ("1" if dataset else "2") + ")")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local processes (default) or a Ray cluster (pip install 'onepass[ray]')")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="local processes (default), a Ray cluster (pip install 'onepass[ray]') or "
+                        "SLURM jobs through submitit (pip install 'onepass[slurm]')")
+    p.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition (--executor slurm)")
+    p.add_argument("--slurm-timeout", type=int, default=60, metavar="MIN",
+                   help="SLURM time limit per job in minutes (default 60)")
+    p.add_argument("--slurm-gpus", type=int, default=None, metavar="N",
+                   help="GPUs per SLURM job (default none)")
+    p.add_argument("--slurm-chunk", type=int, default=1, metavar="K",
+                   help="runs per SLURM job (default 1)")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance; "
                                      "'auto' joins a running one)")
     p.add_argument("--population", choices=("auto", "off"), default="auto",
@@ -325,18 +333,26 @@ def _train(args) -> int:
 
 
 def _sweep_common(args) -> dict:
+    slurm = None
+    if args.executor == "slurm":
+        slurm = dict(partition=args.slurm_partition, timeout_min=args.slurm_timeout,
+                     gpus_per_node=args.slurm_gpus, chunk_size=args.slurm_chunk)
     return dict(workers=args.workers, executor=args.executor, address=args.address,
                 population=args.population, data_dir=args.data_dir, device=args.device,
-                progress=not args.no_progress)
+                progress=not args.no_progress, slurm=slurm)
 
 
 def _check_ray(args) -> None:
-    if args.executor == "ray":
-        from onepass.sweep.executors import import_ray
-        try:
+    """The optional extra of the chosen executor, or a one-line usage error."""
+    try:
+        if args.executor == "ray":
+            from onepass.sweep.executors import import_ray
             import_ray()
-        except ImportError as error:
-            raise UsageError(str(error)) from None
+        elif args.executor == "slurm":
+            from onepass.cluster.slurm import import_submitit
+            import_submitit()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
 
 
 def _print_outcome(outcome) -> int:

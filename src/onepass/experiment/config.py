@@ -157,6 +157,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_grad_norm": Field("float", None, "clip the training gradient to this joint 2-norm "
                                "inside the update (penn_treebank: 0.25)", nullable=True,
                                check=_positive),
+        "compile": Field("bool", False, "compile the gradient of undifferentiated steps with "
+                         "torch.compile (faster long runs of small models; seconds to compile)"),
     },
     "hyperparameters": {
         "lr": Field("float", 1e-3, "initial learning rate", check=_positive),

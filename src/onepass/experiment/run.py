@@ -148,7 +148,7 @@ def run_training(
         method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
         unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
         hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
-        reset_each_window=algo["reset_each_window"],
+        reset_each_window=algo["reset_each_window"], compile=training["compile"],
     )
     sampler = task.sampler
     val_batch = task.val_batch

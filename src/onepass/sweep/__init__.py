@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from onepass.sweep.executors import PopulationTask, RunResult, SingleTask, import_ray
 from onepass.sweep.plan import (
@@ -25,7 +25,7 @@ from onepass.sweep.plan import (
 )
 
 DEFAULT_POPULATION_SIZE = 50
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 @dataclass
@@ -86,13 +86,16 @@ def run_sweep(
     data_dir: str | os.PathLike | None = None,
     device: str = "cpu",
     progress: bool = True,
+    slurm: Mapping | None = None,
 ) -> SweepOutcome:
     """Run (or continue) a sweep under ``root``; see :mod:`onepass.sweep.plan`.
 
     Raises:
         SweepError: bad arguments, a manifest of a different sweep, another
             sweep running in ``root``.
-        ImportError: ``executor="ray"`` without Ray installed.
+        ImportError: ``executor="ray"`` without Ray installed, ``"slurm"``
+            without submitit (``slurm`` holds :class:`~onepass.cluster.slurm.SlurmExecutor`
+            options such as ``partition``, ``timeout_min``, ``gpus_per_node``).
         ConfigError, FileNotFoundError: a bad config or missing data.
         KeyboardInterrupt: runs in flight are recorded ``interrupted``.
     """
@@ -104,12 +107,10 @@ def run_sweep(
         raise SweepError(f"--workers must be ≥ 1, got {workers}")
     sweep = Sweep(Path(root), dataset, algorithms, inits, seed=seed, steps=steps,
                   overrides=overrides)
-    first = sweep.config(algorithms[0], 0)["dataset"]
-    name = first["name"]
-    if first["kind"] == "uci":
-        from onepass.data.uci import load_uci, uci_path
-        if not uci_path(name, data_dir).is_file():
-            load_uci(name, data_dir)  # raises, saying where it looked
+    first = sweep.config(algorithms[0], 0)
+    name = first["dataset"]["name"]
+    from onepass.experiment.tasks import check_data
+    check_data(first, data_dir)  # raises, saying where it looked and how to download
     with RootLock(sweep.root):
         check_or_write_manifest(sweep)
         specs = sweep.runs()
@@ -124,6 +125,10 @@ def run_sweep(
             if executor == "ray":
                 from onepass.sweep.executors import run_ray
                 stream = run_ray(tasks, address=address, data_dir=data_dir, device=device)
+            elif executor == "slurm":
+                from onepass.cluster.slurm import SlurmExecutor
+                stream = SlurmExecutor(sweep.root / ".slurm", **(slurm or {})).run(
+                    tasks, data_dir=data_dir, device=device)
             else:
                 from onepass.sweep.executors import run_local
                 stream = run_local(tasks, workers=workers, data_dir=data_dir, device=device)

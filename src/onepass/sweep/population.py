@@ -160,7 +160,7 @@ def train_population(
         method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
         unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
         hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
-        population=P,
+        compile=base["training"]["compile"], population=P,
     )
     multipliers = [c["algorithm"]["lr_multiplier"] for c in configs]
     train_batch, val_batch = (x_train, y_train), (data.x_val, data.y_val)
