@@ -25,10 +25,14 @@ class Transform:
     to_raw: Callable[[Tensor], Tensor]
     domain: str
     contains: Callable[[float], bool]
+    slope: Callable[[Tensor], Tensor]          # d natural / d raw, as a function of natural
+    into_domain: Callable[[Tensor], Tensor]    # clamp a natural value into the open domain
 
 
-LOG10 = Transform(lambda a: torch.exp(a * _LN10), torch.log10, "positive", lambda x: x > 0)
-LOGIT = Transform(torch.sigmoid, torch.logit, "strictly between 0 and 1", lambda x: 0 < x < 1)
+LOG10 = Transform(lambda a: torch.exp(a * _LN10), torch.log10, "positive", lambda x: x > 0,
+                  lambda x: x * _LN10, lambda x: x.clamp_min(1e-30))
+LOGIT = Transform(torch.sigmoid, torch.logit, "strictly between 0 and 1", lambda x: 0 < x < 1,
+                  lambda x: x * (1 - x), lambda x: x.clamp(1e-6, 1 - 1e-6))
 
 TRANSFORMS: dict[str, Transform] = {
     "lr": LOG10,

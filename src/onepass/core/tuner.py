@@ -109,6 +109,11 @@ class Tuner:
             Baydin, else 0.05).
         lr_bounds: the learning rate is clipped to this range after each
             hyperparameter update.
+        hyper_space: where the hyper-optimiser steps: ``"transformed"`` (on
+            ``log10 lr``, ``logit momentum``, ...; the paper's method) or
+            ``"natural"`` (on ``lr`` itself, as Baydin et al.'s hypergradient
+            descent does; SGD only). Default: natural for Baydin, else
+            transformed.
         batch_loss: ``batch_loss(forward, batch) -> scalar`` where ``forward``
             calls the model (with the weights being differentiated).
         max_grad_norm: clip the training gradient to this joint 2-norm inside
@@ -152,6 +157,7 @@ class Tuner:
         hyper_optimizer: str | None = None,
         hyper_lr: float | None = None,
         lr_bounds: tuple[float, float] = (1e-10, 1.0),
+        hyper_space: str | None = None,
         batch_loss: Callable | None = None,
         max_grad_norm: float | None = None,
         reset_each_window: bool = False,
@@ -264,6 +270,12 @@ class Tuner:
                 raise ValueError(f"unknown hyper_optimizer {kind!r}; choose one of {', '.join(HYPER_OPTIMIZERS)}")
             lr = hyper_lr if hyper_lr is not None else (0.001 if method == "baydin" else 0.05)
             self._hyper_optimizer = HYPER_OPTIMIZERS[kind](leaves, lr=lr)
+        self.hyper_space = hyper_space or ("natural" if method == "baydin" else "transformed")
+        if self.hyper_space not in ("transformed", "natural"):
+            raise ValueError(f"hyper_space must be 'transformed' or 'natural', got {hyper_space!r}")
+        if self.hyper_space == "natural" and self._hyper_optimizer is not None and \
+                not isinstance(self._hyper_optimizer, torch.optim.SGD):
+            raise ValueError("hyper_space='natural' takes plain SGD steps: use hyper_optimizer='sgd'")
 
         with torch.no_grad():
             self.state = self.rule.init(tuple(self._params))
@@ -641,9 +653,12 @@ class Tuner:
         leaves = self._raw_leaves()
         frozen = self.population is not None and bool(self.diverged.any())
         before = [leaf.detach().clone() for leaf in leaves] if frozen else None
-        for leaf, g in zip(leaves, hypergradient):
-            leaf.grad = g
-        self._hyper_optimizer.step()
+        if self.hyper_space == "natural":
+            self._natural_sgd_step(hypergradient)
+        else:
+            for leaf, g in zip(leaves, hypergradient):
+                leaf.grad = g
+            self._hyper_optimizer.step()
         self._clip()
         if frozen:
             with torch.no_grad():
@@ -656,6 +671,17 @@ class Tuner:
             out[name] = hypergradient[i:i + n]
             i += n
         return out
+
+    def _natural_sgd_step(self, hypergradient: list[Tensor]) -> None:
+        """``λ ← λ − β ∂L/∂λ`` on natural values; ``∂L/∂λ = (∂L/∂raw) / (∂λ/∂raw)``."""
+        step = self._hyper_optimizer.param_groups[0]["lr"]
+        names = [name for name in self.tuned for _ in self._raw[name]]
+        with torch.no_grad():
+            for name, leaf, g in zip(names, self._raw_leaves(), hypergradient):
+                transform = hp.TRANSFORMS[name]
+                natural = transform.to_natural(leaf)
+                natural = transform.into_domain(natural - step * g / transform.slope(natural))
+                leaf.copy_(transform.to_raw(natural))
 
     def _invalidate_hyper(self) -> None:
         self._hyper_cache = self._hyper_floats = None
