@@ -60,12 +60,14 @@ def test_members_equal_single_runs(problem, name):
     assert not pop_tuner.diverged.any()
 
 
-def test_diverged_member_is_frozen_and_others_go_on(problem):
+@pytest.mark.parametrize("compile", [False, True])
+def test_diverged_member_is_frozen_and_others_go_on(problem, compile):
     batch, val_batch, starts, models = problem
     starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
     population = PopulationMLP.from_models(models)
     tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
-                          tune=("lr", "momentum", "weight_decay"), lr_bounds=(1e-10, 100.0))
+                          tune=("lr", "momentum", "weight_decay"), lr_bounds=(1e-10, 100.0),
+                          compile=compile)
     frozen_at = None
     for step in range(STEPS):
         tuner.step(batch, val_batch)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import hyperparameters as hp
-from .hypergradients import implicit_hypergradient
+from .hypergradients import implicit_hypergradient, neumann_series
 from .rules import UpdateRule, clip_gradients, get_rule
 
 METHODS = ("neumann", "unroll", "baydin")
@@ -292,9 +292,13 @@ class Tuner:
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
         self._input_shapes: list | None = None
         self._compiled_gradient = self._compile_gradient() if compile else None
+        self._compiled_neumann = None
+        if compile and population is not None and method == "neumann" and self.tuned:
+            self._compiled_neumann = self._compile_neumann()
         self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
         if population is not None:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=like.device)
+        self._frozen = False   # whether any member is diverged (a Python bool: no sync per step)
 
     # ----------------------------------------------------------------- public
 
@@ -415,6 +419,7 @@ class Tuner:
         self.steps_taken = int(state["steps_taken"])
         self._previous_update = _clone(state["previous_update"])
         self.diverged = _clone(state.get("diverged"))
+        self._frozen = self.diverged is not None and bool(self.diverged.any())
         if self.reset_each_window:
             self._initial = _clone(state["initial"])
         self._previous_output = None
@@ -442,6 +447,8 @@ class Tuner:
         return StepResult(loss.detach())
 
     def _neumann_step(self, batch, val_batch, step: int) -> StepResult:
+        if self._compiled_neumann is not None:
+            return self._compiled_neumann_step(batch, val_batch, step)
         # w_t = u(w_{t-1}, λ) with the graph kept: the Hessian enters through Jᵀ s.
         weights = tuple(self._params)
         loss = self._batch_loss(self.model, batch)
@@ -538,8 +545,9 @@ class Tuner:
             bad = ~torch.isfinite(loss)
             if bad.any():
                 self.diverged = self.diverged | bad
+                self._frozen = True
                 self._invalidate_hyper()
-            if grads is not None and self.diverged.any():
+            if grads is not None and self._frozen:
                 grads = tuple(torch.where(self._member_view(self.diverged, g), 0.0, g) for g in grads)
         return grads
 
@@ -577,25 +585,37 @@ class Tuner:
         the learning rate of a diverged member is zero."""
         if not graph and self._hyper_cache is not None:
             return self._hyper_cache
-        hyper = {}
         with torch.set_grad_enabled(graph):
-            for name in self.rule.hyperparameter_names:
-                if name in self._fixed and name in ("momentum", "weight_decay") and \
-                        all(not t.any() for t in self._fixed[name]):
-                    continue  # exactly zero: the rule skips the term, as torch.optim does
-                slots = self._natural_slots(name)
-                if self.population is None:
-                    hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self._slot_of[name])
-                    continue
-                values = []
-                for k, w in zip(self._slot_of[name], self._params):
-                    value = slots[k] if self.granularity[name] == "weight" else self._member_view(slots[k], w)
-                    if name == "lr" and self.diverged.any():
-                        value = torch.where(self._member_view(self.diverged, w), 0.0, value)
-                    values.append(value)
-                hyper[name] = tuple(values)
+            frozen = self.diverged if self._frozen else None
+            hyper = self._hyper_of(self._raw, self._fixed, frozen, self._zero_fixed())
         if not graph:
             self._hyper_cache = hyper
+        return hyper
+
+    def _zero_fixed(self) -> frozenset:
+        """Fixed momentum / weight decay that are exactly zero: the rule skips
+        their terms, as ``torch.optim`` does."""
+        return frozenset(name for name in ("momentum", "weight_decay") if name in self._fixed
+                         and all(not t.any() for t in self._fixed[name]))
+
+    def _hyper_of(self, raw: Mapping, fixed: Mapping, frozen: Tensor | None, skip: frozenset) -> dict:
+        """The rule's ``hyper`` from raw leaves and fixed natural values; a pure
+        function of its tensors. ``frozen``: members whose learning rate is zero."""
+        hyper = {}
+        for name in self.rule.hyperparameter_names:
+            if name in skip:
+                continue
+            slots = [hp.to_natural(name, r) for r in raw[name]] if name in raw else fixed[name]
+            if self.population is None:
+                hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self._slot_of[name])
+                continue
+            values = []
+            for k, w in zip(self._slot_of[name], self._params):
+                value = slots[k] if self.granularity[name] == "weight" else self._member_view(slots[k], w)
+                if name == "lr" and frozen is not None:
+                    value = torch.where(self._member_view(frozen, w), 0.0, value)
+                values.append(value)
+            hyper[name] = tuple(values)
         return hyper
 
     def _compile_gradient(self) -> Callable:
@@ -610,6 +630,51 @@ class Tuner:
             grads, (_, loss) = gradient(weights, batch)
             return grads, loss
         return torch.compile(grads_and_loss, dynamic=False)
+
+    def _compile_neumann(self) -> Callable:
+        """A population's Neumann hyperstep as one ``torch.func`` function
+        (:func:`~onepass.core.hypergradients.implicit_hypergradient_functional`'s
+        arithmetic, with the population's masking) through ``torch.compile``:
+        the eager double backward is bound by many small kernels there."""
+        def total_and_loss(weights, batch):
+            loss = self._batch_loss(self._forward_with(weights), batch)
+            return loss.sum(), loss
+
+        def masked(tensors, frozen):
+            return tuple(torch.where(self._member_view(frozen, t), 0.0, t) for t in tensors)
+
+        def hyperstep(weights, state, raw, fixed, frozen, skip, train_batch, val_batch):
+            def update(w, r):
+                grads, loss = torch.func.grad(total_and_loss, has_aux=True)(w, train_batch)
+                grads = masked(grads, frozen)
+                if self.max_grad_norm is not None:
+                    grads = clip_gradients(grads, self.max_grad_norm, per_member=True)
+                new_w, new_state = self.rule.update(w, state, grads, self._hyper_of(r, fixed, frozen, skip))
+                return new_w, (new_state, loss)
+
+            new_weights, vjp_fn, (new_state, loss) = torch.func.vjp(update, weights, raw, has_aux=True)
+            v, val_loss = torch.func.grad(total_and_loss, has_aux=True)(new_weights, val_batch)
+            p = neumann_series(lambda s: vjp_fn(s)[0], masked(v, frozen), self.neumann_terms)
+            return vjp_fn(p)[1], new_weights, new_state, loss, val_loss
+        return torch.compile(hyperstep, dynamic=False)
+
+    def _compiled_neumann_step(self, batch, val_batch, step: int) -> StepResult:
+        weights = tuple(p.detach() for p in self._params)
+        raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+        frozen = self.diverged
+        hypergradient, new_weights, new_state, loss, val_loss = self._compiled_neumann(
+            weights, self.state, raw, self._fixed, frozen, self._zero_fixed(), batch, val_batch)
+        self._check_losses(loss, "training loss", step)
+        self._check_losses(val_loss, "validation loss", step)
+        newly = self.diverged & ~frozen
+        if newly.any():  # members that diverged at this step keep their weights and state
+            keep = lambda old, new: torch.where(self._member_view(newly, new), old, new) \
+                if new.dim() > 0 and new.shape[0] == self.population else new
+            new_weights = tuple(keep(o, n) for o, n in zip(weights, new_weights))
+            new_state = _map_pairs(keep, self.state, new_state)
+        hypergradient = self._check_hypergradient([g for name in self.tuned for g in hypergradient[name]], step)
+        self._commit(new_weights, new_state)
+        return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
     def _hyper_in_place(self) -> dict:
         """:meth:`_hyper` with scalars as Python floats, for ``update_in_place``."""
@@ -644,14 +709,20 @@ class Tuner:
             if not all(torch.isfinite(g).all() for g in hypergradient):
                 raise NonFiniteError("hypergradient", step)
             return hypergradient
+        bad = torch.zeros_like(self.diverged)
         for g in hypergradient:
-            self.diverged = self.diverged | ~torch.isfinite(g).reshape(self.population, -1).all(1)
-        self._invalidate_hyper()
+            bad = bad | ~torch.isfinite(g).reshape(self.population, -1).all(1)
+        if bad.any():
+            self.diverged = self.diverged | bad
+            self._frozen = True
+            self._invalidate_hyper()
+        if not self._frozen:
+            return hypergradient
         return [torch.where(self._member_view(self.diverged, g), 0.0, g) for g in hypergradient]
 
     def _apply_hypergradient(self, hypergradient: list[Tensor]) -> dict[str, list[Tensor]]:
         leaves = self._raw_leaves()
-        frozen = self.population is not None and bool(self.diverged.any())
+        frozen = self._frozen
         before = [leaf.detach().clone() for leaf in leaves] if frozen else None
         if self.hyper_space == "natural":
             self._natural_sgd_step(hypergradient)
@@ -730,6 +801,15 @@ def _parameter_groups(model: nn.Module, params) -> list[tuple[list[nn.Parameter]
 def _check_int(name: str, value: int, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
+
+
+def _map_pairs(fn, old, new):
+    """``fn(old_leaf, new_leaf)`` over two trees of the same structure."""
+    if isinstance(new, Tensor):
+        return fn(old, new)
+    if isinstance(new, dict):
+        return {k: _map_pairs(fn, old[k], v) for k, v in new.items()}
+    return type(new)(_map_pairs(fn, o, n) for o, n in zip(old, new))
 
 
 def _detach(tree):

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -136,6 +137,11 @@ def _flatten(value) -> torch.Tensor:
 
 # ------------------------------------------------------------------ writer
 
+FLUSH_SECONDS = 1.0
+"""metrics.csv is flushed at most this often (and on close): one flush per row
+per member dominated the logging of population runs."""
+
+
 class RunLogger:
     """Appends one row per log step to ``metrics.csv`` and TensorBoard.
 
@@ -173,6 +179,7 @@ class RunLogger:
         self._csv = csv.DictWriter(self._file, self.columns, extrasaction="ignore",
                                    lineterminator="\n")
         self._file.flush()
+        self._flushed = time.monotonic()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -183,7 +190,10 @@ class RunLogger:
         """Write one log step; ``row`` has the loss columns. Returns the full CSV row."""
         full = {**row, **hyperparameter_columns(hyperparameters)}
         self._csv.writerow({k: _csv_value(full.get(k)) for k in self.columns})
-        self._file.flush()
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_SECONDS:  # rows reach the disk at least every second
+            self._file.flush()
+            self._flushed = now
         if self._tb is not None:
             step = int(row["step"])
             for key, tag in (("train_loss", "Loss/Training"), ("val_loss", "Loss/Validation"),

@@ -201,6 +201,7 @@ def train_population(
             finally:
                 population.train(was_training)
 
+    target_scale = data.unnormalise_mse(1.0)  # MSE in original units per standardised unit
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="upd", leave=False,
                desc=f"{algo['name']} {base['dataset']['name']} ×{P}")
@@ -234,7 +235,7 @@ def train_population(
                             continue
                         row = {"step": step, "train_loss": train[m], "val_loss": val[m],
                                "test_loss": test[m],
-                               "test_loss_unnormalised": data.unnormalise_mse(test[m]),
+                               "test_loss_unnormalised": test[m] * target_scale,
                                "wall_time_s": now}
                         row = loggers[m].log(row, _member_hyperparameters(tuner, hyper, m))
                         if all(row.get(k) is None or math.isfinite(row[k]) for k in row):
