@@ -213,6 +213,11 @@ class RunLogger:
                     self._tb.add_scalar(f"Hyperparameters/{name}_mean", flat.mean().item(), step)
         return full
 
+    def flush(self) -> None:
+        """Write the buffered rows of ``metrics.csv`` to disk now."""
+        self._file.flush()
+        self._flushed = time.monotonic()
+
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:

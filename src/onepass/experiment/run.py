@@ -200,6 +200,7 @@ def run_training(
         return wall_before + time.perf_counter() - start
 
     def save_state(path) -> None:
+        logger.flush()  # every row logged before the checkpoint is on disk with it
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "config": config, "steps": tuner.steps_taken,
             "model": model.state_dict(), "tuner": tuner.state_dict(),

@@ -217,10 +217,14 @@ class TrainingSession:
             "hyperparameters": hyperparameter_summary(self.tuner.hyperparameters),
             "wall_time_s": self.wall_before, "last_row": self.last_row, "status": self.status,
             "error": self.error, "diverged": self.diverged,
-            "metrics": read_metrics(self.run_dir) if (self.run_dir / METRICS).is_file() else [],
+            "metrics": self._metrics_so_far(),
             "run_dir": str(self.run_dir), "events": list(self.events),
         }
 
+
+    def _metrics_so_far(self) -> list:
+        self.logger.flush()
+        return read_metrics(self.run_dir) if (self.run_dir / METRICS).is_file() else []
     def load_state(self, state: Mapping, *, note: Mapping | None = None) -> None:
         """Continue from ``state`` (this trial's or another's): weights,
         optimiser state, hyperparameters, batch order, wall time, and the
