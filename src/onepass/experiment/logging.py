@@ -214,7 +214,9 @@ class RunLogger:
         return full
 
     def flush(self) -> None:
-        """Write the buffered rows of ``metrics.csv`` to disk now."""
+        """Write the buffered rows of ``metrics.csv`` to disk now (no-op once closed)."""
+        if self._file.closed:
+            return
         self._file.flush()
         self._flushed = time.monotonic()
 
