@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 
 from onepass.data.download import ChecksumError, download, safe_extract
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.splits import Splits
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -150,7 +151,7 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
-class CIFAR10Data:
+class CIFAR10Data(Splits):
     """CIFAR-10 split into train / validation / test, standardised per channel.
 
     Images are ``(N, 3, 32, 32)`` floats: pixels scaled to ``[0, 1]`` then
@@ -159,34 +160,9 @@ class CIFAR10Data:
     ``[0, 1]`` scale). Labels are int64 of shape ``(N,)``.
     """
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
 
-    @property
-    def x_trainval(self) -> torch.Tensor:
-        """Train and validation images together, for algorithms without a validation split."""
-        return torch.cat([self.x_train, self.x_val])
-
-    @property
-    def y_trainval(self) -> torch.Tensor:
-        """Train and validation labels together, matching :attr:`x_trainval`."""
-        return torch.cat([self.y_train, self.y_val])
-
-    def to(self, device=None, dtype=None) -> "CIFAR10Data":
-        """Return a copy on ``device``; ``dtype`` casts the floating tensors only (labels stay int64)."""
-        return CIFAR10Data(**{
-            f.name: getattr(self, f.name).to(
-                device=device,
-                dtype=dtype if getattr(self, f.name).is_floating_point() else None,
-            )
-            for f in fields(self)
-        })
 
 
 def cifar10_dir(data_dir: str | os.PathLike | None = None) -> Path:

@@ -17,7 +17,7 @@ import os
 import struct
 import urllib.error
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 
 from onepass.data.cifar10 import download_md5
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.splits import Splits
 
 # The GitHub copy (HTTPS) first, then the authors' AWS mirror (HTTP only; the
 # MD5 check guards it).
@@ -127,7 +128,7 @@ def _read_labels(path: Path, n_images: int) -> np.ndarray:
 
 
 @dataclass
-class FashionMNISTData:
+class FashionMNISTData(Splits):
     """Fashion-MNIST split into train / validation / test.
 
     Inputs are flattened to ``(N, 784)`` and standardised per pixel with the
@@ -137,12 +138,6 @@ class FashionMNISTData:
     ``(N,)`` class indices.
     """
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     x_mean: torch.Tensor
     x_std: torch.Tensor
 
@@ -151,25 +146,6 @@ class FashionMNISTData:
         """Number of input features (784)."""
         return self.x_train.shape[1]
 
-    @property
-    def x_trainval(self) -> torch.Tensor:
-        """Train and validation inputs together, for algorithms without a validation split."""
-        return torch.cat([self.x_train, self.x_val])
-
-    @property
-    def y_trainval(self) -> torch.Tensor:
-        """Train and validation labels together, matching :attr:`x_trainval`."""
-        return torch.cat([self.y_train, self.y_val])
-
-    def to(self, device=None, dtype=None) -> "FashionMNISTData":
-        """Return a copy on ``device``; ``dtype`` casts the floating tensors only (labels stay int64)."""
-        return FashionMNISTData(**{
-            f.name: getattr(self, f.name).to(
-                device=device,
-                dtype=dtype if getattr(self, f.name).is_floating_point() else None,
-            )
-            for f in fields(self)
-        })
 
 
 def fashion_mnist_dir(data_dir: str | os.PathLike | None = None) -> Path:

