@@ -112,7 +112,7 @@ def test_asha_trials_are_run_folders(ray_session, shared_data, tmp_path):
     from onepass.search.ray_tune import run_ray_search
     study = run_ray_search("asha", "uci_energy", tmp_path / "asha", num_samples=8, max_steps=40,
                            grace_period=10, reduction_factor=2, data_dir=shared_data,
-                           max_concurrent_trials=1)
+                           cpus_per_trial=2)  # one trial at a time: reproducible stops
     assert study["errors"] == [] and study["completed"] == 8
     trials = {t["run_dir"]: t for t in study["trials"]}
     assert any(t["stopped_early"] for t in trials.values())  # ASHA stopped someone

@@ -141,13 +141,29 @@ def _trainable_class():
                            keep / f"step_{note['step']:05d}_from_{donor}.pt")
             self.session.write_summary(search=self._search_info())
 
+        def reset_config(self, new_config):
+            """Ray reuses this actor (PBT only) for another trial or for this one
+            after an exploit: hand the current folder back unfinished (the trial
+            is paused, not over), then set up anew."""
+            self._release(final=False)
+            self.setup(new_config)
+            return True
+
         def cleanup(self):
+            self._release(final=True)
+
+        def _release(self, final: bool):
             session = getattr(self, "session", None)
             if session is None:
                 return
+            self.session = None
             on_disk = read_summary(self.run_dir) or {}
             if on_disk.get("session") not in (None, self.token):
                 return  # a newer actor of this trial owns the folder now
+            if not final:  # paused: keep status "running" with the progress so far
+                session.logger.close()
+                session.write_summary()
+                return
             search = self._search_info()
             search["finished_at_study_s"] = time.time() - self.static["started_at"]
             session.summary["search"] = {**session.summary.get("search", {}), **{
@@ -195,7 +211,6 @@ def run_ray_search(
     address: str | None = None,
     num_cpus: int | None = None,
     cpus_per_trial: float = 1.0,
-    max_concurrent_trials: int | None = None,
     keep_checkpoints: bool = True,
     verbose: int = 0,
     log: Callable[[str], None] | None = None,
@@ -206,8 +221,10 @@ def run_ray_search(
     config (``uci_energy``). ``num_samples``: trials (ASHA, default 100) or the
     population (PBT, default 20). Uses a running Ray session if there is one,
     else ``ray.init(address=address)`` (a local one when ``address`` is None).
-    ``max_concurrent_trials=1`` makes ASHA's decisions reproducible (they
-    otherwise depend on which trial reports first).
+    ``cpus_per_trial`` equal to the CPUs Ray has runs one trial at a time,
+    which makes ASHA's decisions reproducible (they otherwise depend on which
+    trial reports first). PBT reuses trial actors (an exploit then costs no
+    process start); a paused trial's folder keeps status ``running``.
     """
     ray = require("ray", "ray")
     tune = require("ray.tune", "ray")
@@ -266,9 +283,8 @@ def run_ray_search(
             trainable,
             param_space={**search_space(), STATIC: static},
             tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
-                                        max_concurrent_trials=max_concurrent_trials,
                                         search_alg=BasicVariantGenerator(random_state=seed),
-                                        reuse_actors=False),
+                                        reuse_actors=method == "pbt"),
             run_config=tune.RunConfig(name=method, storage_path=str(root / "_ray"),
                                       checkpoint_config=checkpoint_config, verbose=verbose,
                                       stop={"done": True}))
