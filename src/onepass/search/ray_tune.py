@@ -77,9 +77,18 @@ def _trainable_class():
             cfg = trial_config(static["dataset"], static["base"], hyper, name=static["method"],
                                steps=static["max_steps"], seed=static["seed"],
                                overrides=static["overrides"])
-            self.session = TrainingSession(
-                cfg, self.run_dir, data_dir=static["data_dir"], device=static["device"],
-                extra_summary={"search": self._search_info(), "session": self.token})
+            # The run folder is opened on first use (a step or a restore): an
+            # actor that Ray sets up for a trial and stops at once must not
+            # overwrite that trial's folder.
+            self._trial_config, self.session = cfg, None
+
+        def _open(self):
+            if self.session is None:
+                self.session = TrainingSession(
+                    self._trial_config, self.run_dir, data_dir=self.static["data_dir"],
+                    device=self.static["device"],
+                    extra_summary={"search": self._search_info(), "session": self.token})
+            return self.session
 
         def _search_info(self) -> dict:
             return {"method": self.static["method"], "study": self.static["root"],
@@ -88,7 +97,7 @@ def _trainable_class():
                     "started_at_study_s": time.time() - self.static["started_at"]}
 
         def step(self):
-            row = self.session.advance(self.static["report_every"])
+            row = self._open().advance(self.static["report_every"])
             result = {"val_loss": row["score"], "step": int(row["step"]), "done": bool(row["done"]),
                       "trial_wall_time_s": row.get("wall_time_s") or 0.0}
             for key in ("train_loss", "test_loss", "test_loss_unnormalised"):
@@ -101,7 +110,7 @@ def _trainable_class():
             return result
 
         def save_checkpoint(self, checkpoint_dir):
-            state = self.session.state()
+            state = self._open().state()
             state["trial_id"] = self.trial_id
             state["trial_config"] = {k: float(self.config[k]) for k in SEARCH_SPACE}
             torch.save(state, os.path.join(checkpoint_dir, STATE_FILE))
@@ -121,7 +130,7 @@ def _trainable_class():
                     "step": int(state["steps"]), "donor": donor,
                     "donor_run_dir": Path(state["run_dir"]).name,
                     "at_study_s": time.time() - self.static["started_at"]}
-            self.session.load_state(state, note=note)
+            self._open().load_state(state, note=note)
             restored = self.session.tuner.hyperparameters
             wanted = {k: float(self.config[k]) for k in SEARCH_SPACE}
             if self.session.tuner.tuned:  # explore around the donor's current (tuned) values
