@@ -1,16 +1,13 @@
 """Datasets: where they live, how they are fetched, loaded and split."""
 
-from onepass.data.cifar10 import (
-    CIFAR10Data,
-    MD5ChecksumError,
-    download_cifar10,
-    load_cifar10,
-    md5sum,
-)
+from onepass.data.cifar10 import CIFAR10Data, download_cifar10, load_cifar10
 from onepass.data.download import (
     ChecksumError,
+    MD5ChecksumError,
     UnsafeArchiveError,
     download,
+    download_md5,
+    md5sum,
     safe_extract,
     sha256sum,
 )
@@ -54,6 +51,7 @@ __all__ = [
     "Vocabulary",
     "batchify",
     "download",
+    "download_md5",
     "download_cifar10",
     "download_fashion_mnist",
     "download_ptb",

@@ -7,15 +7,12 @@ pickle of a dict whose ``b"data"`` is a ``uint8`` array of shape ``(N, 3072)``
 (the red, green then blue 32×32 planes of each image, row-major) and whose
 ``b"labels"`` is a list of ``N`` integers in ``0..9``.
 
-The archive is checked with its published MD5; :mod:`onepass.data.download`
-verifies SHA-256 only, so this module also holds the small MD5 helpers
-(:func:`md5sum`, :func:`download_md5`) that :mod:`onepass.data.fashion_mnist`
-reuses for its MD5-published files.
+The archive is checked with its published MD5
+(:func:`onepass.data.download.download_md5`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onepass.data.download import ChecksumError, download, safe_extract
+from onepass.data.download import download_md5, safe_extract
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
 from onepass.data.splits import Splits
 
@@ -38,57 +35,6 @@ CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )
-
-_CHUNK = 1 << 16
-
-
-class MD5ChecksumError(ChecksumError):
-    """A file's MD5 digest differs from the published one (a :class:`ChecksumError`)."""
-
-    def __init__(self, path: str | os.PathLike, expected: str, actual: str):
-        super().__init__(path, expected, actual)
-        self.args = (f"MD5 mismatch for {self.path}: expected {expected}, got {actual}",)
-
-
-def md5sum(path: str | os.PathLike) -> str:
-    """Return the hexadecimal MD5 digest of the file at ``path``."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_md5(
-    url: str,
-    destination: str | os.PathLike,
-    md5: str | None,
-    progress: bool = True,
-) -> Path:
-    """Fetch ``url`` into ``destination`` unless a copy with digest ``md5`` is there.
-
-    Like :func:`onepass.data.download.download` but checked with MD5: the
-    bytes land in a hidden sibling file first and are renamed into place only
-    when their digest equals ``md5`` (``None`` skips the check, and then an
-    existing file is always replaced). On a mismatch the bytes are deleted and
-    :class:`MD5ChecksumError` (a :class:`ChecksumError`, hence a ``ValueError``)
-    is raised; a previous file at ``destination`` is left untouched.
-    """
-    destination = Path(destination)
-    if md5 is not None and destination.is_file() and md5sum(destination) == md5.lower():
-        return destination
-    unverified = destination.with_name(f".{destination.name}.unverified")
-    try:
-        download(url, unverified, progress=progress)
-        if md5 is not None:
-            actual = md5sum(unverified)
-            if actual != md5.lower():
-                raise MD5ChecksumError(destination, md5, actual)
-        os.replace(unverified, destination)
-    finally:
-        unverified.unlink(missing_ok=True)
-    return destination
-
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only, never arbitrary objects.
@@ -254,7 +200,7 @@ def download_cifar10(
     The archive is saved as ``<data dir>/cifar10/cifar-10-python.tar.gz``
     (skipped when a copy with the right MD5 is already there), checked against
     ``md5`` (the published digest by default; a mismatch raises
-    :class:`MD5ChecksumError` and keeps no file) and unpacked with
+    :class:`~onepass.data.download.MD5ChecksumError` and keeps no file) and unpacked with
     :func:`safe_extract` beside it. Raises ``ValueError`` when the archive
     lacks one of the six batch files.
     """
@@ -273,11 +219,8 @@ __all__ = [
     "CIFAR10_MD5",
     "CIFAR10_URL",
     "CLASSES",
-    "MD5ChecksumError",
     "cifar10_dir",
     "download_cifar10",
-    "download_md5",
     "load_cifar10",
-    "md5sum",
     "read_cifar10_batch",
 ]

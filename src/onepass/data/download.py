@@ -142,10 +142,61 @@ def safe_extract(archive_path: str | os.PathLike, target_dir: str | os.PathLike)
     raise ValueError(f"{archive_path} is neither a tar nor a zip archive")
 
 
+class MD5ChecksumError(ChecksumError):
+    """A file's MD5 digest differs from the published one (a :class:`ChecksumError`)."""
+
+    def __init__(self, path: str | os.PathLike, expected: str, actual: str):
+        super().__init__(path, expected, actual)
+        self.args = (f"MD5 mismatch for {self.path}: expected {expected}, got {actual}",)
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """Return the hexadecimal MD5 digest of the file at ``path``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_md5(
+    url: str,
+    destination: str | os.PathLike,
+    md5: str | None,
+    progress: bool = True,
+) -> Path:
+    """Fetch ``url`` into ``destination`` unless a copy with digest ``md5`` is there.
+
+    Like :func:`download` but checked with MD5 (the digest the datasets publish): the
+    bytes land in a hidden sibling file first and are renamed into place only
+    when their digest equals ``md5`` (``None`` skips the check, and then an
+    existing file is always replaced). On a mismatch the bytes are deleted and
+    :class:`MD5ChecksumError` (a :class:`ChecksumError`, hence a ``ValueError``)
+    is raised; a previous file at ``destination`` is left untouched.
+    """
+    destination = Path(destination)
+    if md5 is not None and destination.is_file() and md5sum(destination) == md5.lower():
+        return destination
+    unverified = destination.with_name(f".{destination.name}.unverified")
+    try:
+        download(url, unverified, progress=progress)
+        if md5 is not None:
+            actual = md5sum(unverified)
+            if actual != md5.lower():
+                raise MD5ChecksumError(destination, md5, actual)
+        os.replace(unverified, destination)
+    finally:
+        unverified.unlink(missing_ok=True)
+    return destination
+
+
 __all__ = [
     "ChecksumError",
+    "MD5ChecksumError",
     "UnsafeArchiveError",
     "download",
+    "download_md5",
+    "md5sum",
     "safe_extract",
     "sha256sum",
 ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onepass.data.cifar10 import download_md5
+from onepass.data.download import download_md5
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
 from onepass.data.splits import Splits
 
@@ -235,7 +235,7 @@ def download_fashion_mnist(
     """Fetch the four Fashion-MNIST files into ``<data dir>/fashion_mnist``; return that folder.
 
     Each file is checked against its published MD5 (a mismatch raises
-    :class:`~onepass.data.cifar10.MD5ChecksumError` and keeps no bad file) and
+    :class:`~onepass.data.download.MD5ChecksumError` and keeps no bad file) and
     skipped when a verified copy is already there. ``mirrors`` are base URLs
     tried in order while a fetch fails with a network error; the last error
     propagates.

@@ -29,17 +29,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from onepass.core import NonFiniteError, Tuner
-from onepass.data.uci import load_uci
 from onepass.experiment.config import LR_CLIP, resolve_config
 from onepass.experiment.logging import (
     CHECKPOINT, LOSS_COLUMNS, RunLogger, atomic_torch_save, hyperparameter_summary, versions,
     write_config, write_summary,
 )
 from onepass.experiment.tasks import make_task
-from onepass.models import build_model
 
 CHECKPOINT_FORMAT = 1
 # Keys that may differ between a checkpoint's config and the config continuing it.

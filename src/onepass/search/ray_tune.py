@@ -50,7 +50,7 @@ from typing import Callable, Mapping, Sequence
 from onepass.experiment.logging import atomic_write_bytes, read_summary
 from onepass.search import require
 from onepass.search.trainable import (
-    BASES, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, clip_hyperparameters, score, trial_config,
+    BASES, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, score, trial_config,
 )
 
 STUDY = "study.json"
