@@ -31,13 +31,18 @@ class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the extraction folder."""
 
 
-def sha256sum(path: str | os.PathLike) -> str:
-    """Return the hexadecimal SHA-256 digest of the file at ``path``."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str) -> str:
+    """The hexadecimal ``hashlib`` digest (``"sha256"``, ``"md5"``) of the file at ``path``."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """Return the hexadecimal SHA-256 digest of the file at ``path``."""
+    return file_digest(path, "sha256")
 
 
 def download(
@@ -152,11 +157,7 @@ class MD5ChecksumError(ChecksumError):
 
 def md5sum(path: str | os.PathLike) -> str:
     """Return the hexadecimal MD5 digest of the file at ``path``."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download_md5(

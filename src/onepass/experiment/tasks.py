@@ -256,31 +256,34 @@ class ClassificationTask(TensorTask):
         loss, accuracy = self.evaluate(model, self.data.x_test, self.data.y_test, accuracy=True)
         return {"test_loss": loss, "test_accuracy": accuracy}
 
+    # Subclasses name their loader (module, function) and default validation size.
+    loader: tuple[str, str]
+    default_validation_size: int
+
+    def __init__(self, config, data_dir, device):
+        super().__init__(config, data_dir, device)
+        import importlib
+        module, function = self.loader
+        load = getattr(importlib.import_module(module), function)
+        dataset = config["dataset"]
+        data = load(data_dir, validation_size=dataset["validation_size"] or self.default_validation_size,
+                    seed=dataset["shuffle_seed"] or 0).to(self.device)
+        self._setup(data)
+        self.n_inputs, self.n_outputs = data.x_train.shape[1], 10
+
 
 class FashionMNISTTask(ClassificationTask):
     """Fashion-MNIST: 784 standardised pixels, 10 classes, 50,000 / 10,000 train / validation."""
 
-    def __init__(self, config, data_dir, device):
-        super().__init__(config, data_dir, device)
-        from onepass.data.fashion_mnist import load_fashion_mnist
-        dataset = config["dataset"]
-        data = load_fashion_mnist(data_dir, validation_size=dataset["validation_size"] or 10000,
-                                  seed=dataset["shuffle_seed"] or 0).to(self.device)
-        self._setup(data)
-        self.n_inputs, self.n_outputs = data.n_inputs, 10
+    loader = ("onepass.data.fashion_mnist", "load_fashion_mnist")
+    default_validation_size = 10000
 
 
 class CIFAR10Task(ClassificationTask):
     """CIFAR-10: 3×32×32 standardised images, 10 classes, 45,000 / 5,000 train / validation."""
 
-    def __init__(self, config, data_dir, device):
-        super().__init__(config, data_dir, device)
-        from onepass.data.cifar10 import load_cifar10
-        dataset = config["dataset"]
-        data = load_cifar10(data_dir, validation_size=dataset["validation_size"] or 5000,
-                            seed=dataset["shuffle_seed"] or 0).to(self.device)
-        self._setup(data)
-        self.n_inputs, self.n_outputs = data.x_train.shape[1], 10
+    loader = ("onepass.data.cifar10", "load_cifar10")
+    default_validation_size = 5000
 
 
 def lm_batch_loss(forward, batch) -> Tensor:
