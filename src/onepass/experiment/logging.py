@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from onepass.experiment.config import dump_config
+from onepass.experiment.events import EventWriter
 
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
@@ -143,7 +144,7 @@ per member dominated the logging of population runs."""
 
 
 class RunLogger:
-    """Appends one row per log step to ``metrics.csv`` and TensorBoard.
+    """Appends one row per log step to ``metrics.csv`` and TensorBoard (one event per row).
 
     Args:
         run_dir: the run folder (created if needed).
@@ -182,35 +183,35 @@ class RunLogger:
         self._flushed = time.monotonic()
         self._tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
             purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge)
+            self._tb = EventWriter(self.run_dir, purge_step=purge)
 
     def log(self, row: Mapping[str, Any], hyperparameters: Mapping[str, Any]) -> dict:
         """Write one log step; ``row`` has the loss columns. Returns the full CSV row."""
         full = {**row, **hyperparameter_columns(hyperparameters)}
         self._csv.writerow({k: _csv_value(full.get(k)) for k in self.columns})
-        now = time.monotonic()
-        if now - self._flushed >= FLUSH_SECONDS:  # rows reach the disk at least every second
-            self._file.flush()
-            self._flushed = now
         if self._tb is not None:
-            step = int(row["step"])
+            scalars, histograms = {}, {}
             for key, tag in (("train_loss", "Loss/Training"), ("val_loss", "Loss/Validation"),
                              ("test_loss", "Loss/Test"),
                              ("test_loss_unnormalised", "Loss/Test_Unnormalised")):
                 if row.get(key) is not None:
-                    self._tb.add_scalar(tag, row[key], step)
+                    scalars[tag] = row[key]
             for key in self.metric_columns:
                 if row.get(key) is not None:
-                    self._tb.add_scalar(f"Metrics/{key}", row[key], step)
+                    scalars[f"Metrics/{key}"] = row[key]
             for name, value in hyperparameters.items():
                 if isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"Hyperparameters/{name}", value, step)
+                    scalars[f"Hyperparameters/{name}"] = value
                 else:
                     flat = _flatten(value)
-                    self._tb.add_histogram(f"Hyperparameters/{name}", flat, step)
-                    self._tb.add_scalar(f"Hyperparameters/{name}_mean", flat.mean().item(), step)
+                    if torch.isfinite(flat).any():
+                        histograms[f"Hyperparameters/{name}"] = flat
+                    scalars[f"Hyperparameters/{name}_mean"] = full[f"{name}_mean"]
+            self._tb.add(int(row["step"]), scalars, histograms)
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_SECONDS:  # rows reach the disk at least every second
+            self.flush()
         return full
 
     def flush(self) -> None:
@@ -218,6 +219,8 @@ class RunLogger:
         if self._file.closed:
             return
         self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
         self._flushed = time.monotonic()
 
     def close(self) -> None:
