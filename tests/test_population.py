@@ -60,14 +60,15 @@ def test_members_equal_single_runs(problem, name):
     assert not pop_tuner.diverged.any()
 
 
+@pytest.mark.parametrize("method", ["neumann", "unroll"])
 @pytest.mark.parametrize("compile", [False, True])
-def test_diverged_member_is_frozen_and_others_go_on(problem, compile):
+def test_diverged_member_is_frozen_and_others_go_on(problem, compile, method):
     batch, val_batch, starts, models = problem
     starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
     population = PopulationMLP.from_models(models)
     tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
                           tune=("lr", "momentum", "weight_decay"), lr_bounds=(1e-10, 100.0),
-                          compile=compile)
+                          method=method, compile=compile)
     frozen_at = None
     for step in range(STEPS):
         tuner.step(batch, val_batch)
@@ -80,7 +81,8 @@ def test_diverged_member_is_frozen_and_others_go_on(problem, compile):
     assert tuner.hyperparameters["lr"][2] == lr
     # the healthy members are exactly what they would have been alone
     single = onepass.Tuner(models[0], torch.nn.functional.mse_loss,
-                           hyperparameters={k: v[0] for k, v in starts.items()}, lr_bounds=(1e-10, 100.0))
+                           hyperparameters={k: v[0] for k, v in starts.items()}, lr_bounds=(1e-10, 100.0),
+                           method=method)
     for _ in range(STEPS):
         single.step(batch, val_batch)
     for a, b in zip(population.member(0).parameters(), models[0].parameters()):
@@ -111,10 +113,12 @@ def test_member_round_trip():
 
 
 def test_compiled_gradients_agree_with_eager_ones(problem):
-    """``compile=True`` (torch.compile of the undifferentiated steps' gradient)
-    gives the same population run as the eager path, to rounding."""
+    """``compile=True`` (torch.compile of the undifferentiated steps' gradient,
+    of Neumann's hyperstep and of the replayed unrolled window) gives the same
+    population run as the eager path, to rounding."""
     batch, val_batch, starts, models = problem
-    for options in (METHODS["neumann"], METHODS["baydin"]):
+    for options in (METHODS["neumann"], METHODS["neumann_per_weight_lr"], METHODS["baydin"],
+                    METHODS["unroll"], dict(METHODS["unroll"], unroll_steps=10)):
         runs = []
         for compile in (False, True):
             population = PopulationMLP.from_models(models)
@@ -122,8 +126,27 @@ def test_compiled_gradients_agree_with_eager_ones(problem):
                                   compile=compile, **options)
             for _ in range(25):
                 tuner.step(batch, val_batch)
-            runs.append((list(population.parameters()), tuner.hyperparameters["lr"]))
+            runs.append((list(population.parameters()), _flat(tuner.hyperparameters["lr"])))
         (eager, eager_lr), (compiled, compiled_lr) = runs
         for a, b in zip(eager, compiled):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        assert compiled_lr == pytest.approx(eager_lr, rel=1e-10)
+        torch.testing.assert_close(compiled_lr, eager_lr, rtol=1e-10, atol=0)
+
+
+def test_compiled_unroll_refuses_hyperparameter_changes_inside_a_window(problem):
+    batch, val_batch, starts, models = problem
+    tuner = onepass.Tuner(PopulationMLP.from_models(models), member_mse, hyperparameters=starts,
+                          population=P, compile=True, **METHODS["unroll"])
+    for _ in range(10):
+        tuner.step(batch, val_batch)
+    tuner.set_hyperparameters(lr=0.01)            # between windows
+    for _ in range(6):                            # inside the unrolled half of the next window
+        tuner.step(batch, val_batch)
+    with pytest.raises(RuntimeError, match="between windows"):
+        tuner.set_hyperparameters(lr=0.02)
+
+
+def _flat(value) -> torch.Tensor:
+    if isinstance(value[0], torch.Tensor):
+        return torch.cat([v.reshape(-1) for v in value])
+    return torch.tensor(value, dtype=torch.float64)

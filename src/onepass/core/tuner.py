@@ -130,7 +130,12 @@ class Tuner:
             of a ``torch.func`` gradient. Worth it for long runs of small models
             and for populations (about 3× faster per step on the paper's UCI
             MLPs); the first step pays seconds of compilation. Results agree
-            with the eager path to rounding.
+            with the eager path to rounding. With a population the
+            differentiated steps are compiled too: Neumann's hyperstep, and
+            for ``"unroll"`` the window's unrolled updates are taken as plain
+            steps and replayed, differentiated, in one compiled function at
+            the window's last update (hyperparameters may then only be changed
+            between windows).
         population: train ``P`` independent runs at once. Every parameter then
             has a leading dimension ``P`` (member ``m`` owns slice ``m``), the
             loss returns one value per member, shape ``(P,)``, and each
@@ -287,14 +292,18 @@ class Tuner:
         self.steps_taken = 0
         self._hyper_cache: dict | None = None
         self._hyper_floats: dict | None = None
-        self._unroll: tuple | None = None          # (weights, state) with graph, inside an unroll
+        self._unroll: tuple | None = None          # inside an unroll: (weights, state) with graph;
+                                                   # compiled: (start weights, start state, batches)
         self._previous_update: tuple | None = None  # Baydin: inputs of the last update
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
         self._input_shapes: list | None = None
         self._compiled_gradient = self._compile_gradient() if compile else None
-        self._compiled_neumann = None
-        if compile and population is not None and method == "neumann" and self.tuned:
-            self._compiled_neumann = self._compile_neumann()
+        self._compiled_neumann = self._compiled_unroll = None
+        if compile and population is not None and self.tuned:
+            if method == "neumann":
+                self._compiled_neumann = self._compile_neumann()
+            elif method == "unroll":
+                self._compiled_unroll = self._compile_unroll()
         self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
         if population is not None:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=like.device)
@@ -372,6 +381,9 @@ class Tuner:
     def set_hyperparameters(self, **values) -> None:
         """Overwrite hyperparameters (natural units; one value for every slot,
         or with a population one value per member)."""
+        if self._compiled_unroll is not None and self._unroll is not None:
+            raise RuntimeError("a compiled population replays its unrolled window with the "
+                               "hyperparameters at the window's end: change them between windows")
         for name, value in values.items():
             self._check_name(name)
             value = self._member_values(name, value)
@@ -469,6 +481,8 @@ class Tuner:
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
     def _unrolled_step(self, batch, val_batch, step: int, first: bool) -> StepResult:
+        if self._compiled_unroll is not None:
+            return self._compiled_unrolled_step(batch, val_batch, step, first)
         if first or self._unroll is None:
             weights, state = tuple(p.detach().requires_grad_() for p in self._params), self.state
         else:
@@ -657,6 +671,60 @@ class Tuner:
             p = neumann_series(lambda s: vjp_fn(s)[0], masked(v, frozen), self.neumann_terms)
             return vjp_fn(p)[1], new_weights, new_state, loss, val_loss
         return torch.compile(hyperstep, dynamic=False)
+
+    def _compile_unroll(self) -> Callable:
+        """A population's unrolled window, replayed from its first weights and
+        differentiated in ``λ`` (the eager ``_unrolled_step``'s arithmetic: the
+        first update's gradient is a constant, later ones are differentiated),
+        as one ``torch.func`` function through ``torch.compile``."""
+        def total_and_loss(weights, batch):
+            loss = self._batch_loss(self._forward_with(weights), batch)
+            return loss.sum(), loss
+
+        def masked(tensors, frozen):
+            return tuple(torch.where(self._member_view(frozen, t), 0.0, t) for t in tensors)
+
+        def replay(weights, state, raw, fixed, frozen, skip, batches, val_batch):
+            def validation(r):
+                w, s, loss = weights, state, None
+                for batch in batches:
+                    grads, loss = torch.func.grad(total_and_loss, has_aux=True)(w, batch)
+                    grads = masked(grads, frozen)
+                    if self.max_grad_norm is not None:
+                        grads = clip_gradients(grads, self.max_grad_norm, per_member=True)
+                    w, s = self.rule.update(w, s, grads, self._hyper_of(r, fixed, frozen, skip))
+                val_loss = self._batch_loss(self._forward_with(w), val_batch)
+                total = torch.where(torch.isfinite(val_loss), val_loss, 0.0).sum()
+                return total, (w, s, loss, val_loss)
+
+            hypergradient, (w, s, loss, val_loss) = torch.func.grad(validation, has_aux=True)(raw)
+            return hypergradient, w, s, loss, val_loss
+        return torch.compile(replay, dynamic=False)
+
+    def _compiled_unrolled_step(self, batch, val_batch, step: int, first: bool) -> StepResult:
+        if first or self._unroll is None:  # plain steps update in place: keep copies
+            self._unroll = (tuple(p.detach().clone() for p in self._params), _clone(self.state), [])
+        weights, state, batches = self._unroll
+        batches.append(batch)
+        if val_batch is None:
+            return self._plain_step(batch, step)
+        self._unroll = None
+        raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+        hypergradient, new_weights, new_state, loss, val_loss = self._compiled_unroll(
+            weights, state, raw, self._fixed, self.diverged, self._zero_fixed(), tuple(batches),
+            val_batch)
+        self._check_losses(loss, "training loss", step)
+        self._check_losses(val_loss, "validation loss", step)
+        hypergradient = self._check_hypergradient(
+            [g for name in self.tuned for g in hypergradient[name]], step)
+        if self._frozen:  # the replay froze them from the window's start: keep where they stopped
+            dead = self.diverged
+            keep = lambda old, new: torch.where(self._member_view(dead, new), old, new) \
+                if new.dim() > 0 and new.shape[0] == self.population else new
+            new_weights = tuple(keep(o.detach(), n) for o, n in zip(self._params, new_weights))
+            new_state = _map_pairs(keep, self.state, new_state)
+        self._commit(new_weights, new_state)
+        return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
     def _compiled_neumann_step(self, batch, val_batch, step: int) -> StepResult:
         weights = tuple(p.detach() for p in self._params)
