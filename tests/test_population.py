@@ -60,15 +60,15 @@ def test_members_equal_single_runs(problem, name):
     assert not pop_tuner.diverged.any()
 
 
-@pytest.mark.parametrize("method", ["neumann", "unroll"])
+@pytest.mark.parametrize("method", ["neumann", "unroll", "baydin"])
 @pytest.mark.parametrize("compile", [False, True])
 def test_diverged_member_is_frozen_and_others_go_on(problem, compile, method):
     batch, val_batch, starts, models = problem
     starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
     population = PopulationMLP.from_models(models)
     tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
-                          tune=("lr", "momentum", "weight_decay"), lr_bounds=(1e-10, 100.0),
-                          method=method, compile=compile)
+                          tune=("lr",) if method == "baydin" else ("lr", "momentum", "weight_decay"),
+                          lr_bounds=(1e-10, 100.0), method=method, compile=compile)
     frozen_at = None
     for step in range(STEPS):
         tuner.step(batch, val_batch)
@@ -82,7 +82,7 @@ def test_diverged_member_is_frozen_and_others_go_on(problem, compile, method):
     # the healthy members are exactly what they would have been alone
     single = onepass.Tuner(models[0], torch.nn.functional.mse_loss,
                            hyperparameters={k: v[0] for k, v in starts.items()}, lr_bounds=(1e-10, 100.0),
-                           method=method)
+                           method=method, tune=tuner.tuned)
     for _ in range(STEPS):
         single.step(batch, val_batch)
     for a, b in zip(population.member(0).parameters(), models[0].parameters()):

@@ -298,12 +298,14 @@ class Tuner:
         self._previous_output: tuple | None = None  # Baydin: its output, with graph to λ
         self._input_shapes: list | None = None
         self._compiled_gradient = self._compile_gradient() if compile else None
-        self._compiled_neumann = self._compiled_unroll = None
+        self._compiled_neumann = self._compiled_unroll = self._compiled_baydin = None
         if compile and population is not None and self.tuned:
             if method == "neumann":
                 self._compiled_neumann = self._compile_neumann()
             elif method == "unroll":
                 self._compiled_unroll = self._compile_unroll()
+            else:
+                self._compiled_baydin = self._compile_baydin()
         self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
         if population is not None:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=like.device)
@@ -450,13 +452,16 @@ class Tuner:
 
     def _plain_step(self, batch, step: int) -> StepResult:
         loss, grads = self._gradients_now(batch, step)
+        self._update_without_graph(grads)
+        return StepResult(loss.detach())
+
+    def _update_without_graph(self, grads) -> None:
         with torch.no_grad():
             if self.rule.update_in_place is not None:
                 self.state = self.rule.update_in_place(tuple(self._params), self.state, grads,
                                                        self._hyper_in_place())
             else:
                 self._commit(*self.rule.update(tuple(self._params), self.state, grads, self._hyper()))
-        return StepResult(loss.detach())
 
     def _neumann_step(self, batch, val_batch, step: int) -> StepResult:
         if self._compiled_neumann is not None:
@@ -504,6 +509,8 @@ class Tuner:
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
     def _baydin_step(self, batch, step: int) -> StepResult:
+        if self._compiled_baydin is not None:
+            return self._compiled_baydin_step(batch, step)
         loss, grads = self._gradients_now(batch, step)
         applied = None
         if self._previous_update is not None:
@@ -725,6 +732,30 @@ class Tuner:
             new_state = _map_pairs(keep, self.state, new_state)
         self._commit(new_weights, new_state)
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
+
+    def _compile_baydin(self) -> Callable:
+        """Baydin's hypergradient ``∇L_T(w_t) · ∂u(w_{t-1}, λ)/∂λ`` (a VJP through
+        the previous update) as one ``torch.func`` function through ``torch.compile``."""
+        def hypergradient(weights, state, grads, raw, fixed, frozen, skip, cotangent):
+            def output(r):
+                return self.rule.update(weights, state, grads, self._hyper_of(r, fixed, frozen, skip))[0]
+            return torch.func.vjp(output, raw)[1](cotangent)[0]
+        return torch.compile(hypergradient, dynamic=False)
+
+    def _compiled_baydin_step(self, batch, step: int) -> StepResult:
+        loss, grads = self._gradients_now(batch, step)
+        applied = None
+        if self._previous_update is not None:
+            raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+            hypergradient = self._compiled_baydin(*self._previous_update, raw, self._fixed,
+                                                  self.diverged, self._zero_fixed(), grads)
+            applied = self._apply_hypergradient(self._check_hypergradient(
+                [g for name in self.tuned for g in hypergradient[name]], step))
+        # The update below writes weights and state in place: remember copies.
+        self._previous_update = (tuple(p.detach().clone() for p in self._params),
+                                 _clone(self.state), grads)
+        self._update_without_graph(grads)
+        return StepResult(loss.detach(), None, applied)
 
     def _compiled_neumann_step(self, batch, val_batch, step: int) -> StepResult:
         weights = tuple(p.detach() for p in self._params)
