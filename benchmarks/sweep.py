@@ -7,7 +7,7 @@
 Runs :func:`onepass.sweep.run_sweep` into a fresh folder (a temporary one unless
 ``--root``), then prints the wall time, the cost per member-step (one weight
 update of one run: wall time × workers / (runs × steps), in core-microseconds)
-and the final test MSE table in original units (``onepass.analysis.statistics.
+the worker-seconds each algorithm took, and the final test MSE table in original units (``onepass.analysis.statistics.
 build_tables``). ``--json PATH`` also writes ``{"wall_time_s", "runs", "table":
 {algorithm: {"n", "diverged", "mean", "sem", "median", "best"}}, ...}``.
 """
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         from onepass.analysis.statistics import build_tables
         runs = load_runs(root)
         (table,) = build_tables(runs)
+        worker_seconds = _worker_seconds(runs)
     finally:
         if temporary:
             shutil.rmtree(root.parent, ignore_errors=True)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         "workers": args.workers, "population": args.population,
         "population_size": args.population_size, "tensorboard": not args.no_tensorboard,
         "member_steps": member_steps, "core_us_per_member_step": per_step_us,
-        "metric": table.metric, "table": rows,
+        "metric": table.metric, "table": rows, "worker_seconds": worker_seconds,
     }
     print(f"{args.dataset}: {outcome.total} runs × {args.steps} updates, {args.workers} workers, "
           f"population {args.population} (size {args.population_size}): {wall:.1f} s wall, "
@@ -89,9 +90,26 @@ def main(argv=None) -> int:
     for name, r in rows.items():
         print(f"{name:22s} {r['n']:4d} {r['diverged']:4d} {_fmt(r['mean'])} {_fmt(r['sem'], 9)} "
               f"{_fmt(r['median'])} {_fmt(r['best'])}")
+    print("worker-seconds per algorithm (population chunks: their wall time; single runs: theirs): "
+          + ", ".join(f"{a} {t:.0f}" for a, t in worker_seconds.items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _worker_seconds(runs) -> dict[str, float]:
+    """Per algorithm, the time its tasks held a worker: a population chunk's wall
+    time is its longest member's (diverged members stop their clocks early)."""
+    chunks: dict[tuple, float] = {}
+    for run in runs:
+        population = run.summary.get("population")
+        key = (run.algorithm, run.name if population is None
+               else (run.init_index - population["member"]))
+        chunks[key] = max(chunks.get(key, 0.0), run.wall_time_s or 0.0)
+    out: dict[str, float] = {}
+    for (algorithm, _), seconds in chunks.items():
+        out[algorithm] = out.get(algorithm, 0.0) + seconds
+    return out
 
 
 def _num(value):

@@ -135,6 +135,8 @@ def test_tasks_chunk_per_algorithm(shared_data, tmp_path):
     tasks = make_tasks(sweep.runs(), population_size=2)
     assert [type(t) for t in tasks] == [PopulationTask] * 4 + [SingleTask] * 2
     assert [[s.init_index for s in t.specs] for t in tasks[:2]] == [[0, 1], [0, 1]]
+    # costliest algorithm first in every round
+    assert [t.specs[0].algorithm for t in tasks] == ["ours_lr", "random"] * 3
     assert all(isinstance(t, SingleTask) for t in make_tasks(sweep.runs(), population="off"))
 
 
