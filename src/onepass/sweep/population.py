@@ -93,6 +93,25 @@ def _member_hyperparameters(tuner: Tuner, values: Mapping[str, Any], m: int) -> 
     return out
 
 
+def _log_values(tuner: Tuner, values: Mapping[str, Any], P: int) -> list[dict]:
+    """Per member, what its logger needs of ``values`` (the tuner's current
+    hyperparameters): per-weight values as one flat tensor (the logger keeps
+    their statistics and histogram, which do not depend on the order), sliced
+    from one batched copy instead of ``P`` member layouts."""
+    out: list[dict] = [{} for _ in range(P)]
+    for name, value in values.items():
+        kind = tuner.granularity[name]
+        if kind == "scalar":
+            per_member = [float(v) for v in value]
+        elif kind == "weight":
+            per_member = list(torch.cat([t.detach().reshape(P, -1) for t in value], 1).double().cpu())
+        else:
+            per_member = [[float(v[m]) for v in value] for m in range(P)]
+        for m in range(P):
+            out[m][name] = per_member[m]
+    return out
+
+
 def train_population(
     configs: Sequence[Mapping],
     run_dirs: Sequence[str | os.PathLike],
@@ -228,7 +247,7 @@ def train_population(
                     train = member_losses(*train_batch) if step == steps else result.loss.tolist()
                     val = member_losses(*val_batch) if split else [None] * P
                     test = member_losses(data.x_test, data.y_test)
-                    hyper = tuner.hyperparameters
+                    hyper = _log_values(tuner, tuner.hyperparameters, P)
                     now = wall()
                     for m in range(P):
                         if known[m]:
@@ -237,7 +256,7 @@ def train_population(
                                "test_loss": test[m],
                                "test_loss_unnormalised": test[m] * target_scale,
                                "wall_time_s": now}
-                        row = loggers[m].log(row, _member_hyperparameters(tuner, hyper, m))
+                        row = loggers[m].log(row, hyper[m])
                         if all(row.get(k) is None or math.isfinite(row[k]) for k in row):
                             last_rows[m] = row
                 bar.update(1)
