@@ -652,30 +652,40 @@ class Tuner:
             return grads, loss
         return torch.compile(grads_and_loss, dynamic=False)
 
+    def _functional_loss(self, weights, batch):
+        """``(summed loss, per-member losses)`` at ``weights``: a pure function for ``torch.func``."""
+        loss = self._batch_loss(self._forward_with(weights), batch)
+        return loss.sum(), loss
+
+    def _masked(self, tensors, frozen: Tensor):
+        """``tensors`` with the slices of ``frozen`` members zeroed."""
+        return tuple(torch.where(self._member_view(frozen, t), 0.0, t) for t in tensors)
+
+    def _functional_update(self, weights, state, raw, fixed, frozen, skip, batch):
+        """One population update as a pure function of its tensors (gradients of
+        frozen members zeroed, then clipped if asked): ``(weights, state, loss)``."""
+        grads, loss = torch.func.grad(self._functional_loss, has_aux=True)(weights, batch)
+        grads = self._masked(grads, frozen)
+        if self.max_grad_norm is not None:
+            grads = clip_gradients(grads, self.max_grad_norm, per_member=True)
+        new_weights, new_state = self.rule.update(weights, state, grads,
+                                                  self._hyper_of(raw, fixed, frozen, skip))
+        return new_weights, new_state, loss
+
     def _compile_neumann(self) -> Callable:
         """A population's Neumann hyperstep as one ``torch.func`` function
         (:func:`~onepass.core.hypergradients.implicit_hypergradient_functional`'s
         arithmetic, with the population's masking) through ``torch.compile``:
         the eager double backward is bound by many small kernels there."""
-        def total_and_loss(weights, batch):
-            loss = self._batch_loss(self._forward_with(weights), batch)
-            return loss.sum(), loss
-
-        def masked(tensors, frozen):
-            return tuple(torch.where(self._member_view(frozen, t), 0.0, t) for t in tensors)
-
         def hyperstep(weights, state, raw, fixed, frozen, skip, train_batch, val_batch):
             def update(w, r):
-                grads, loss = torch.func.grad(total_and_loss, has_aux=True)(w, train_batch)
-                grads = masked(grads, frozen)
-                if self.max_grad_norm is not None:
-                    grads = clip_gradients(grads, self.max_grad_norm, per_member=True)
-                new_w, new_state = self.rule.update(w, state, grads, self._hyper_of(r, fixed, frozen, skip))
+                new_w, new_state, loss = self._functional_update(w, state, r, fixed, frozen, skip,
+                                                                 train_batch)
                 return new_w, (new_state, loss)
 
             new_weights, vjp_fn, (new_state, loss) = torch.func.vjp(update, weights, raw, has_aux=True)
-            v, val_loss = torch.func.grad(total_and_loss, has_aux=True)(new_weights, val_batch)
-            p = neumann_series(lambda s: vjp_fn(s)[0], masked(v, frozen), self.neumann_terms)
+            v, val_loss = torch.func.grad(self._functional_loss, has_aux=True)(new_weights, val_batch)
+            p = neumann_series(lambda s: vjp_fn(s)[0], self._masked(v, frozen), self.neumann_terms)
             return vjp_fn(p)[1], new_weights, new_state, loss, val_loss
         return torch.compile(hyperstep, dynamic=False)
 
@@ -684,22 +694,11 @@ class Tuner:
         differentiated in ``λ`` (the eager ``_unrolled_step``'s arithmetic: the
         first update's gradient is a constant, later ones are differentiated),
         as one ``torch.func`` function through ``torch.compile``."""
-        def total_and_loss(weights, batch):
-            loss = self._batch_loss(self._forward_with(weights), batch)
-            return loss.sum(), loss
-
-        def masked(tensors, frozen):
-            return tuple(torch.where(self._member_view(frozen, t), 0.0, t) for t in tensors)
-
         def replay(weights, state, raw, fixed, frozen, skip, batches, val_batch):
             def validation(r):
                 w, s, loss = weights, state, None
                 for batch in batches:
-                    grads, loss = torch.func.grad(total_and_loss, has_aux=True)(w, batch)
-                    grads = masked(grads, frozen)
-                    if self.max_grad_norm is not None:
-                        grads = clip_gradients(grads, self.max_grad_norm, per_member=True)
-                    w, s = self.rule.update(w, s, grads, self._hyper_of(r, fixed, frozen, skip))
+                    w, s, loss = self._functional_update(w, s, r, fixed, frozen, skip, batch)
                 val_loss = self._batch_loss(self._forward_with(w), val_batch)
                 total = torch.where(torch.isfinite(val_loss), val_loss, 0.0).sum()
                 return total, (w, s, loss, val_loss)
