@@ -9,7 +9,8 @@ Runs :func:`onepass.sweep.run_sweep` into a fresh folder (a temporary one unless
 update of one run: wall time × workers / (runs × steps), in core-microseconds)
 the worker-seconds each algorithm took, and the final test MSE table in original units (``onepass.analysis.statistics.
 build_tables``). ``--json PATH`` also writes ``{"wall_time_s", "runs", "table":
-{algorithm: {"n", "diverged", "mean", "sem", "median", "best"}}, ...}``.
+{algorithm: {"n", "diverged", "mean", "sem", "median", "best",
+"mean_without_diverged", "sem_without_diverged"}}, ...}``.
 """
 from __future__ import annotations
 
@@ -71,9 +72,12 @@ def main(argv=None) -> int:
     per_step_us = wall * args.workers / member_steps * 1e6
     rows = {}
     for row in table.rows:
+        finished_mean, finished_sem = row.without_diverged
         rows[row.algorithm] = {"n": row.n, "diverged": row.diverged, "mean": _num(row.mean),
                                "sem": _num(row.sem), "median": _num(row.median),
-                               "best": _num(row.best)}
+                               "best": _num(row.best),
+                               "mean_without_diverged": _num(finished_mean),
+                               "sem_without_diverged": _num(finished_sem)}
     result = {
         "wall_time_s": wall, "runs": outcome.total, "counts": outcome.counts,
         "dataset": args.dataset, "inits": args.inits, "steps": args.steps,
@@ -86,10 +90,11 @@ def main(argv=None) -> int:
           f"population {args.population} (size {args.population_size}): {wall:.1f} s wall, "
           f"{per_step_us:.1f} core-µs per member-step; statuses {outcome.counts}")
     print(f"{'algorithm':22s} {'n':>4s} {'div':>4s} {'mean':>10s} {'sem':>9s} {'median':>10s} "
-          f"{'best':>10s}   ({table.metric})")
+          f"{'best':>10s} {'mean-div':>10s} {'sem-div':>9s}   ({table.metric})")
     for name, r in rows.items():
         print(f"{name:22s} {r['n']:4d} {r['diverged']:4d} {_fmt(r['mean'])} {_fmt(r['sem'], 9)} "
-              f"{_fmt(r['median'])} {_fmt(r['best'])}")
+              f"{_fmt(r['median'])} {_fmt(r['best'])} {_fmt(r['mean_without_diverged'])} "
+              f"{_fmt(r['sem_without_diverged'], 9)}")
     print("worker-seconds per algorithm (population chunks: their wall time; single runs: theirs): "
           + ", ".join(f"{a} {t:.0f}" for a, t in worker_seconds.items()))
     if args.json:

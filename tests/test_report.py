@@ -121,6 +121,8 @@ def test_table_statistics_match_hand_computed_values(sweep):
     assert random.sem == pytest.approx(math.sqrt(50 / 3) / 2)
     assert random.median == pytest.approx(2.5)
     assert random.best == pytest.approx(1.0)
+    mean, sem = random.without_diverged          # 1, 2, 3: the diverged 10 left out
+    assert mean == pytest.approx(2.0) and sem == pytest.approx(1 / math.sqrt(3))
 
     ours = table.row("ours_lr")
     assert (ours.n, ours.diverged, ours.excluded) == (3, 0, 0)
@@ -149,6 +151,8 @@ def test_three_batched_groups_by_initialisation_index_and_drops_remainder(sweep)
     assert (row.n, row.diverged, row.excluded) == (2, 1, 1)
     assert row.mean == pytest.approx(102.0)
     assert row.sem == pytest.approx(1.0)             # std([101, 103]) = √2, / √2
+    mean, sem = row.without_diverged                 # only 101: no standard error
+    assert mean == pytest.approx(101.0) and math.isnan(sem)
     assert (row.median, row.best) == (pytest.approx(102.0), 101.0)
 
 
@@ -211,14 +215,15 @@ def test_write_report_writes_tables_figures_and_html(sweep, tmp_path):
     assert set(written) == {"table.md", "table.csv", "report.html", *pngs}
 
     md = (out / "table.md").read_text()
-    assert "| Random | 4 | 1 | 2 | 4 ± 2 | 2.5 | 1 |" in md
-    assert "| Random (3-batched) | 2 | 1 | 1 | 102 ± 1 | 102 | 101 |" in md
+    assert "| Random | 4 | 1 | 2 | 4 ± 2 | 2.5 | 1 | 2 ± 0.58 |" in md
+    assert "| Random (3-batched) | 2 | 1 | 1 | 102 ± 1 | 102 | 101 | 101 |" in md
     assert "last finite values" in md
 
     rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
     random = next(r for r in rows if r["algorithm"] == "random")
     assert float(random["sem"]) == pytest.approx(math.sqrt(50 / 3) / 2)
     assert (random["dataset"], random["n"], random["diverged"]) == ("energy", "4", "1")
+    assert float(random["mean_without_diverged"]) == pytest.approx(2.0)
     single = next(r for r in rows if r["algorithm"] == "ours_hdlr_momentum")
     assert single["sem"] == ""
 

@@ -127,10 +127,10 @@ def test_report_html_renders_in_chromium(report, tmp_path):
     page.feed(result.stdout)
     assert list(page.rows) == ["random", "random_validation", "random_3_batched",
                                "ours_lr_momentum"]
-    assert page.rows["random"] == ["Random", "4", "1", "0", "2.5 ± 0.65", "2.5", "1"]
+    assert page.rows["random"] == ["Random", "4", "1", "0", "2.5 ± 0.65", "2.5", "1", "2 ± 0.58"]
     # Groups (0,1,2) and (3,4,5) keep the lower validation loss: indices 2 and 5.
     assert page.rows["random_3_batched"] == ["Random (3-batched)", "2", "0", "0", "13.5 ± 1.5",
-                                             "13.5", "12"]
+                                             "13.5", "12", "13.5 ± 1.5"]
     assert page.rows["ours_lr_momentum"][:2] == ["Ours (WD+LR+M)", "3"]
     assert len(page.images) == 4
     assert all(src.startswith("data:image/png;base64,") for src in page.images)

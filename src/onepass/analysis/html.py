@@ -65,7 +65,7 @@ def _table_html(table: DatasetTable) -> str:
     rows = []
     for row in table.rows:
         cells = (row.display, row.n, row.diverged, row.excluded, mean_sem(row.mean, row.sem),
-                 fmt(row.median), fmt(row.best))
+                 fmt(row.median), fmt(row.best), mean_sem(*row.without_diverged))
         css = ' class="derived"' if row.derived else ""
         rows.append(f'<tr{css} data-algorithm="{esc(row.algorithm)}">'
                     + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")

@@ -11,7 +11,10 @@ For every dataset of a sweep, one row per algorithm with
 - ``excluded``: runs of the algorithm not in ``n`` (status failed,
   interrupted, running or unreadable, or no finite final value at all);
 - mean ± standard error (sample standard deviation, ``ddof=1``, over
-  ``sqrt(n)``; NaN for ``n < 2``), median and best (minimum).
+  ``sqrt(n)``; NaN for ``n < 2``), median and best (minimum);
+- the mean ± standard error once more without the diverged runs
+  (:attr:`AlgorithmStats.without_diverged`), since one diverged run's last
+  finite loss can dominate a mean.
 
 The metric is, by default, the test MSE in original units
 (``test_loss_unnormalised``) for UCI regression and ``test_loss`` otherwise.
@@ -110,6 +113,15 @@ class AlgorithmStats:
     @property
     def display(self) -> str:
         return display_name(self.algorithm)
+
+    @property
+    def without_diverged(self) -> tuple[float, float]:
+        """``(mean, standard error)`` over the runs in ``n`` that did not diverge:
+        how the row reads if diverged runs are dropped, as tables that average
+        only finite results (the paper's, it seems) do."""
+        kept = [v for v, r in zip(self.values, self.runs) if not r.diverged]
+        mean, sem, _, _ = summarise(kept)
+        return mean, sem
 
     @property
     def derived(self) -> bool:

@@ -15,8 +15,9 @@ from typing import Sequence
 from onepass.analysis.statistics import THREE_BATCHED, DatasetTable
 
 CSV_COLUMNS = ("dataset", "metric", "algorithm", "name", "n", "diverged", "excluded",
-               "mean", "sem", "median", "best")
-MARKDOWN_HEADER = ("Algorithm", "n", "diverged", "excluded", "mean ± s.e.", "median", "best")
+               "mean", "sem", "median", "best", "mean_without_diverged", "sem_without_diverged")
+MARKDOWN_HEADER = ("Algorithm", "n", "diverged", "excluded", "mean ± s.e.", "median", "best",
+                   "mean ± s.e. without diverged")
 
 METRIC_LABELS = {
     "test_loss_unnormalised": "test loss in original units (MSE)",
@@ -43,7 +44,8 @@ def caption(table: DatasetTable) -> str:
             f"{table.dataset} over random hyperparameter initialisations: mean ± standard error "
             "(sample std, ddof=1, / √n), median and best (minimum). n counts finished and "
             "diverged runs; diverged runs enter every statistic with their last finite values "
-            "and are also counted under 'diverged'. 'excluded' counts failed, interrupted or "
+            "and are also counted under 'diverged' (the last column leaves them out). "
+            "'excluded' counts failed, interrupted or "
             f"unfinished runs and runs without a finite final value. Runs: {statuses}.")
     if table.row(THREE_BATCHED) is not None:
         text += (" Random (3-batched): Random (validation) runs ordered by initialisation index, "
@@ -61,7 +63,8 @@ def markdown(tables: Sequence[DatasetTable]) -> str:
                  "|" + "---|" * len(MARKDOWN_HEADER)]
         for row in table.rows:
             cells = (row.display, str(row.n), str(row.diverged), str(row.excluded),
-                     mean_sem(row.mean, row.sem), fmt(row.median), fmt(row.best))
+                     mean_sem(row.mean, row.sem), fmt(row.median), fmt(row.best),
+                     mean_sem(*row.without_diverged))
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -77,7 +80,8 @@ def csv_text(tables: Sequence[DatasetTable]) -> str:
             writer.writerow([table.dataset, table.metric, row.algorithm, row.display, row.n,
                              row.diverged, row.excluded,
                              *(repr(v) if math.isfinite(v) else ""
-                               for v in (row.mean, row.sem, row.median, row.best))])
+                               for v in (row.mean, row.sem, row.median, row.best,
+                                         *row.without_diverged))])
     return out.getvalue()
 
 
