@@ -23,7 +23,7 @@ import torch
 
 from onepass.data.download import download_md5, safe_extract
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
-from onepass.data.splits import Splits
+from onepass.data.splits import Splits, class_labels, validation_split
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -150,13 +150,7 @@ def load_cifar10(
     x_all = np.concatenate([x for x, _ in train])
     y_all = np.concatenate([y for _, y in train])
     x_test, y_test = read_cifar10_batch(folder / TEST_BATCH)
-    if not 0 <= validation_size < len(x_all):
-        raise ValueError(
-            f"validation_size={validation_size} must lie in [0, {len(x_all)}) "
-            f"for {len(x_all)} training images"
-        )
-    order = np.random.default_rng(seed).permutation(len(x_all))
-    val_index, train_index = order[:validation_size], order[validation_size:]
+    train_index, val_index = validation_split(len(x_all), validation_size, seed)
 
     # Exact per-channel moments from the histogram of the 256 pixel levels:
     # no float copy of the training images is needed.
@@ -173,16 +167,13 @@ def load_cifar10(
         scaled = torch.from_numpy(np.ascontiguousarray(pixels)).to(dtype).div_(255.0)
         return scaled.sub_(mean_t[:, None, None]).div_(std_t[:, None, None])
 
-    def labels(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.int64)
-
     return CIFAR10Data(
         x_train=images(train_pixels),
-        y_train=labels(y_all[train_index]),
+        y_train=class_labels(y_all[train_index]),
         x_val=images(x_all[val_index]),
-        y_val=labels(y_all[val_index]),
+        y_val=class_labels(y_all[val_index]),
         x_test=images(x_test),
-        y_test=labels(y_test),
+        y_test=class_labels(y_test),
         mean=mean_t,
         std=std_t,
     )

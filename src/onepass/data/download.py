@@ -1,4 +1,4 @@
-"""Fetching files over URLs, checking their SHA-256 and unpacking archives safely."""
+"""Fetching files over URLs, checking their SHA-256 or MD5 and unpacking archives safely."""
 
 from __future__ import annotations
 
@@ -18,13 +18,21 @@ _CHUNK = 1 << 16
 class ChecksumError(ValueError):
     """A file's SHA-256 digest differs from the expected one."""
 
+    algorithm = "SHA-256"
+
     def __init__(self, path: str | os.PathLike, expected: str, actual: str):
         self.path = Path(path)
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"SHA-256 mismatch for {self.path}: expected {expected}, got {actual}"
+            f"{self.algorithm} mismatch for {self.path}: expected {expected}, got {actual}"
         )
+
+
+class MD5ChecksumError(ChecksumError):
+    """A file's MD5 digest differs from the published one (a :class:`ChecksumError`)."""
+
+    algorithm = "MD5"
 
 
 class UnsafeArchiveError(ValueError):
@@ -50,17 +58,20 @@ def download(
     destination: str | os.PathLike,
     sha256: str | None = None,
     progress: bool = True,
+    *,
+    md5: str | None = None,
 ) -> Path:
     """Fetch ``url`` into the file ``destination`` and return its path.
 
     The body is streamed into a temporary file beside ``destination`` and
-    renamed into place only once complete (and, when ``sha256`` is given, once
-    its digest matches), so an interrupted or corrupt download never leaves a
+    renamed into place only once complete (and, when ``sha256`` or ``md5`` is
+    given, once that digest matches), so an interrupted or corrupt download never leaves a
     file at ``destination``. Parent folders are created. Any URL scheme that
     ``urllib`` opens works, ``file://`` included. ``progress`` shows a tqdm bar.
 
-    Raises :class:`ChecksumError` (a ``ValueError``) on a digest mismatch,
-    after deleting the downloaded bytes; network errors propagate as
+    Raises :class:`ChecksumError` (a ``ValueError``; :class:`MD5ChecksumError`
+    for ``md5``) on a digest mismatch, after deleting the downloaded bytes;
+    network errors propagate as
     ``urllib.error.URLError``.
     """
     destination = Path(destination)
@@ -82,10 +93,12 @@ def download(
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        if sha256 is not None:
-            actual = sha256sum(tmp_path)
-            if actual != sha256.lower():
-                raise ChecksumError(destination, sha256, actual)
+        for expected, algorithm, error in ((sha256, "sha256", ChecksumError),
+                                           (md5, "md5", MD5ChecksumError)):
+            if expected is not None:
+                actual = file_digest(tmp_path, algorithm)
+                if actual != expected.lower():
+                    raise error(destination, expected, actual)
         os.replace(tmp_path, destination)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -147,14 +160,6 @@ def safe_extract(archive_path: str | os.PathLike, target_dir: str | os.PathLike)
     raise ValueError(f"{archive_path} is neither a tar nor a zip archive")
 
 
-class MD5ChecksumError(ChecksumError):
-    """A file's MD5 digest differs from the published one (a :class:`ChecksumError`)."""
-
-    def __init__(self, path: str | os.PathLike, expected: str, actual: str):
-        super().__init__(path, expected, actual)
-        self.args = (f"MD5 mismatch for {self.path}: expected {expected}, got {actual}",)
-
-
 def md5sum(path: str | os.PathLike) -> str:
     """Return the hexadecimal MD5 digest of the file at ``path``."""
     return file_digest(path, "md5")
@@ -168,27 +173,17 @@ def download_md5(
 ) -> Path:
     """Fetch ``url`` into ``destination`` unless a copy with digest ``md5`` is there.
 
-    Like :func:`download` but checked with MD5 (the digest the datasets publish): the
-    bytes land in a hidden sibling file first and are renamed into place only
-    when their digest equals ``md5`` (``None`` skips the check, and then an
-    existing file is always replaced). On a mismatch the bytes are deleted and
+    :func:`download` with ``md5=`` (the digest the datasets publish): the bytes
+    land in a hidden sibling file first and are renamed into place only when
+    their digest equals ``md5`` (``None`` skips the check, and then an existing
+    file is always replaced). On a mismatch the bytes are deleted and
     :class:`MD5ChecksumError` (a :class:`ChecksumError`, hence a ``ValueError``)
     is raised; a previous file at ``destination`` is left untouched.
     """
     destination = Path(destination)
     if md5 is not None and destination.is_file() and md5sum(destination) == md5.lower():
         return destination
-    unverified = destination.with_name(f".{destination.name}.unverified")
-    try:
-        download(url, unverified, progress=progress)
-        if md5 is not None:
-            actual = md5sum(unverified)
-            if actual != md5.lower():
-                raise MD5ChecksumError(destination, md5, actual)
-        os.replace(unverified, destination)
-    finally:
-        unverified.unlink(missing_ok=True)
-    return destination
+    return download(url, destination, progress=progress, md5=md5)
 
 
 __all__ = [

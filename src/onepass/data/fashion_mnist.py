@@ -25,7 +25,7 @@ import torch
 
 from onepass.data.download import download_md5
 from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
-from onepass.data.splits import Splits
+from onepass.data.splits import Splits, class_labels, validation_split
 
 # The GitHub copy (HTTPS) first, then the authors' AWS mirror (HTTP only; the
 # MD5 check guards it).
@@ -190,15 +190,9 @@ def load_fashion_mnist(
         raise ValueError(
             f"test images are {x_test.shape[1:]} but training images {x_all.shape[1:]}"
         )
-    if not 0 <= validation_size < len(x_all):
-        raise ValueError(
-            f"validation_size={validation_size} must lie in [0, {len(x_all)}) "
-            f"for {len(x_all)} training images"
-        )
+    train_index, val_index = validation_split(len(x_all), validation_size, seed)
     x_all = x_all.reshape(len(x_all), -1).astype(np.float64)
     x_test = x_test.reshape(len(x_test), -1).astype(np.float64)
-    order = np.random.default_rng(seed).permutation(len(x_all))
-    val_index, train_index = order[:validation_size], order[validation_size:]
     x_train = x_all[train_index]
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
@@ -211,16 +205,13 @@ def load_fashion_mnist(
     def inputs(rows: np.ndarray) -> torch.Tensor:
         return torch.as_tensor((rows - mean) / std, dtype=dtype)
 
-    def labels(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(values), dtype=torch.int64)
-
     return FashionMNISTData(
         x_train=inputs(x_train),
-        y_train=labels(y_all[train_index]),
+        y_train=class_labels(y_all[train_index]),
         x_val=inputs(x_all[val_index]),
-        y_val=labels(y_all[val_index]),
+        y_val=class_labels(y_all[val_index]),
         x_test=inputs(x_test),
-        y_test=labels(y_test),
+        y_test=class_labels(y_test),
         x_mean=torch.as_tensor(mean, dtype=dtype),
         x_std=torch.as_tensor(std, dtype=dtype),
     )
