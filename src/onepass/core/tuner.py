@@ -709,26 +709,24 @@ class Tuner:
 
     def _compiled_unrolled_step(self, batch, val_batch, step: int, first: bool) -> StepResult:
         if first or self._unroll is None:  # plain steps update in place: keep copies
-            self._unroll = (tuple(p.detach().clone() for p in self._params), _clone(self.state), [])
+            self._unroll = (_clone(tuple(self._params)), _clone(self.state), [])
         weights, state, batches = self._unroll
         batches.append(batch)
         if val_batch is None:
             return self._plain_step(batch, step)
         self._unroll = None
-        raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+        raw = self._detached_raw()
         hypergradient, new_weights, new_state, loss, val_loss = self._compiled_unroll(
             weights, state, raw, self._fixed, self.diverged, self._zero_fixed(), tuple(batches),
             val_batch)
         self._check_losses(loss, "training loss", step)
         self._check_losses(val_loss, "validation loss", step)
         hypergradient = self._check_hypergradient(
-            [g for name in self.tuned for g in hypergradient[name]], step)
+            self._by_leaf(hypergradient), step)
         if self._frozen:  # the replay froze them from the window's start: keep where they stopped
-            dead = self.diverged
-            keep = lambda old, new: torch.where(self._member_view(dead, new), old, new) \
-                if new.dim() > 0 and new.shape[0] == self.population else new
-            new_weights = tuple(keep(o.detach(), n) for o, n in zip(self._params, new_weights))
-            new_state = _map_pairs(keep, self.state, new_state)
+            new_weights, new_state = self._keep_members(
+                self.diverged, tuple(p.detach() for p in self._params), self.state,
+                new_weights, new_state)
         self._commit(new_weights, new_state)
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
 
@@ -745,20 +743,19 @@ class Tuner:
         loss, grads = self._gradients_now(batch, step)
         applied = None
         if self._previous_update is not None:
-            raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+            raw = self._detached_raw()
             hypergradient = self._compiled_baydin(*self._previous_update, raw, self._fixed,
                                                   self.diverged, self._zero_fixed(), grads)
             applied = self._apply_hypergradient(self._check_hypergradient(
-                [g for name in self.tuned for g in hypergradient[name]], step))
+                self._by_leaf(hypergradient), step))
         # The update below writes weights and state in place: remember copies.
-        self._previous_update = (tuple(p.detach().clone() for p in self._params),
-                                 _clone(self.state), grads)
+        self._previous_update = (_clone(tuple(self._params)), _clone(self.state), grads)
         self._update_without_graph(grads)
         return StepResult(loss.detach(), None, applied)
 
     def _compiled_neumann_step(self, batch, val_batch, step: int) -> StepResult:
         weights = tuple(p.detach() for p in self._params)
-        raw = {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+        raw = self._detached_raw()
         frozen = self.diverged
         hypergradient, new_weights, new_state, loss, val_loss = self._compiled_neumann(
             weights, self.state, raw, self._fixed, frozen, self._zero_fixed(), batch, val_batch)
@@ -766,13 +763,28 @@ class Tuner:
         self._check_losses(val_loss, "validation loss", step)
         newly = self.diverged & ~frozen
         if newly.any():  # members that diverged at this step keep their weights and state
-            keep = lambda old, new: torch.where(self._member_view(newly, new), old, new) \
-                if new.dim() > 0 and new.shape[0] == self.population else new
-            new_weights = tuple(keep(o, n) for o, n in zip(weights, new_weights))
-            new_state = _map_pairs(keep, self.state, new_state)
-        hypergradient = self._check_hypergradient([g for name in self.tuned for g in hypergradient[name]], step)
+            new_weights, new_state = self._keep_members(newly, weights, self.state,
+                                                        new_weights, new_state)
+        hypergradient = self._check_hypergradient(self._by_leaf(hypergradient), step)
         self._commit(new_weights, new_state)
         return StepResult(loss.detach(), val_loss.detach(), self._apply_hypergradient(hypergradient))
+
+    def _detached_raw(self) -> dict[str, list[Tensor]]:
+        """The raw hyperparameter leaves, detached: inputs of the compiled functions."""
+        return {name: [leaf.detach() for leaf in self._raw[name]] for name in self.tuned}
+
+    def _by_leaf(self, hypergradient: Mapping[str, Sequence[Tensor]]) -> list[Tensor]:
+        """A ``{name: [tensor per slot]}`` hypergradient in the order of :meth:`_raw_leaves`."""
+        return [g for name in self.tuned for g in hypergradient[name]]
+
+    def _keep_members(self, mask: Tensor, old_weights, old_state, new_weights, new_state):
+        """``(new_weights, new_state)`` with the members in ``mask`` taken from the old ones."""
+        def keep(old, new):
+            if new.dim() > 0 and new.shape[0] == self.population:
+                return torch.where(self._member_view(mask, new), old, new)
+            return new
+        return (tuple(keep(o, n) for o, n in zip(old_weights, new_weights)),
+                _map_pairs(keep, old_state, new_state))
 
     def _hyper_in_place(self) -> dict:
         """:meth:`_hyper` with scalars as Python floats, for ``update_in_place``."""
@@ -910,21 +922,20 @@ def _map_pairs(fn, old, new):
     return type(new)(_map_pairs(fn, o, n) for o, n in zip(old, new))
 
 
-def _detach(tree):
+def _map_tensors(fn, tree):
+    """``fn`` applied to every tensor of a tree of dicts, tuples and lists."""
     if isinstance(tree, Tensor):
-        return tree.detach()
+        return fn(tree)
     if isinstance(tree, dict):
-        return {k: _detach(v) for k, v in tree.items()}
+        return {k: _map_tensors(fn, v) for k, v in tree.items()}
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_detach(v) for v in tree)
+        return type(tree)(_map_tensors(fn, v) for v in tree)
     return tree
+
+
+def _detach(tree):
+    return _map_tensors(Tensor.detach, tree)
 
 
 def _clone(tree):
-    if isinstance(tree, Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_clone(v) for v in tree)
-    return tree
+    return _map_tensors(lambda t: t.detach().clone(), tree)
