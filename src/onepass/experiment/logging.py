@@ -188,6 +188,8 @@ class RunLogger:
 
     def log(self, row: Mapping[str, Any], hyperparameters: Mapping[str, Any]) -> dict:
         """Write one log step; ``row`` has the loss columns. Returns the full CSV row."""
+        hyperparameters = {name: value if isinstance(value, (int, float)) else _flatten(value)
+                           for name, value in hyperparameters.items()}   # flattened once
         full = {**row, **hyperparameter_columns(hyperparameters)}
         self._csv.writerow({k: _csv_value(full.get(k)) for k in self.columns})
         if self._tb is not None:
@@ -204,9 +206,8 @@ class RunLogger:
                 if isinstance(value, (int, float)):
                     scalars[f"Hyperparameters/{name}"] = value
                 else:
-                    flat = _flatten(value)
-                    if torch.isfinite(flat).any():
-                        histograms[f"Hyperparameters/{name}"] = flat
+                    if torch.isfinite(value).any():
+                        histograms[f"Hyperparameters/{name}"] = value
                     scalars[f"Hyperparameters/{name}_mean"] = full[f"{name}_mean"]
             self._tb.add(int(row["step"]), scalars, histograms)
         now = time.monotonic()

@@ -79,25 +79,11 @@ class _MemberTuner:
         self.steps_taken = steps_taken
 
 
-def _member_hyperparameters(tuner: Tuner, values: Mapping[str, Any], m: int) -> dict:
-    """Member ``m``'s values in the form a single run's ``tuner.hyperparameters`` has."""
-    out = {}
-    for name, value in values.items():
-        kind = tuner.granularity[name]
-        if kind == "scalar":
-            out[name] = float(value[m])
-        elif kind == "weight":
-            out[name] = [t.clone() for t in PopulationMLP.to_member_layout(value, m)]
-        else:  # one value per group / tensor, each a list over members
-            out[name] = [float(v[m]) for v in value]
-    return out
-
-
-def _log_values(tuner: Tuner, values: Mapping[str, Any], P: int) -> list[dict]:
-    """Per member, what its logger needs of ``values`` (the tuner's current
-    hyperparameters): per-weight values as one flat tensor (the logger keeps
-    their statistics and histogram, which do not depend on the order), sliced
-    from one batched copy instead of ``P`` member layouts."""
+def _per_member(tuner: Tuner, values: Mapping[str, Any], P: int) -> list[dict]:
+    """Per member, the tuner's hyperparameter ``values`` as its run records them
+    (a float, a list per group or tensor, and per-weight values as one flat
+    tensor: logs and summaries keep statistics and histograms, which do not
+    depend on the layout), sliced from one batched copy."""
     out: list[dict] = [{} for _ in range(P)]
     for name, value in values.items():
         kind = tuner.granularity[name]
@@ -184,12 +170,12 @@ def train_population(
     multipliers = [c["algorithm"]["lr_multiplier"] for c in configs]
     train_batch, val_batch = (x_train, y_train), (data.x_val, data.y_val)
 
-    hyper0 = tuner.hyperparameters
+    hyper0 = _per_member(tuner, tuner.hyperparameters, P)
     summaries, loggers = [], []
     for m, (config, run_dir) in enumerate(zip(configs, run_dirs)):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config)
-        loggers.append(RunLogger(run_dir, _member_hyperparameters(tuner, hyper0, m),
+        loggers.append(RunLogger(run_dir, hyper0[m],
                                  tensorboard=log_cfg["tensorboard"]))
         summary = {
             "status": "running", "algorithm": algo["name"], "dataset": base["dataset"]["name"],
@@ -247,7 +233,7 @@ def train_population(
                     train = member_losses(*train_batch) if step == steps else result.loss.tolist()
                     val = member_losses(*val_batch) if split else [None] * P
                     test = member_losses(data.x_test, data.y_test)
-                    hyper = _log_values(tuner, tuner.hyperparameters, P)
+                    hyper = _per_member(tuner, tuner.hyperparameters, P)
                     now = wall()
                     for m in range(P):
                         if known[m]:
@@ -268,13 +254,13 @@ def train_population(
         raise
     finally:
         bar.close()
-        hyper = tuner.hyperparameters
+        hyper = _per_member(tuner, tuner.hyperparameters, P)
         for m in range(P):
             loggers[m].close()
             if final[m] is not None:
                 summaries[m].update(final[m])
             else:
-                member = _MemberTuner(_member_hyperparameters(tuner, hyper, m), tuner.steps_taken)
+                member = _MemberTuner(hyper[m], tuner.steps_taken)
                 summaries[m].update(_run._final_summary(status, member, last_rows[m], wall(),
                                                         error, None))
             summaries[m].update(extra[m])
@@ -291,7 +277,7 @@ def train_population(
 def _record_divergence(tuner, result, newly, step, final, last_rows, wall_time) -> None:
     """Final summaries of members that diverged at ``step``: what a single run
     records when its tuner raises :class:`NonFiniteError` at that update."""
-    hyper = tuner.hyperparameters
+    hyper = _per_member(tuner, tuner.hyperparameters, tuner.population)
     loss = result.loss.detach().cpu()
     val = None if result.val_loss is None else result.val_loss.detach().cpu()
     for m in torch.nonzero(newly).flatten().tolist():
@@ -301,7 +287,7 @@ def _record_divergence(tuner, result, newly, step, final, last_rows, wall_time) 
             quantity = "validation loss"
         else:
             quantity = "hypergradient"
-        member = _MemberTuner(_member_hyperparameters(tuner, hyper, m), step - 1)
+        member = _MemberTuner(hyper[m], step - 1)
         final[m] = _run._final_summary("diverged", member, last_rows[m], wall_time,
                                        str(NonFiniteError(quantity, step)),
                                        {"step": step, "quantity": quantity})
