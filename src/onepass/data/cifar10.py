@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from onepass.data.download import download_md5, safe_extract
-from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.paths import require_files, resolve_data_dir
 from onepass.data.splits import Splits, class_labels, validation_split
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -139,13 +139,8 @@ def load_cifar10(
     outside ``[0, number of training images)``.
     """
     folder = cifar10_dir(data_dir)
-    for name in (*TRAIN_BATCHES, TEST_BATCH):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"CIFAR-10 batch not found at {folder / name}; {DATA_DIR_RULES}. "
-                "Fetch it with `onepass download cifar10` "
-                "(or `onepass download cifar10 --data-dir DIR`)."
-            )
+    require_files([folder / name for name in (*TRAIN_BATCHES, TEST_BATCH)], "CIFAR-10 batch",
+                  "cifar10")
     train = [read_cifar10_batch(folder / name) for name in TRAIN_BATCHES]
     x_all = np.concatenate([x for x, _ in train])
     y_all = np.concatenate([y for _, y in train])

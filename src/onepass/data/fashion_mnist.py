@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from onepass.data.download import download_md5
-from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.paths import require_files, resolve_data_dir
 from onepass.data.splits import Splits, class_labels, validation_split
 
 # The GitHub copy (HTTPS) first, then the authors' AWS mirror (HTTP only; the
@@ -175,13 +175,8 @@ def load_fashion_mnist(
     outside ``[0, number of training images)``.
     """
     folder = fashion_mnist_dir(data_dir)
-    for name in FASHION_MNIST_FILES:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"Fashion-MNIST file not found at {folder / name}; {DATA_DIR_RULES}. "
-                "Fetch it with `onepass download fashion_mnist` "
-                "(or `onepass download fashion_mnist --data-dir DIR`)."
-            )
+    require_files([folder / name for name in FASHION_MNIST_FILES], "Fashion-MNIST file",
+                  "fashion_mnist")
     x_all = _read_images(folder / "train-images-idx3-ubyte.gz")
     y_all = _read_labels(folder / "train-labels-idx1-ubyte.gz", len(x_all))
     x_test = _read_images(folder / "t10k-images-idx3-ubyte.gz")

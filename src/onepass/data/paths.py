@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
 DATA_DIR_ENV = "ONEPASS_DATA_DIR"
 
@@ -30,3 +31,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         return Path(from_env).expanduser()
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache_home).expanduser() / "onepass"
+
+
+def require_files(paths: Iterable[Path], what: str, command: str) -> None:
+    """Raise ``FileNotFoundError`` for the first of ``paths`` that is not a file,
+    naming it (as ``what``), the data directory rules and the download command."""
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{what} not found at {path}; {DATA_DIR_RULES}. "
+                f"Fetch it with `onepass download {command}` "
+                f"(or `onepass download {command} --data-dir DIR`)."
+            )

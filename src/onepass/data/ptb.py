@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from onepass.data.download import download, safe_extract
-from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.paths import require_files, resolve_data_dir
 
 PTB_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
 PTB_ARCHIVE = "simple-examples.tgz"
@@ -190,13 +190,7 @@ def load_ptb(
     fetches it, ``ValueError`` for a split too short for its batch size.
     """
     paths = {split: ptb_path(split, data_dir) for split in PTB_SPLITS}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Penn Treebank file not found at {path}; {DATA_DIR_RULES}. "
-                "Fetch it with `onepass download ptb` "
-                "(or `onepass download ptb --data-dir DIR`)."
-            )
+    require_files(paths.values(), "Penn Treebank file", "ptb")
     streams = {split: read_words(path) for split, path in paths.items()}
     vocabulary = Vocabulary.from_words(streams["train"])
     eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from onepass.data.download import download
-from onepass.data.paths import DATA_DIR_RULES, resolve_data_dir
+from onepass.data.paths import require_files, resolve_data_dir
 from onepass.data.splits import Splits
 
 UPSTREAM_URL = (
@@ -206,12 +206,7 @@ def load_uci(
     """
     spec = _get_spec(name)
     path = uci_path(name, data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"UCI dataset {name!r} not found at {path}; {DATA_DIR_RULES}. "
-            "Fetch it with `onepass download uci` "
-            "(or `onepass download uci --data-dir DIR`)."
-        )
+    require_files([path], f"UCI dataset {name!r}", "uci")
     table = read_uci_table(path, spec)
     if shuffle_seed is not None:
         table = table[np.random.default_rng(shuffle_seed).permutation(len(table))]
