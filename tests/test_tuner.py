@@ -16,7 +16,6 @@ from onepass.core.hypergradients import (
     implicit_hypergradient_functional,
     unrolled_hypergradient_functional,
 )
-from onepass.core.rules import get_rule
 
 DTYPE = torch.float64
 REPO = Path(__file__).resolve().parents[1]
