@@ -1,12 +1,36 @@
+"""Shared fixtures. The tests read only files inside the checkout (the UCI
+copies shipped as package data) or files they make under ``tmp_path``.
+
+``ONEPASS_DATA_DIR`` is pointed at an empty folder for the whole session, so
+neither the caller's environment nor a user cache (``~/.cache/onepass``) can
+feed a test: a UCI set resolves to the shipped copy unless a test passes its
+own data directory. ``tests/test_uci.py`` checks that the shipped copies are
+what an unset environment finds.
+"""
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from onepass.data import PACKAGED_DATA_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_dir(tmp_path_factory):
+    """``$ONEPASS_DATA_DIR`` → an empty folder for every test (subprocesses included)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEPASS_DATA_DIR", str(tmp_path_factory.mktemp("empty-data-dir")))
+        yield
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    """The project-external copies of the UCI files (``../shared/data``)."""
-    assert (SHARED_DATA / "uci").is_dir(), f"the local UCI copies must lie under {SHARED_DATA}"
-    return SHARED_DATA
+def uci_data_dir() -> Path:
+    """A data directory holding all eight UCI sets: the copies shipped with the package."""
+    assert (PACKAGED_DATA_DIR / "uci" / "energy.txt.gz").is_file(), \
+        f"the shipped UCI copies are missing from {PACKAGED_DATA_DIR / 'uci'}"
+    return PACKAGED_DATA_DIR
+
+
+@pytest.fixture
+def shared_data(uci_data_dir) -> Path:
+    """Former name of :func:`uci_data_dir` (no longer outside the checkout)."""
+    return uci_data_dir

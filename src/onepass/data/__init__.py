@@ -17,7 +17,7 @@ from onepass.data.fashion_mnist import (
     load_fashion_mnist,
     read_idx,
 )
-from onepass.data.paths import DATA_DIR_ENV, resolve_data_dir
+from onepass.data.paths import DATA_DIR_ENV, PACKAGED_DATA_DIR, DataFileError, resolve_data_dir
 from onepass.data.ptb import (
     PTBData,
     Vocabulary,
@@ -41,8 +41,10 @@ __all__ = [
     "CIFAR10Data",
     "ChecksumError",
     "DATA_DIR_ENV",
+    "DataFileError",
     "FashionMNISTData",
     "MD5ChecksumError",
+    "PACKAGED_DATA_DIR",
     "PTBData",
     "UCIData",
     "UCISpec",

@@ -1,13 +1,17 @@
 """The eight UCI regression datasets of Gal & Ghahramani (2016).
 
-Files live at ``<data dir>/uci/<name>.txt`` (see :func:`resolve_data_dir`):
-whitespace-separated numbers, one row per sample, the inputs then the target.
-Rows are in split order: the first ``n_trainval`` rows are train+val (train
-first, then validation), the last ``n_test`` rows are test.
+Files live at ``<data dir>/uci/<name>.txt`` (or ``<name>.txt.gz``; see
+:func:`resolve_data_dir`): whitespace-separated numbers, one row per sample,
+the inputs then the target. Rows are in split order: the first ``n_trainval``
+rows are train+val (train first, then validation), the last ``n_test`` rows
+are test. The package ships all eight (``onepass/data/files/uci``, sources in
+its ``DATA_NOTICE.md``); a copy in the data directory wins over the shipped one.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +20,12 @@ import numpy as np
 import torch
 
 from onepass.data.download import download
-from onepass.data.paths import require_files, resolve_data_dir
+from onepass.data.paths import (
+    DATA_DIR_RULES,
+    PACKAGED_DATA_DIR,
+    DataFileError,
+    resolve_data_dir,
+)
 from onepass.data.splits import Splits
 
 UPSTREAM_URL = (
@@ -133,9 +142,26 @@ class UCIData(Splits):
 
 
 
+def _copy_in(folder: Path, name: str) -> Path | None:
+    """``folder/uci/<name>.txt``, else ``folder/uci/<name>.txt.gz``, else None."""
+    for suffix in (".txt", ".txt.gz"):
+        path = folder / "uci" / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
 def uci_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the (column-selected) file of dataset ``name``."""
-    return resolve_data_dir(data_dir) / "uci" / f"{name}.txt"
+    """The file :func:`load_uci` reads for dataset ``name``.
+
+    The data directory's copy (``uci/<name>.txt`` or ``uci/<name>.txt.gz``)
+    if it has one, else the copy shipped with the package. When neither exists
+    (an unknown name, or an install without the package data) this is the path
+    a download would write, ``<data dir>/uci/<name>.txt``, which is not a file.
+    """
+    folder = resolve_data_dir(data_dir)
+    return (_copy_in(folder, name) or _copy_in(PACKAGED_DATA_DIR, name)
+            or folder / "uci" / f"{name}.txt")
 
 
 def _get_spec(name: str) -> UCISpec:
@@ -147,25 +173,81 @@ def _get_spec(name: str) -> UCISpec:
         ) from None
 
 
+def _open_text(path: Path):
+    """``path`` opened for reading text, through gzip when it ends in ``.gz``.
+    Latin-1 decodes any byte, so stray binary shows up as a bad cell."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="latin-1")
+    return open(path, encoding="latin-1")
+
+
+def _load_numbers(path: Path) -> np.ndarray:
+    with _open_text(path) as lines:
+        return np.loadtxt(lines, dtype=np.float64, ndmin=2)
+
+
+def _find_bad_row(path: Path, what: str) -> DataFileError | None:
+    """The first row of ``path`` that is not a row of finite numbers as wide as
+    the first row, as a :class:`DataFileError`; None when every row is fine."""
+    width = first = None
+    number = 0
+    try:
+        with _open_text(path) as lines:
+            for number, line in enumerate(lines, 1):
+                cells = line.split("#", 1)[0].split()
+                if not cells:
+                    continue
+                for column, cell in enumerate(cells, 1):
+                    try:
+                        finite = math.isfinite(float(cell))
+                    except ValueError:
+                        return DataFileError(path, f"{cell[:40]!r} is not a number",
+                                             row=number, column=column, what=what)
+                    if not finite:
+                        return DataFileError(path, f"{cell!r} is not a finite number",
+                                             row=number, column=column, what=what)
+                if width is None:
+                    width, first = len(cells), number
+                elif len(cells) != width:
+                    return DataFileError(
+                        path, f"{len(cells)} columns, but row {first} has {width} "
+                        "(a truncated or merged row?)", row=number, what=what)
+    except (OSError, EOFError) as error:  # a truncated or damaged .gz
+        return DataFileError(path, f"unreadable after row {number}: {error}", what=what)
+    return None
+
+
 def read_uci_table(path: Path, spec: UCISpec) -> np.ndarray:
-    """Read and check a UCI file, returning the float64 table (inputs + target).
+    """Read and check a UCI file (plain or ``.gz``), returning the float64
+    table (inputs + target).
 
     Accepts the upstream column layout (applying the spec's selection) or the
-    reduced one. Raises ``ValueError`` naming the file when it is not numeric,
-    has ragged rows, or its row or column count differs from the spec.
+    reduced one. Raises :class:`DataFileError` (a ``ValueError``) with a
+    one-line message naming the file and, where it applies, the 1-based row
+    and column, when a cell is not a finite number, a row is shorter or longer
+    than the first, the file is damaged, or its row or column count differs
+    from the spec.
     """
+    path = Path(path)
+    what = "UCI file"
     try:
-        table = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as error:
-        raise ValueError(f"corrupt UCI file {path}: {error}") from None
+        table = _load_numbers(path)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError):
+        raise (_find_bad_row(path, what)
+               or DataFileError(path, "not a table of whitespace-separated numbers",
+                                what=what)) from None
+    if not np.isfinite(table).all():
+        raise (_find_bad_row(path, what)
+               or DataFileError(path, "holds a value that is not a finite number",
+                                what=what)) from None
     if table.shape[0] != spec.n_rows:
-        raise ValueError(
-            f"corrupt UCI file {path}: {table.shape[0]} rows, expected {spec.n_rows}"
-        )
+        raise DataFileError(path, f"{table.shape[0]} rows, expected {spec.n_rows}", what=what)
     try:
         return spec.select_columns(table)
     except ValueError as error:
-        raise ValueError(f"corrupt UCI file {path}: {error}") from None
+        raise DataFileError(path, str(error), what=what) from None
 
 
 def _standardiser(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,21 +274,27 @@ def load_uci(
 ) -> UCIData:
     """Load UCI dataset ``name`` split and standardised as in the protocol.
 
-    Reads ``<data dir>/uci/<name>.txt``; ``shuffle_seed=None`` keeps the file's
-    row order (the local copies are pre-shuffled), an integer permutes the rows
+    Reads :func:`uci_path` (the data directory's ``uci/<name>.txt``, else the
+    shipped copy); ``shuffle_seed=None`` keeps the file's
+    row order (the shipped copies are pre-shuffled), an integer permutes the rows
     with ``numpy.random.default_rng(shuffle_seed)`` first. Split: train = first
     ``n_trainval - n_val`` rows, val = next ``n_val``, test = last ``n_test``.
     Inputs and targets are standardised with the (population) mean and
     standard deviation of the train+val rows only; a column constant over
     those rows is mapped to 0 (deviation 1), as in naval's two constant inputs.
 
-    Raises ``ValueError`` for an unknown name or a corrupt file and
-    ``FileNotFoundError`` (saying where it looked and how to fetch the data)
-    for a missing one.
+    Raises ``ValueError`` for an unknown name, :class:`DataFileError` (a
+    ``ValueError``, one line naming the file, row and column) for a corrupt
+    file and ``FileNotFoundError`` (saying where it looked and how to fetch
+    the data) for a missing one.
     """
     spec = _get_spec(name)
     path = uci_path(name, data_dir)
-    require_files([path], f"UCI dataset {name!r}", "uci")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"UCI dataset {name!r} not found at {path}, and this install lacks the "
+            f"copy shipped under {PACKAGED_DATA_DIR / 'uci'}; {DATA_DIR_RULES}. "
+            "Fetch it with `onepass download uci` (or `onepass download uci --data-dir DIR`).")
     table = read_uci_table(path, spec)
     if shuffle_seed is not None:
         table = table[np.random.default_rng(shuffle_seed).permutation(len(table))]
@@ -252,7 +340,7 @@ def download_uci(
     specs = [_get_spec(name) for name in (names or UCI_DATASETS)]
     written = []
     for spec in specs:
-        path = uci_path(spec.name, data_dir)
+        path = resolve_data_dir(data_dir) / "uci" / f"{spec.name}.txt"
         raw = download(
             spec.url, path.parent / "raw" / f"{spec.name}.data.txt",
             sha256=spec.sha256, progress=progress,
@@ -264,6 +352,7 @@ def download_uci(
 
 
 __all__ = [
+    "DataFileError",
     "UCIData",
     "UCISpec",
     "UCI_DATASETS",
