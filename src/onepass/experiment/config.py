@@ -26,19 +26,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from onepass.core.hyperparameters import TRANSFORMS, closest
+from onepass.core.rules import RULES
 from onepass.data.uci import UCI_DATASETS
+from onepass.experiment import algorithms as _algorithms
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 """The folder of the shipped config files (``src/onepass/configs``)."""
 
-ALGORITHMS = ("random", "random_stepped_lr", "random_validation", "random_training_set_only",
-              "lorraine", "baydin", "ours_lr", "ours_lr_momentum", "ours_hdlr_momentum",
-              "diff_through_opt")
-"""Names of the shipped algorithm configs (``configs/<name>.yaml``)."""
+ALGORITHMS = _algorithms.names(kind="main")
+"""Names of the shipped algorithm configs of the paper's experiments (``configs/<name>.yaml``),
+from :data:`onepass.experiment.algorithms.TABLE`."""
 
-EXTRA_ALGORITHMS = ("long_dto_standalone", "long_dto_medium", "long_dto_full")
+EXTRA_ALGORITHMS = _algorithms.names(kind="variant")
 """Shipped algorithm configs beyond the main table: long Diff-through-Opt, whose
-windows (``update_interval = unroll_steps = N``) are far longer than a short run."""
+windows (``update_interval = unroll_steps = N``) are far longer than a short run,
+and ``baydin_exact`` (Baydin with the exact derivative through the momentum update)."""
 
 DATASET_KINDS = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
 """Dataset families (``dataset.kind``); each is a task of :mod:`onepass.experiment.tasks`."""
@@ -56,8 +59,13 @@ DATASET_MODELS = {"uci": ("mlp",), "fashion_mnist": ("mlp",), "penn_treebank": (
 DATASET_LOSS = {"uci": "mse", "fashion_mnist": "cross_entropy", "penn_treebank": "cross_entropy",
                 "cifar10": "cross_entropy"}
 
-METHODS = ("none", "neumann", "unroll", "baydin")
-TUNABLE = ("lr", "momentum", "weight_decay")
+METHODS = ("none", "neumann", "unroll", "baydin", "baydin_exact")
+BAYDIN_METHODS = ("baydin", "baydin_exact")
+HYPERPARAMETERS = tuple(dict.fromkeys(name for rule in RULES.values() for name in rule.defaults))
+"""Every hyperparameter name of some update rule (:data:`onepass.core.rules.RULES`); a
+config's ``hyperparameters`` section holds those of its ``algorithm.rule``."""
+RANDOM_INIT = ("lr", "weight_decay", "momentum")
+"""What ``--random-init`` draws (for the names the rule has)."""
 LR_CLIP = (1e-10, 1.0)
 
 
@@ -95,18 +103,15 @@ def _non_negative(v):
     return None if math.isfinite(v) and v >= 0 else f"must be a finite number ≥ 0, got {v!r}"
 
 
-def _momentum(v):
-    return None if 0 <= v < 1 else f"must lie in [0, 1), got {v!r}"
-
-
 def _widths(v):
     return None if all(w >= 1 for w in v) else f"every width must be ≥ 1, got {v!r}"
 
 
 def _tunable(v):
-    bad = [n for n in v if n not in TUNABLE]
+    bad = [n for n in v if n not in HYPERPARAMETERS]
     if bad:
-        return f"cannot tune {bad[0]!r}{_did_you_mean(bad[0], TUNABLE)} (tunable: {', '.join(TUNABLE)})"
+        return (f"cannot tune {bad[0]!r}{_did_you_mean(bad[0], HYPERPARAMETERS)} "
+                f"(hyperparameters: {', '.join(HYPERPARAMETERS)})")
     if len(set(v)) != len(v):
         return f"lists a hyperparameter twice: {v!r}"
     return None
@@ -114,14 +119,30 @@ def _tunable(v):
 
 def _granularity(v):
     for name, kind in v.items():
-        if name not in TUNABLE:
-            return f"unknown hyperparameter {name!r}{_did_you_mean(name, TUNABLE)}"
+        if name not in HYPERPARAMETERS:
+            return f"unknown hyperparameter {name!r}{_did_you_mean(name, HYPERPARAMETERS)}"
         if kind not in ("scalar", "tensor", "weight"):
             return f"{name}: granularity must be one of scalar, tensor, weight, got {kind!r}"
     return None
 
 
+def _unit_interval(v):
+    return None if 0 <= v < 1 else f"must lie in [0, 1), got {v!r}"
+
+
 SIGMOID_HALF = 1.0 / (1.0 + math.exp(-0.5))  # the protocol's placeholder momentum, sigmoid(0.5)
+PLACEHOLDERS = {"momentum": SIGMOID_HALF, "weight_decay": 1e-16}
+"""The protocol's starting values for a hyperparameter whose rule default is 0 (a
+value its transformed space cannot hold, so it could not be tuned)."""
+_HYPER_CHECKS = {"lr": _positive, "eps": _positive, "weight_decay": _non_negative}
+
+
+def hyperparameter_defaults(rule: str) -> dict[str, float]:
+    """The ``hyperparameters`` section's defaults for ``rule``: the rule's own
+    (:data:`onepass.core.rules.RULES`), a 0 replaced by :data:`PLACEHOLDERS`."""
+    defaults = dict(RULES[rule].defaults)
+    return {k: PLACEHOLDERS[k] if v == 0 and k in PLACEHOLDERS else float(v)
+            for k, v in defaults.items()}
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "dataset": {
@@ -160,10 +181,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "compile": Field("bool", False, "compile the gradient of undifferentiated steps with "
                          "torch.compile (faster long runs of small models; seconds to compile)"),
     },
-    "hyperparameters": {
-        "lr": Field("float", 1e-3, "initial learning rate", check=_positive),
-        "momentum": Field("float", SIGMOID_HALF, "initial momentum", check=_momentum),
-        "weight_decay": Field("float", 1e-16, "initial weight decay", check=_non_negative),
+    "hyperparameters": {  # one key per name of the rule: see hyperparameter_defaults
+        name: Field("float", None, f"initial {name} (default: the rule's; sgd's momentum "
+                    "sigmoid(0.5) and weight_decay 1e-16)", nullable=True,
+                    check=_HYPER_CHECKS.get(name, _unit_interval))
+        for name in HYPERPARAMETERS
     },
     "algorithm": {
         "name": Field("str", "custom", "algorithm name (used in run folder names)"),
@@ -171,7 +193,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "tune": Field("str_list", [], "hyperparameters to tune", check=_tunable),
         "granularity": Field("str_map", {}, "per tuned name: scalar, tensor or weight",
                              check=_granularity),
-        "rule": Field("str", "sgd", "weight-update rule", choices=("sgd", "sgd_nesterov")),
+        "rule": Field("str", "sgd", "weight-update rule (its hyperparameters make the "
+                      "hyperparameters section)", choices=tuple(RULES)),
         "neumann_terms": Field("int", 5, "Neumann series terms K", check=_at_least(1)),
         "unroll_steps": Field("int", 5, "updates differentiated through (unroll)", check=_at_least(1)),
         "update_interval": Field("int", 10, "weight updates per hyperparameter update",
@@ -189,6 +212,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "reset_each_window": Field("bool", False, "restore the initial weights and optimiser state "
                                    "at the start of every window (long Diff-through-Opt: "
                                    "Standalone, Full)"),
+        "reset_optimizer_state": Field("bool", False, "with reset_each_window: also reset the "
+                                       "optimiser state (momentum buffer); false follows the "
+                                       "reference code, which carries it over"),
     },
     "logging": {
         "interval": Field("int", 10, "updates between log steps", check=_at_least(1)),
@@ -294,6 +320,10 @@ def _field(path: Sequence[str], source: str) -> Field:
         raise ConfigError(f"{source}: {head!r} is a section; give a key such as "
                           f"{head}.{next(iter(SCHEMA[head]))}")
     section = SCHEMA[head]
+    if head == "hyperparameters" and path[1] not in section:
+        raise ConfigError(f"{source}: unknown hyperparameter {path[1]!r}"
+                          f"{closest(str(path[1]), HYPERPARAMETERS)} (the rules have: "
+                          f"{', '.join(HYPERPARAMETERS)})")
     if path[1] not in section:
         raise _unknown_key(path[1], f"in section {head!r}: ", list(section), source)
     if len(path) > 2 and section[path[1]].kind != "str_map":
@@ -433,15 +463,18 @@ def load_config(
     for name in files:
         data, source = read_config_file(name)
         layers.add(data, source)
+    overrides = [parse_override(item) if isinstance(item, str) else (tuple(item[0]), item[1])
+                 for item in overrides]
     if random_init is not None:
         source = f"--random-init {random_init}"
         drawn = draw_random_initialisation(random_init)
-        for key in TUNABLE:
+        rules = [value for path, value in overrides if tuple(path) == ("algorithm", "rule")]
+        rule = (rules or [layers.get(("algorithm", "rule")) or SCHEMA["algorithm"]["rule"].default])[-1]
+        for key in (k for k in RANDOM_INIT if k in RULES.get(rule, RULES["sgd"]).defaults):
             layers.set(("hyperparameters", key), drawn[key], source)
         if layers.get(("algorithm", "lr_multiplier")) is not None:
             layers.set(("algorithm", "lr_multiplier"), drawn["lr_multiplier"], source)
-    for item in overrides:
-        path, value = parse_override(item) if isinstance(item, str) else (tuple(item[0]), item[1])
+    for path, value in overrides:
         layers.set(tuple(path), value, f"--set {'.'.join(path)}")
     return _resolve(layers)
 
@@ -460,6 +493,8 @@ def _resolve(layers: _Layers) -> dict:
     out: dict = {}
     for head, section in SCHEMA.items():
         out[head] = {}
+        if head == "hyperparameters":
+            continue  # after the algorithm section: the rule decides its keys
         for key, spec in section.items():
             path = (head, key)
             value = layers.get(path, _MISSING)
@@ -471,6 +506,20 @@ def _resolve(layers: _Layers) -> dict:
                 value = list(spec.default) if isinstance(spec.default, list) else (
                     dict(spec.default) if isinstance(spec.default, dict) else spec.default)
             out[head][key] = _coerce(value, spec, f"{head}.{key}", source)
+    rule = out["algorithm"]["rule"]
+    defaults = hyperparameter_defaults(rule)
+    for key, spec in SCHEMA["hyperparameters"].items():
+        path = ("hyperparameters", key)
+        value = layers.get(path)
+        source = layers.sources.get(path, "defaults")
+        if key not in defaults:
+            if value is not None:
+                raise ConfigError(f"{source}: hyperparameters.{key} is not a hyperparameter of "
+                                  f"rule {rule!r}{closest(key, defaults)} (it has: "
+                                  f"{', '.join(defaults)})")
+            continue
+        out["hyperparameters"][key] = _coerce(defaults[key] if value is None else value, spec,
+                                              f"hyperparameters.{key}", source)
     for key, spec in TOP_LEVEL.items():
         value = layers.get((key,), spec.default)
         out[key] = _coerce(value, spec, key, layers.sources.get((key,), "defaults"))
@@ -510,8 +559,12 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
         raise fail("algorithm.tune", f"must be empty for method 'none', got {tune!r}")
     if method != "none" and not tune:
         raise fail("algorithm.tune", f"must name at least one hyperparameter for method {method!r}")
-    if method == "baydin" and set(tune) - {"lr"}:
-        raise fail("algorithm.tune", f"may only contain 'lr' for method 'baydin', got {tune!r}")
+    if method in BAYDIN_METHODS and set(tune) - {"lr"}:
+        raise fail("algorithm.tune", f"may only contain 'lr' for method {method!r}, got {tune!r}")
+    for name in tune:
+        if name not in hyper:
+            raise fail("algorithm.tune", f"names {name!r}, which rule {algo['rule']!r} does not "
+                       f"have{closest(name, hyper)} (it has: {', '.join(hyper)})")
     if method in ("neumann", "unroll") and algo["validation"] == "merged":
         raise fail("algorithm.validation", f"must be 'split' for method {method!r}: its "
                    "hypergradient needs a validation set")
@@ -527,6 +580,8 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
     if algo["reset_each_window"] and method != "unroll":
         raise fail("algorithm.reset_each_window", f"needs method 'unroll' (long Diff-through-Opt), "
                    f"got {method!r}")
+    if algo["reset_optimizer_state"] and not algo["reset_each_window"]:
+        raise fail("algorithm.reset_optimizer_state", "needs algorithm.reset_each_window: true")
     if algo["lr_multiplier"] is not None and "lr" in tune:
         raise fail("algorithm.lr_multiplier", "cannot be combined with tuning lr")
     if "momentum" in tune and not 0 < hyper["momentum"] < 1:
@@ -538,6 +593,10 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
     if "lr" in tune and not LR_CLIP[0] <= hyper["lr"] <= LR_CLIP[1]:
         raise fail("hyperparameters.lr", f"must lie in [{LR_CLIP[0]}, {LR_CLIP[1]}] to be tuned, "
                    f"got {hyper['lr']!r}")
+    for name in tune:
+        if name in TRANSFORMS and not TRANSFORMS[name].contains(hyper[name]):
+            raise fail(f"hyperparameters.{name}", f"must be {TRANSFORMS[name].domain} to be "
+                       f"tuned, got {hyper[name]!r}")
 
 
 # ------------------------------------------------------------ other helpers
@@ -588,8 +647,8 @@ def describe_schema() -> str:
 
 __all__ = [
     "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "DATASET_KINDS", "EXTRA_ALGORITHMS",
-    "Field", "MODEL_KEYS", "SCHEMA",
-    "describe_schema",
+    "Field", "HYPERPARAMETERS", "MODEL_KEYS", "SCHEMA",
+    "describe_schema", "hyperparameter_defaults",
     "draw_random_initialisation", "dump_config", "find_config", "load_config", "parse_override",
     "read_config_file", "resolve_config",
 ]
