@@ -4,13 +4,19 @@ The page must render offline: the DOM Chromium builds holds the table rows and
 ``<img>`` elements with ``data:`` URIs, the screenshot shows the (coloured)
 figures, and Chromium logs no console message (no JavaScript error). A
 control page with a deliberate ``console.error`` checks that such messages
-would be caught. Chromium is the Debian package ``chromium``; without it the
-test fails (it is never skipped).
+would be caught. The browser is ``$ONEPASS_CHROMIUM``, else the first of
+chromium, chromium-browser, google-chrome, google-chrome-stable, chrome on
+PATH; the README's test command runs ``scripts/ensure_chromium.sh``, which
+installs Debian's ``chromium`` when it is missing and it can (as root with
+apt-get). Without a browser the test fails (it is never skipped), saying how
+to get one.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +27,9 @@ from PIL import Image
 
 from onepass.analysis import write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ENV = "ONEPASS_CHROMIUM"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable",
+                  "chrome")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync",
@@ -29,13 +37,29 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 CONSOLE_LINE = re.compile(r":CONSOLE[:(]")
 
 
+def find_chromium() -> str:
+    """The browser to run: ``$ONEPASS_CHROMIUM``, else the first of
+    :data:`CHROMIUM_NAMES` on PATH; fails the test, saying how to get one."""
+    given = os.environ.get(CHROMIUM_ENV)
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            pytest.fail(f"${CHROMIUM_ENV}={given} is not an executable file", pytrace=False)
+        return given
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("no headless Chromium for the report test: run scripts/ensure_chromium.sh "
+                "(installs Debian's chromium as root), or install it yourself (Debian/Ubuntu: "
+                f"sudo apt-get install chromium), or set {CHROMIUM_ENV}=/path/to/chromium-or-chrome",
+                pytrace=False)
+
+
 def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run headless Chromium on ``page`` with a fresh profile; stdout and stderr captured."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install the Debian package chromium "
-                    "(apt-get update && apt-get install -y chromium)")
+    browser = find_chromium()
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    return subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
+    return subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args,
                            page.as_uri()], capture_output=True, text=True, timeout=60)
 
 
@@ -148,3 +172,13 @@ def test_report_html_screenshot_shows_the_figures(report, tmp_path):
     # Only the figures are in colour (text and table are grey): many saturated pixels.
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 80
     assert saturated.sum() > 5000
+
+
+def test_a_missing_browser_fails_with_advice(monkeypatch):
+    monkeypatch.delenv(CHROMIUM_ENV, raising=False)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(pytest.fail.Exception, match="ensure_chromium.sh.*apt-get install chromium"):
+        find_chromium()
+    monkeypatch.setenv(CHROMIUM_ENV, "/nonexistent/chromium")
+    with pytest.raises(pytest.fail.Exception, match="not an executable file"):
+        find_chromium()
