@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 import onepass
-from onepass.data import load_uci
+from onepass.data import PACKAGED_DATA_DIR, load_uci
 from onepass.models import MLP
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = PACKAGED_DATA_DIR  # the UCI copies shipped with onepass
 HYPER = dict(lr=1e-3, momentum=0.5, weight_decay=1e-5)
 
 ALGORITHMS = {
@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=4000, help="weight updates per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per algorithm (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder holding uci/energy.txt")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA),
+                        help="folder holding uci/energy.txt (default: the copies shipped with onepass)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

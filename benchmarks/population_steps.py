@@ -1,6 +1,6 @@
 """Cost of one window of updates of a compiled UCI population, per algorithm, interleaved.
 
-    python benchmarks/population_steps.py [--population 50] [--windows 40] [--data-dir ../shared/data]
+    python benchmarks/population_steps.py [--population 50] [--windows 40] [--data-dir DIR]
 
 Builds one ``Tuner(population=P, compile=True)`` per method on UCI Energy's
 training split (the sweep's 8-50-1 MLPs), warms them up, then times windows of
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = {
     "random": dict(tune=()),
     "ours_lr_momentum": dict(tune=("lr", "momentum", "weight_decay")),
@@ -29,13 +28,15 @@ METHODS = {
 
 def main(argv=None) -> int:
     from onepass import Tuner
+    from onepass.data.paths import PACKAGED_DATA_DIR
     from onepass.data.uci import load_uci
     from onepass.models import MLP, PopulationMLP, member_mse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--population", type=int, default=50)
     parser.add_argument("--windows", type=int, default=40, help="timed windows per method")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=PACKAGED_DATA_DIR,
+                        help="dataset root (default: the UCI copies shipped with onepass)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     P = args.population

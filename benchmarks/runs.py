@@ -4,7 +4,7 @@ Every run is measured in this one process (one thread, no progress bar, the
 run's own logging and TensorBoard on, as a user's run would be), after one
 short warm-up run per algorithm that pays the one-off import costs::
 
-    python benchmarks/runs.py [--steps 4000] [--repeats 1] [--json out.json] [--data-dir ../shared/data]
+    python benchmarks/runs.py [--steps 4000] [--repeats 1] [--json out.json] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -17,16 +17,15 @@ from pathlib import Path
 
 import torch
 
+from onepass.data.paths import PACKAGED_DATA_DIR
 from onepass.experiment import ALGORITHMS, load_config, run_training
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000, help="weight updates per run (default 4000)")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                        help="dataset root (default ../shared/data relative to the repo)")
+    parser.add_argument("--data-dir", type=Path, default=PACKAGED_DATA_DIR,
+                        help="dataset root (default: the UCI copies shipped with onepass)")
     parser.add_argument("--dataset", default="uci_energy", help="dataset config (default uci_energy)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=1,

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "src" / "onepass" / "data" / "files"  # the UCI copies shipped with onepass
 
 MEMORY_SCRIPT = """
 import resource, sys, time, torch
