@@ -8,14 +8,14 @@ import pytest
 from onepass.cli.main import build_parser, main
 
 
-def train(shared_data, tmp_path, *extra, steps=20):
-    return main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(shared_data),
+def train(uci_data_dir, tmp_path, *extra, steps=20):
+    return main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(uci_data_dir),
                  "-l", str(tmp_path / "runs"), "--no-progress", "--set", f"training.steps={steps}",
                  "--set", "logging.tensorboard=false", *extra])
 
 
-def test_train_writes_a_run_folder(shared_data, tmp_path, capsys):
-    assert train(shared_data, tmp_path, "-g", "group", "-n", "first", "--seed", "3",
+def test_train_writes_a_run_folder(uci_data_dir, tmp_path, capsys):
+    assert train(uci_data_dir, tmp_path, "-g", "group", "-n", "first", "--seed", "3",
                  "--set", "hyperparameters.momentum=0.9", "-S", str(tmp_path / "state.pt")) == 0
     run_dir = tmp_path / "runs" / "group" / "first"
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json"}
@@ -25,46 +25,46 @@ def test_train_writes_a_run_folder(shared_data, tmp_path, capsys):
     assert "finished after 20 updates" in capsys.readouterr().err
 
 
-def test_shipped_config_paths_work(shared_data, tmp_path):
+def test_shipped_config_paths_work(uci_data_dir, tmp_path):
     assert main(["train", "-c", "configs/uci_energy.yaml", "configs/random.yaml", "--data-dir",
-                 str(shared_data), "-l", str(tmp_path), "-n", "r", "--no-progress",
+                 str(uci_data_dir), "-l", str(tmp_path), "-n", "r", "--no-progress",
                  "--set", "training.steps=10", "--random-init", "2"]) == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
 
 
-def test_default_run_name_is_algorithm_and_time(shared_data, tmp_path):
-    assert train(shared_data, tmp_path, steps=10) == 0
+def test_default_run_name_is_algorithm_and_time(uci_data_dir, tmp_path):
+    assert train(uci_data_dir, tmp_path, steps=10) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("ours_lr_")
 
 
-def test_finished_runs_are_not_overwritten(shared_data, tmp_path, capsys):
-    assert train(shared_data, tmp_path, "-n", "x", steps=10) == 0
+def test_finished_runs_are_not_overwritten(uci_data_dir, tmp_path, capsys):
+    assert train(uci_data_dir, tmp_path, "-n", "x", steps=10) == 0
     capsys.readouterr()
-    assert train(shared_data, tmp_path, "-n", "x", steps=10) == 2
+    assert train(uci_data_dir, tmp_path, "-n", "x", steps=10) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert train(shared_data, tmp_path, "-n", "x", "--overwrite", steps=10) == 0
+    assert train(uci_data_dir, tmp_path, "-n", "x", "--overwrite", steps=10) == 0
 
 
-def test_load_state_and_resume(shared_data, tmp_path):
-    assert train(shared_data, tmp_path, "-n", "a", "-S", str(tmp_path / "a.pt")) == 0
-    assert train(shared_data, tmp_path, "-n", "b", "-s", str(tmp_path / "a.pt"), steps=30) == 0
+def test_load_state_and_resume(uci_data_dir, tmp_path):
+    assert train(uci_data_dir, tmp_path, "-n", "a", "-S", str(tmp_path / "a.pt")) == 0
+    assert train(uci_data_dir, tmp_path, "-n", "b", "-s", str(tmp_path / "a.pt"), steps=30) == 0
     summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
     assert summary["steps"] == 30
     # An interrupted run: fake one by marking the summary and keeping a checkpoint.
-    assert train(shared_data, tmp_path, "-n", "c", "--set", "logging.checkpoint_interval=10") == 0
+    assert train(uci_data_dir, tmp_path, "-n", "c", "--set", "logging.checkpoint_interval=10") == 0
     run_dir = tmp_path / "runs" / "c"
     path = run_dir / "summary.json"
     path.write_text(path.read_text().replace('"finished"', '"interrupted"'))
-    assert main(["train", "--resume", str(run_dir), "--data-dir", str(shared_data),
+    assert main(["train", "--resume", str(run_dir), "--data-dir", str(uci_data_dir),
                  "--no-progress"]) == 0
     summary = json.loads(path.read_text())
     assert summary["status"] == "finished" and summary["steps"] == 20
     assert summary["resumed_from"].endswith("checkpoint.pt")
 
 
-def test_diverged_run_exits_zero(shared_data, tmp_path):
-    assert main(["train", "-c", "uci_energy", "random", "--data-dir", str(shared_data), "-l",
+def test_diverged_run_exits_zero(uci_data_dir, tmp_path):
+    assert main(["train", "-c", "uci_energy", "random", "--data-dir", str(uci_data_dir), "-l",
                  str(tmp_path), "-n", "d", "--no-progress", "--set", "hyperparameters.lr=50",
                  "--set", "training.steps=100"]) == 0
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"

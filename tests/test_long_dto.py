@@ -39,10 +39,10 @@ def short(name, n, windows, **extra):
         *[f"{k}={v}" for k, v in extra.items()]], random_init=3)
 
 
-def test_standalone_restarts_each_window_from_the_initial_weights(shared_data, tmp_path):
-    reset = run_training(short("long_dto_standalone", 20, 3), tmp_path / "reset", data_dir=shared_data,
+def test_standalone_restarts_each_window_from_the_initial_weights(uci_data_dir, tmp_path):
+    reset = run_training(short("long_dto_standalone", 20, 3), tmp_path / "reset", data_dir=uci_data_dir,
                          progress=False, save_state_to=tmp_path / "reset.pt")
-    carry = run_training(short("long_dto_medium", 20, 3), tmp_path / "carry", data_dir=shared_data,
+    carry = run_training(short("long_dto_medium", 20, 3), tmp_path / "carry", data_dir=uci_data_dir,
                          progress=False, save_state_to=tmp_path / "carry.pt")
     assert reset["status"] == carry["status"] == "finished"
     # Both took 3 hyperparameter steps from the same start...
@@ -61,13 +61,13 @@ def test_standalone_restarts_each_window_from_the_initial_weights(shared_data, t
     assert carry["final"]["train_loss"] < reset["final"]["train_loss"]
 
 
-def test_standalone_resumes_bit_for_bit(shared_data, tmp_path):
+def test_standalone_resumes_bit_for_bit(uci_data_dir, tmp_path):
     config = short("long_dto_standalone", 10, 4)
-    whole = run_training(config, tmp_path / "whole", data_dir=shared_data, progress=False)
+    whole = run_training(config, tmp_path / "whole", data_dir=uci_data_dir, progress=False)
     half = dict(config, training={**config["training"], "steps": 20})
-    run_training(half, tmp_path / "half", data_dir=shared_data, progress=False,
+    run_training(half, tmp_path / "half", data_dir=uci_data_dir, progress=False,
                  save_state_to=tmp_path / "half.pt")
-    resumed = run_training(config, tmp_path / "resumed", data_dir=shared_data, progress=False,
+    resumed = run_training(config, tmp_path / "resumed", data_dir=uci_data_dir, progress=False,
                            resume_from=tmp_path / "half.pt")
     assert resumed["final"] == whole["final"]
     assert resumed["hyperparameters"] == whole["hyperparameters"]

@@ -20,14 +20,14 @@ def read(path):
 
 # ------------------------------------------------------------------ sessions
 
-def test_session_state_moves_a_run_between_trials(shared_data, tmp_path):
+def test_session_state_moves_a_run_between_trials(uci_data_dir, tmp_path):
     hyper = {"lr": 1e-2, "weight_decay": 1e-5, "momentum": 0.5}
     donor = TrainingSession(trial_config("uci_energy", "ours_lr_momentum", hyper, name="pbt",
-                                         steps=40), tmp_path / "a", data_dir=shared_data)
+                                         steps=40), tmp_path / "a", data_dir=uci_data_dir)
     donor.advance(20)
     state = donor.state()
     other = TrainingSession(trial_config("uci_energy", "ours_lr_momentum", {**hyper, "lr": 1e-4},
-                                         name="pbt", steps=40), tmp_path / "b", data_dir=shared_data)
+                                         name="pbt", steps=40), tmp_path / "b", data_dir=uci_data_dir)
     other.advance(10)
     other.load_state(state)
     assert other.steps == 20
@@ -63,9 +63,9 @@ def test_missing_extra_names_the_extra(monkeypatch, tmp_path, capsys):
 
 # ----------------------------------------------------------- Bayesian optimisation
 
-def test_bayesopt_runs_and_a_rerun_continues_the_study(shared_data, tmp_path, capsys):
+def test_bayesopt_runs_and_a_rerun_continues_the_study(uci_data_dir, tmp_path, capsys):
     import bayes_opt  # noqa: F401  (fails the test when the extra is missing)
-    args = ["bayesopt", "-l", str(tmp_path), "--data-dir", str(shared_data),
+    args = ["bayesopt", "-l", str(tmp_path), "--data-dir", str(uci_data_dir),
             "--set", "training.steps=20", "--init-points", "2"]
     assert main([*args, "--iterations", "1"]) == 0
     study_dir = tmp_path / "bayesopt"
@@ -108,10 +108,10 @@ def ray_session():
     ray.shutdown()
 
 
-def test_asha_trials_are_run_folders(ray_session, shared_data, tmp_path):
+def test_asha_trials_are_run_folders(ray_session, uci_data_dir, tmp_path):
     from onepass.search.ray_tune import run_ray_search
     study = run_ray_search("asha", "uci_energy", tmp_path / "asha", num_samples=8, max_steps=40,
-                           grace_period=10, reduction_factor=2, data_dir=shared_data,
+                           grace_period=10, reduction_factor=2, data_dir=uci_data_dir,
                            cpus_per_trial=2)  # one trial at a time: reproducible stops
     assert study["errors"] == [] and study["completed"] == 8
     trials = {t["run_dir"]: t for t in study["trials"]}
@@ -128,11 +128,11 @@ def test_asha_trials_are_run_folders(ray_session, shared_data, tmp_path):
     assert study["best"]["score"] == min(t["score"] for t in study["trials"])
 
 
-def test_pbt_exploit_copies_the_donor_checkpoint(ray_session, shared_data, tmp_path):
+def test_pbt_exploit_copies_the_donor_checkpoint(ray_session, uci_data_dir, tmp_path):
     from onepass.search.ray_tune import run_ray_search
     root = tmp_path / "pbt"
     study = run_ray_search("pbt", "uci_energy", root, num_samples=2, max_steps=40,
-                           perturbation_interval=20, synch=True, data_dir=shared_data)
+                           perturbation_interval=20, synch=True, data_dir=uci_data_dir)
     assert study["errors"] == [] and study["completed"] == 2
     exploits = []
     for folder in sorted(root.glob("trial_*")):
@@ -158,11 +158,11 @@ def test_pbt_exploit_copies_the_donor_checkpoint(ray_session, shared_data, tmp_p
     assert rows[:3] == donor_rows[:3]
 
 
-def test_pbt_with_ours_as_the_base(ray_session, shared_data, tmp_path):
+def test_pbt_with_ours_as_the_base(ray_session, uci_data_dir, tmp_path):
     from onepass.search.ray_tune import run_ray_search
     study = run_ray_search("pbt", "uci_energy", tmp_path / "pbt", base="ours_lr_momentum",
                            num_samples=2, max_steps=40, perturbation_interval=20, synch=True,
-                           data_dir=shared_data)
+                           data_dir=uci_data_dir)
     assert study["errors"] == [] and study["completed"] == 2
     config = (tmp_path / "pbt" / "trial_000" / "config.yaml").read_text()
     assert "method: neumann" in config and "name: pbt" in config

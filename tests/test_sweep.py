@@ -18,9 +18,9 @@ from onepass.sweep.plan import Sweep
 ALGOS = ["random", "ours_lr"]
 
 
-def sweep_args(shared_data, root, *extra, inits=3, steps=40):
+def sweep_args(uci_data_dir, root, *extra, inits=3, steps=40):
     return ["sweep", "-c", "uci_energy", "-a", *ALGOS, "-N", str(inits), "-l", str(root),
-            "--steps", str(steps), "--data-dir", str(shared_data), "--no-progress",
+            "--steps", str(steps), "--data-dir", str(uci_data_dir), "--no-progress",
             "--set", "logging.tensorboard=false", *extra]
 
 
@@ -28,9 +28,9 @@ def final_losses(root):
     return {(r.algorithm, r.init_index): (r.status, r.final["test_loss"]) for r in load_runs(root)}
 
 
-def test_layout_initialisations_and_skip(shared_data, tmp_path, capsys):
+def test_layout_initialisations_and_skip(uci_data_dir, tmp_path, capsys):
     root = tmp_path / "sweep"
-    assert main(sweep_args(shared_data, root, "--population", "off")) == 0
+    assert main(sweep_args(uci_data_dir, root, "--population", "off")) == 0
     manifest = json.loads((root / "sweep.json").read_text())
     assert manifest["algorithms"] == ALGOS and manifest["inits"] == 3 and manifest["steps"] == 40
     runs = load_runs(root)
@@ -48,35 +48,35 @@ def test_layout_initialisations_and_skip(shared_data, tmp_path, capsys):
     assert first["random"] != "" and abs(float(first["random"]) - float(first["ours_lr"])) < 0.05
     capsys.readouterr()
     before = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
-    assert main(sweep_args(shared_data, root, "--population", "off")) == 0
+    assert main(sweep_args(uci_data_dir, root, "--population", "off")) == 0
     assert "ran 0, 6 were already done" in capsys.readouterr().err
     assert before == {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
 
 
-def test_manifest_mismatch_is_refused(shared_data, tmp_path, capsys):
+def test_manifest_mismatch_is_refused(uci_data_dir, tmp_path, capsys):
     root = tmp_path / "sweep"
-    assert main(sweep_args(shared_data, root, inits=1, steps=10)) == 0
+    assert main(sweep_args(uci_data_dir, root, inits=1, steps=10)) == 0
     capsys.readouterr()
-    assert main(sweep_args(shared_data, root, inits=2, steps=10)) == 2
+    assert main(sweep_args(uci_data_dir, root, inits=2, steps=10)) == 2
     err = capsys.readouterr().err
     assert "holds a different sweep" in err and "inits: 1 there, 2 now" in err
-    assert main(sweep_args(shared_data, root, inits=1, steps=20)) == 2
+    assert main(sweep_args(uci_data_dir, root, inits=1, steps=20)) == 2
     assert "steps: 10 there, 20 now" in capsys.readouterr().err
     # the same sweep spelled with a config path continues
-    args = sweep_args(shared_data, root, inits=1, steps=10)
+    args = sweep_args(uci_data_dir, root, inits=1, steps=10)
     args[args.index("uci_energy")] = str(CONFIG_DIR / "uci_energy.yaml")
     assert main(args) == 0
     other = tmp_path / "other"
     other.mkdir()
     (other / "stuff.txt").write_text("x")
-    assert main(sweep_args(shared_data, other, inits=1, steps=10)) == 2
+    assert main(sweep_args(uci_data_dir, other, inits=1, steps=10)) == 2
     assert "no sweep.json" in capsys.readouterr().err
 
 
-def test_resume_after_kill_gives_the_uninterrupted_results(shared_data, tmp_path):
+def test_resume_after_kill_gives_the_uninterrupted_results(uci_data_dir, tmp_path):
     steps, inits = 300, 4
     reference = tmp_path / "reference"
-    assert main(sweep_args(shared_data, reference, "--population", "off", inits=inits,
+    assert main(sweep_args(uci_data_dir, reference, "--population", "off", inits=inits,
                            steps=steps)) == 0
     expected = final_losses(reference)
 
@@ -84,7 +84,7 @@ def test_resume_after_kill_gives_the_uninterrupted_results(shared_data, tmp_path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     process = subprocess.Popen(
         [sys.executable, "-m", "onepass.cli.main",
-         *sweep_args(shared_data, root, "--population", "off", inits=inits, steps=steps)],
+         *sweep_args(uci_data_dir, root, "--population", "off", inits=inits, steps=steps)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     try:
@@ -108,14 +108,14 @@ def test_resume_after_kill_gives_the_uninterrupted_results(shared_data, tmp_path
                       if json.loads(p.read_text())["status"] == "finished")
     finished[0].write_text(finished[0].read_text().replace('"finished"', '"interrupted"'))
 
-    assert main(sweep_args(shared_data, root, "--population", "off", inits=inits,
+    assert main(sweep_args(uci_data_dir, root, "--population", "off", inits=inits,
                            steps=steps)) == 0
     assert final_losses(root) == expected
     assert not (root / "ours_lr" / "init_003" / "stale.txt").exists()
 
 
-def test_population_sweep_matches_single_runs(shared_data, tmp_path):
-    options = dict(steps=30, data_dir=shared_data, progress=False,
+def test_population_sweep_matches_single_runs(uci_data_dir, tmp_path):
+    options = dict(steps=30, data_dir=uci_data_dir, progress=False,
                    overrides=["logging.tensorboard=false"])
     single = run_sweep("uci_energy", ALGOS, 3, tmp_path / "single", population="off", **options)
     pop = run_sweep("uci_energy", ALGOS, 3, tmp_path / "pop", population="auto",
@@ -129,7 +129,7 @@ def test_population_sweep_matches_single_runs(shared_data, tmp_path):
     assert sorted(s["population"]["size"] for s in summaries if "population" in s) == [2] * 4
 
 
-def test_tasks_chunk_per_algorithm(shared_data, tmp_path):
+def test_tasks_chunk_per_algorithm(uci_data_dir, tmp_path):
     sweep = Sweep(tmp_path, "uci_energy", ["random", "ours_lr"], 5, steps=10)
     tasks = make_tasks(sweep.runs(), population_size=2)
     assert [type(t) for t in tasks] == [PopulationTask] * 4 + [SingleTask] * 2
@@ -139,18 +139,18 @@ def test_tasks_chunk_per_algorithm(shared_data, tmp_path):
     assert all(isinstance(t, SingleTask) for t in make_tasks(sweep.runs(), population="off"))
 
 
-def test_ray_executor_without_ray_says_how_to_install(shared_data, tmp_path, monkeypatch, capsys):
+def test_ray_executor_without_ray_says_how_to_install(uci_data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    assert main(sweep_args(shared_data, tmp_path / "r", "--executor", "ray", inits=1)) == 2
+    assert main(sweep_args(uci_data_dir, tmp_path / "r", "--executor", "ray", inits=1)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'onepass[ray]'" in err
     assert not (tmp_path / "r").exists()
 
 
-def test_reproduce_runs_the_sweep_and_the_report(shared_data, tmp_path, capsys):
+def test_reproduce_runs_the_sweep_and_the_report(uci_data_dir, tmp_path, capsys):
     root = tmp_path / "energy"
     assert main(["reproduce", "uci_energy", "--inits", "2", "--steps", "20", "-l", str(root),
-                 "--data-dir", str(shared_data), "--workers", "1", "--no-progress"]) == 0
+                 "--data-dir", str(uci_data_dir), "--workers", "1", "--no-progress"]) == 0
     manifest = json.loads((root / "sweep.json").read_text())
     assert len(manifest["algorithms"]) == 9 and manifest["inits"] == 2
     assert len(load_runs(root)) == 18
@@ -159,9 +159,9 @@ def test_reproduce_runs_the_sweep_and_the_report(shared_data, tmp_path, capsys):
     assert "Ours" in out or "ours" in out
 
 
-def test_report_subcommand_is_wired(shared_data, tmp_path, capsys):
+def test_report_subcommand_is_wired(uci_data_dir, tmp_path, capsys):
     root = tmp_path / "sweep"
-    assert main(sweep_args(shared_data, root, inits=2, steps=10)) == 0
+    assert main(sweep_args(uci_data_dir, root, inits=2, steps=10)) == 0
     assert main(["report", str(root), "--format", "md"]) == 0
     assert (root / "report" / "table.md").is_file()
     assert main(["report", str(tmp_path / "missing")]) == 1

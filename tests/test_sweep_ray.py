@@ -24,10 +24,10 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_executor_runs_a_tiny_sweep(local_ray, shared_data, tmp_path):
+def test_ray_executor_runs_a_tiny_sweep(local_ray, uci_data_dir, tmp_path):
     def sweep(root, *extra):
         return main(["sweep", "-c", "uci_energy", "-a", "random", "ours_lr", "-N", "3",
-                     "-l", str(root), "--steps", "20", "--data-dir", str(shared_data),
+                     "-l", str(root), "--steps", "20", "--data-dir", str(uci_data_dir),
                      "--no-progress", "--set", "logging.tensorboard=false", *extra])
 
     # populations of 2 (+ a single run per algorithm) on Ray, then the same locally

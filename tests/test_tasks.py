@@ -193,11 +193,11 @@ def test_merged_penn_treebank_trains_on_train_and_validation(data_dir):
     assert n - 8 < merged.train_source.numel() <= n
 
 
-def test_uci_outputs_keep_their_columns(shared_data, tmp_path):
+def test_uci_outputs_keep_their_columns(uci_data_dir, tmp_path):
     from onepass.experiment.logging import LOSS_COLUMNS
     config = load_config(["uci_energy", "ours_lr"], ["training.steps=10",
                                                       "logging.tensorboard=false"])
-    summary = run_training(config, tmp_path, data_dir=shared_data, progress=False)
+    summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
     assert list(summary["final"]) == ["train_loss", "val_loss", "test_loss", "test_loss_unnormalised"]
     assert list(read_csv(tmp_path)[0])[:len(LOSS_COLUMNS)] == list(LOSS_COLUMNS)
     assert list(read_csv(tmp_path)[0])[len(LOSS_COLUMNS):] == ["lr", "momentum", "weight_decay"]
