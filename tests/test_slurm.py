@@ -14,7 +14,7 @@ def tiny_sweep(root):
 
 
 def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
-    from onepass.cluster import slurm
+    from onepass.sweep.executors import slurm
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(ImportError) as info:
         slurm.SlurmExecutor(tmp_path)
@@ -23,13 +23,14 @@ def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
 
 def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
     pytest.importorskip("submitit")
-    from onepass.cluster.slurm import SlurmExecutor
+    from onepass.sweep.executors import SlurmExecutor
 
     sweep = tiny_sweep(tmp_path / "runs")
     specs = sweep.runs()
     executor = SlurmExecutor(tmp_path / "slurm", cluster="local", chunk_size=2, poll_s=0.2,
                              timeout_min=5)
-    results = [r for batch in executor.submit_runs(specs, data_dir=shared_data) for r in batch]
+    tasks = make_tasks(specs, population="off")
+    results = [r for batch in executor.run(tasks, data_dir=shared_data) for r in batch]
     assert sorted((r.algorithm, r.init_index, r.status) for r in results) == \
         [("ours_lr", 0, "finished"), ("ours_lr", 1, "finished")]
     assert len(executor.jobs) == 1  # one job for the chunk of both runs
@@ -51,7 +52,7 @@ def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
 
 def test_a_dead_job_reports_failed_runs(tmp_path):
     pytest.importorskip("submitit")
-    from onepass.cluster.slurm import SlurmExecutor
+    from onepass.sweep.executors import SlurmExecutor
 
     sweep = tiny_sweep(tmp_path / "runs")
     tasks = make_tasks(sweep.runs()[:1], population="off")

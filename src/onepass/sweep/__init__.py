@@ -7,7 +7,7 @@
 
 * :mod:`.plan`: the runs, their folders, the manifest, resume state;
 * :mod:`.population`: many initialisations trained as one computation;
-* :mod:`.executors`: in-process, local worker processes, or Ray;
+* :mod:`.executors`: where tasks run, one interface (local processes, Ray, SLURM);
 * :mod:`.reproduce`: the paper's named experiments (sweep + report).
 """
 from __future__ import annotations
@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from onepass.sweep.executors import PopulationTask, RunResult, SingleTask, import_ray
+from onepass.sweep.executors import EXECUTORS, PopulationTask, RunResult, SingleTask
 from onepass.sweep.plan import (
     MANIFEST, PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest,
     run_is_done,
 )
 
 DEFAULT_POPULATION_SIZE = 50
-EXECUTORS = ("local", "ray", "slurm")
 
 
 @dataclass
@@ -111,15 +110,15 @@ def run_sweep(
         SweepError: bad arguments, a manifest of a different sweep, another
             sweep running in ``root``.
         ImportError: ``executor="ray"`` without Ray installed, ``"slurm"``
-            without submitit (``slurm`` holds :class:`~onepass.cluster.slurm.SlurmExecutor`
-            options such as ``partition``, ``timeout_min``, ``gpus_per_node``).
+            without submitit (``slurm`` holds
+            :class:`~onepass.sweep.executors.slurm.SlurmExecutor` options such as
+            ``partition``, ``timeout_min``, ``gpus_per_node``).
         ConfigError, FileNotFoundError: a bad config or missing data.
         KeyboardInterrupt: runs in flight are recorded ``interrupted``.
     """
     if executor not in EXECUTORS:
         raise SweepError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        import_ray()
+    EXECUTORS[executor].check_available()
     if workers < 1:
         raise SweepError(f"--workers must be ≥ 1, got {workers}")
     sweep = Sweep(Path(root), dataset, algorithms, inits, seed=seed, steps=steps,
@@ -139,17 +138,9 @@ def run_sweep(
                    dynamic_ncols=True, unit="run", desc=f"sweep {name}")
         counts: Counter = Counter()
         try:
-            if executor == "ray":
-                from onepass.sweep.executors import run_ray
-                stream = run_ray(tasks, address=address, data_dir=data_dir, device=device)
-            elif executor == "slurm":
-                from onepass.cluster.slurm import SlurmExecutor
-                stream = SlurmExecutor(sweep.root / ".slurm", **(slurm or {})).run(
-                    tasks, data_dir=data_dir, device=device)
-            else:
-                from onepass.sweep.executors import run_local
-                stream = run_local(tasks, workers=workers, data_dir=data_dir, device=device)
-            for results in stream:
+            runner = EXECUTORS[executor].for_sweep(sweep.root, workers=workers, address=address,
+                                                   slurm=slurm)
+            for results in runner.run(tasks, data_dir=data_dir, device=device):
                 for result in results:
                     counts[result.status] += 1
                     if result.status not in ("finished", "diverged"):

@@ -1,13 +1,8 @@
-"""Run a sweep's tasks as SLURM jobs through ``submitit``.
+"""Run a sweep's tasks as SLURM jobs through ``submitit`` (``pip install 'onepass[slurm]'``).
 
-The interface is that of the sweep layer's executors
-(:func:`onepass.sweep.executors.run_local`, :func:`~onepass.sweep.executors.run_ray`):
-a list of tasks (:class:`~onepass.sweep.executors.SingleTask` /
-:class:`~onepass.sweep.executors.PopulationTask`) goes in, and one list of
-:class:`~onepass.sweep.executors.RunResult` per task comes out as each task
-completes::
+::
 
-    from onepass.cluster.slurm import SlurmExecutor
+    from onepass.sweep.executors.slurm import SlurmExecutor
     executor = SlurmExecutor("runs/energy/.slurm", partition="gpu", timeout_min=120,
                              gpus_per_node=1, chunk_size=10)
     for results in executor.run(tasks, data_dir="/shared/data", device="auto"):
@@ -15,29 +10,32 @@ completes::
 
 * **Jobs.** Tasks are grouped in chunks of ``chunk_size`` (one task per job by
   default) and submitted as one SLURM job array; each job runs its tasks one
-  after the other with :func:`~onepass.sweep.executors.execute_task`, writing
-  the run folders directly (the log root must be on a filesystem shared with
-  the compute nodes, as must ``data_dir``). ``max_parallel`` caps the jobs of
-  the array that run at once (``--array=...%N``).
+  after the other with :func:`~onepass.sweep.executors.base.execute_task`,
+  writing the run folders directly (the log root must be on a filesystem
+  shared with the compute nodes, as must ``data_dir``). ``max_parallel`` caps
+  the jobs of the array that run at once (``--array=...%N``).
 * **Resumable.** A run whose ``summary.json`` says ``finished`` or
-  ``diverged`` is skipped, both when submitting (:meth:`SlurmExecutor.submit_runs`
-  drops it) and again inside the job (a requeued or preempted job does not redo
-  what it finished before). Resubmitting the same sweep after a crash, a
-  timeout or a cancelled allocation therefore only runs what is missing.
+  ``diverged`` is skipped, both when submitting (:meth:`SlurmExecutor.run`
+  yields it unsubmitted) and again inside the job (a requeued or preempted job
+  does not redo what it finished before). Resubmitting the same sweep after a
+  crash, a timeout or a cancelled allocation therefore only runs what is missing.
 * **Failures.** A job that dies (time limit, node failure, OOM) reports its
   runs as ``failed``; the driver never raises for it. Interrupting the driver
   (Ctrl-C) cancels the jobs still queued or running.
 
-``submitit`` is an optional extra: ``pip install 'onepass[slurm]'``. For tests
-and laptops, ``cluster="local"`` runs the same jobs as local processes
-(``submitit``'s ``LocalExecutor``), and ``cluster="debug"`` in this process.
+For tests and laptops, ``cluster="local"`` runs the same jobs as local
+processes (``submitit``'s ``LocalExecutor``), and ``cluster="debug"`` in this process.
 """
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
+
+from onepass.sweep.executors.base import (
+    RunResult, done_results, execute_task, failed_results, task_done,
+)
 
 SLURM_HINT = "the slurm executor needs submitit: pip install 'onepass[slurm]'"
 
@@ -51,52 +49,29 @@ def import_submitit():
     return submitit
 
 
-# ------------------------------------------------------------- on the node
-
-def _task_done(task) -> bool:
-    from onepass.sweep.plan import run_is_done
-    return all(run_is_done(spec) for spec in task.specs)
-
-
-def _done_results(task) -> list:
-    from onepass.experiment.logging import read_summary
-    from onepass.sweep.executors import RunResult
-    out = []
-    for spec in task.specs:
-        summary = read_summary(spec.run_dir) or {}
-        out.append(RunResult(spec.algorithm, spec.init_index, summary.get("status", "finished"),
-                             summary.get("error")))
-    return out
-
-
-def run_chunk(tasks: Sequence, data_dir=None, device: str = "cpu", threads: int = 1) -> list:
+def run_chunk(tasks: Sequence, data_dir=None, device: str = "cpu", threads: int = 1
+              ) -> list[RunResult]:
     """What one SLURM job runs: its tasks in order, skipping those already done.
 
-    Returns the flat list of :class:`~onepass.sweep.executors.RunResult`, one
-    per run, in task order.
+    Returns the flat list of results, one per run, in task order.
     """
     import torch
 
-    from onepass.sweep.executors import execute_task
     if threads:
         torch.set_num_threads(threads)
     results = []
     for task in tasks:
-        if _task_done(task):
-            results.extend(_done_results(task))
-        else:
-            results.extend(execute_task(task, data_dir, device))
+        results.extend(done_results(task) if task_done(task) else
+                       execute_task(task, data_dir, device))
     return results
 
 
-# ------------------------------------------------------------- the driver
-
 class SlurmExecutor:
-    """Submit sweep tasks to SLURM with ``submitit`` and collect their results.
+    """:class:`~onepass.sweep.executors.base.Executor` on SLURM through ``submitit``.
 
     Args:
         folder: where submitit keeps job scripts, pickles and logs
-            (``%j`` is not needed; one sub-folder per job is made by submitit).
+            (one sub-folder per job is made by submitit).
         cluster: ``None`` or ``"slurm"`` for SLURM; ``"local"`` to run the
             jobs as local processes; ``"debug"`` to run them in this process.
         chunk_size: tasks per job (1: one job per run or population chunk).
@@ -109,6 +84,8 @@ class SlurmExecutor:
         slurm_parameters: further submitit parameters, e.g.
             ``{"slurm_account": "abc", "slurm_qos": "high"}``.
     """
+
+    name: ClassVar[str] = "slurm"
 
     def __init__(
         self,
@@ -152,16 +129,26 @@ class SlurmExecutor:
         self.executor.update_parameters(**parameters)
         self.jobs: list = []
 
-    # -- what run_local / run_ray offer
-    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu") -> Iterator[list]:
-        """Yield each task's results (a list of ``RunResult``) as its job completes.
+    @classmethod
+    def check_available(cls) -> None:
+        import_submitit()
+
+    @classmethod
+    def for_sweep(cls, root: Path, *, workers: int = 1, address: str | None = None,
+                  slurm: Mapping | None = None) -> "SlurmExecutor":
+        """submitit's files go to ``root/.slurm``; ``slurm`` holds this class's options."""
+        return cls(Path(root) / ".slurm", **(slurm or {}))
+
+    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu"
+            ) -> Iterator[list[RunResult]]:
+        """Yield each task's results as its job completes.
 
         Tasks whose runs are all done already are yielded at once, unsubmitted.
         """
         pending = []
         for task in tasks:
-            if _task_done(task):
-                yield _done_results(task)
+            if task_done(task):
+                yield done_results(task)
             else:
                 pending.append(task)
         if not pending:
@@ -188,29 +175,14 @@ class SlurmExecutor:
                 except Exception:  # noqa: BLE001  (best effort)
                     pass
 
-    def submit_runs(self, specs: Iterable, *, population: str = "off", population_size: int = 50,
-                    data_dir=None, device: str = "cpu") -> Iterator[list]:
-        """Run :class:`~onepass.sweep.plan.RunSpec` s: the pending ones (not
-        finished or diverged) are grouped into tasks as ``onepass sweep`` does
-        (:func:`onepass.sweep.make_tasks`) and run with :meth:`run`."""
-        from onepass.sweep import make_tasks
-        from onepass.sweep.plan import run_is_done
-        pending = [spec for spec in specs if not run_is_done(spec)]
-        tasks = make_tasks(pending, population=population, population_size=population_size)
-        return self.run(tasks, data_dir=data_dir, device=device)
-
-    def _collect(self, job, chunk) -> Iterator[list]:
-        from onepass.sweep.executors import RunResult
+    def _collect(self, job, chunk) -> Iterator[list[RunResult]]:
         try:
             flat = job.result()
         except Exception as error:  # noqa: BLE001  (the job died: its runs are redone on resume)
             message = f"slurm job {job.job_id}: {type(error).__name__}: " \
                       f"{' '.join(str(error).split())[:500]}"
             for task in chunk:
-                if _task_done(task):
-                    yield _done_results(task)
-                else:
-                    yield [RunResult(s.algorithm, s.init_index, "failed", message) for s in task.specs]
+                yield done_results(task) if task_done(task) else failed_results(task, message)
             return
         k = 0
         for task in chunk:
@@ -219,11 +191,4 @@ class SlurmExecutor:
             k += n
 
 
-def run_slurm(tasks: Sequence, *, folder: str | os.PathLike, data_dir=None, device: str = "cpu",
-              **options) -> Iterator[list]:
-    """Functional form, like ``run_local`` / ``run_ray``: ``SlurmExecutor(folder,
-    **options).run(tasks, data_dir=data_dir, device=device)``."""
-    return SlurmExecutor(folder, **options).run(tasks, data_dir=data_dir, device=device)
-
-
-__all__ = ["SLURM_HINT", "SlurmExecutor", "import_submitit", "run_chunk", "run_slurm"]
+__all__ = ["SLURM_HINT", "SlurmExecutor", "import_submitit", "run_chunk"]

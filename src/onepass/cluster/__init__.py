@@ -1,1 +1,0 @@
-"""Running sweeps on clusters: :mod:`onepass.cluster.slurm` (SLURM through submitit)."""

@@ -1,0 +1,34 @@
+"""Where a sweep's tasks run: one interface, three implementations.
+
+Every executor follows :class:`~onepass.sweep.executors.base.Executor`:
+``executor.run(tasks, data_dir=..., device=...)`` yields one list of
+:class:`RunResult` per task as each task completes, and
+``Executor.for_sweep(root, workers=..., address=..., slurm=...)`` builds the
+one ``onepass sweep --executor NAME`` uses.
+
+* ``local`` (:class:`~onepass.sweep.executors.local.LocalExecutor`): in this
+  process, or a pool of local worker processes;
+* ``ray`` (:class:`~onepass.sweep.executors.ray.RayExecutor`): one Ray task per
+  sweep task, run folders shipped back to the driver;
+* ``slurm`` (:class:`~onepass.sweep.executors.slurm.SlurmExecutor`): SLURM job
+  arrays through submitit.
+
+The tasks, their results and the work a task does (:func:`execute_task`)
+live in :mod:`.base`, which the implementations import (never this package's
+``__init__``); Ray and submitit are imported only when used.
+"""
+from __future__ import annotations
+
+from onepass.sweep.executors.base import (
+    Executor, PopulationTask, RunResult, SingleTask, execute_task,
+)
+from onepass.sweep.executors.local import LocalExecutor
+from onepass.sweep.executors.ray import RAY_HINT, RayExecutor, import_ray
+from onepass.sweep.executors.slurm import SLURM_HINT, SlurmExecutor, import_submitit
+
+EXECUTORS: dict[str, type] = {cls.name: cls for cls in (LocalExecutor, RayExecutor, SlurmExecutor)}
+"""``--executor`` name → class."""
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PopulationTask", "RAY_HINT", "RayExecutor",
+           "RunResult", "SLURM_HINT", "SingleTask", "SlurmExecutor", "execute_task", "import_ray",
+           "import_submitit"]
