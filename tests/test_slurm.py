@@ -57,8 +57,11 @@ def test_a_dead_job_reports_failed_runs(tmp_path):
     sweep = tiny_sweep(tmp_path / "runs")
     tasks = make_tasks(sweep.runs()[:1], population="off")
     executor = SlurmExecutor(tmp_path / "slurm", cluster="debug", poll_s=0.05)
-    # No data under this data_dir: the run fails inside the job, recorded, not raised.
-    results = [r for batch in executor.run(tasks, data_dir=tmp_path / "nodata") for r in batch]
+    # A corrupt energy file under this data_dir (it wins over the shipped copy): the run
+    # fails inside the job, recorded, not raised.
+    (tmp_path / "corrupt" / "uci").mkdir(parents=True)
+    (tmp_path / "corrupt" / "uci" / "energy.txt").write_text("1 2 x\n")
+    results = [r for batch in executor.run(tasks, data_dir=tmp_path / "corrupt") for r in batch]
     assert [r.status for r in results] == ["failed"]
 
 
