@@ -21,7 +21,7 @@ def test_missing_submitit_names_the_extra(monkeypatch, tmp_path):
     assert str(info.value) == "the slurm executor needs submitit: pip install 'onepass[slurm]'"
 
 
-def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
+def test_local_jobs_run_a_tiny_sweep_and_resume(uci_data_dir, tmp_path):
     pytest.importorskip("submitit")
     from onepass.sweep.executors import SlurmExecutor
 
@@ -30,7 +30,7 @@ def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
     executor = SlurmExecutor(tmp_path / "slurm", cluster="local", chunk_size=2, poll_s=0.2,
                              timeout_min=5)
     tasks = make_tasks(specs, population="off")
-    results = [r for batch in executor.run(tasks, data_dir=shared_data) for r in batch]
+    results = [r for batch in executor.run(tasks, data_dir=uci_data_dir) for r in batch]
     assert sorted((r.algorithm, r.init_index, r.status) for r in results) == \
         [("ours_lr", 0, "finished"), ("ours_lr", 1, "finished")]
     assert len(executor.jobs) == 1  # one job for the chunk of both runs
@@ -42,7 +42,7 @@ def test_local_jobs_run_a_tiny_sweep_and_resume(shared_data, tmp_path):
     (specs[1].run_dir / "summary.json").unlink()
     again = SlurmExecutor(tmp_path / "slurm", cluster="local", poll_s=0.2, timeout_min=5)
     tasks = make_tasks(specs, population="off")
-    results = [r for batch in again.run(tasks, data_dir=shared_data) for r in batch]
+    results = [r for batch in again.run(tasks, data_dir=uci_data_dir) for r in batch]
     assert sorted((r.init_index, r.status) for r in results) == [(0, "finished"), (1, "finished")]
     assert len(again.jobs) == 1
     assert json.loads((specs[1].run_dir / "summary.json").read_text())["status"] == "finished"
@@ -65,7 +65,7 @@ def test_a_dead_job_reports_failed_runs(tmp_path):
     assert [r.status for r in results] == ["failed"]
 
 
-def test_onepass_sweep_runs_through_the_slurm_executor(shared_data, tmp_path):
+def test_onepass_sweep_runs_through_the_slurm_executor(uci_data_dir, tmp_path):
     """``run_sweep(executor="slurm")`` submits through submitit (its local cluster here)
     and leaves the same run folders as a local sweep."""
     from onepass.experiment.logging import read_summary
@@ -73,7 +73,7 @@ def test_onepass_sweep_runs_through_the_slurm_executor(shared_data, tmp_path):
 
     outcome = run_sweep("uci_energy", ["random", "ours_lr"], 2, tmp_path / "sweep", steps=20,
                         executor="slurm", slurm=dict(cluster="local", poll_s=0.2),
-                        population="off", data_dir=shared_data, progress=False)
+                        population="off", data_dir=uci_data_dir, progress=False)
     assert outcome.counts == {"finished": 4}
     for algorithm in ("random", "ours_lr"):
         for i in range(2):
