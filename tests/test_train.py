@@ -52,7 +52,7 @@ def test_every_algorithm_runs_and_logs(algorithm, shared_data, tmp_path):
     assert [int(r["step"]) for r in rows] == [10, 20, 30]
     columns = list(rows[0])
     assert columns[:6] == ["step", "train_loss", "val_loss", "test_loss", "test_loss_unnormalised",
-                           "wall_time_s"]
+                           "train_seconds"]
     lr_columns = ["lr_mean", "lr_min", "lr_max"] if algorithm == "ours_hdlr_momentum" else ["lr"]
     assert columns[6:] == [*lr_columns, "momentum", "weight_decay"]
     assert float(rows[-1]["test_loss"]) == pytest.approx(final["test_loss"])

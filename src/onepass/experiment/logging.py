@@ -1,19 +1,18 @@
-"""The run folder: ``config.yaml``, ``metrics.csv``, TensorBoard events, ``summary.json``.
+"""The run folder: ``config.yaml``, ``metrics.csv``, TensorBoard events, checkpoints.
 
 Everything a finished (or diverged, failed, interrupted) run leaves behind, in
-a form scripts can read without TensorBoard. Files that other processes may
-read while the run goes on (``summary.json``, ``checkpoint.pt``) are written
+a form scripts can read without TensorBoard; the run record ``summary.json``
+is :mod:`onepass.experiment.record`'s. Files that other processes may read
+while the run goes on (``summary.json``, ``checkpoint.pt``) are written
 atomically: to a temporary file in the same folder, then ``os.replace``.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,56 +21,24 @@ import torch
 
 from onepass.experiment.config import dump_config
 from onepass.experiment.events import EventWriter
+from onepass.experiment.record import (  # noqa: F401  (read_summary, write_summary, SUMMARY:
+    SUMMARY, atomic_write_bytes, read_summary, write_summary,  # for modules not yet on records)
+)
 
-SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
-LOSS_COLUMNS = ("step", "train_loss", "val_loss", "test_loss", "test_loss_unnormalised", "wall_time_s")
-STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
-
-
-# ------------------------------------------------------------- atomic files
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+LOSS_COLUMNS = ("step", "train_loss", "val_loss", "test_loss", "test_loss_unnormalised",
+                "train_seconds")
+"""The first columns of ``metrics.csv``; ``train_seconds`` is the run record's clock
+(:data:`onepass.experiment.record.CLOCK`) at the row's step."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_write_bytes`."""
+    """``torch.save`` through :func:`~onepass.experiment.record.atomic_write_bytes`."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_summary(run_dir: str | os.PathLike, summary: Mapping) -> Path:
-    """Write ``summary.json`` atomically (NaN and infinities become null)."""
-    path = Path(run_dir) / SUMMARY
-    atomic_write_bytes(path, (json.dumps(_json_safe(summary), indent=2) + "\n").encode())
-    return path
-
-
-def read_summary(run_dir: str | os.PathLike) -> dict | None:
-    """The run's ``summary.json``, or ``None`` when there is none (or it is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def write_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
@@ -82,7 +49,7 @@ def write_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
 
 
 def versions() -> dict[str, str]:
-    """Software versions recorded in every summary."""
+    """Software versions recorded in every run record."""
     from onepass import __version__
     import numpy
     return {"python": platform.python_version(), "torch": torch.__version__,
@@ -246,7 +213,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
 
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "METRICS", "RunLogger", "STATUSES", "SUMMARY", "atomic_torch_save",
-    "atomic_write_bytes", "hyperparameter_columns", "hyperparameter_summary", "read_metrics",
-    "read_summary", "versions", "write_config", "write_summary",
+    "CHECKPOINT", "CONFIG", "LOSS_COLUMNS", "METRICS", "RunLogger", "atomic_torch_save",
+    "hyperparameter_columns", "hyperparameter_summary", "read_metrics", "versions",
+    "write_config",
 ]

@@ -52,6 +52,35 @@ EVAL_CHUNK = 1000
 
 # --------------------------------------------------------------- samplers
 
+class BatchSampler:
+    """Training batches: the whole set (``batch_size=None``) or shuffled
+    mini-batches, epoch by epoch, from a seeded generator (checkpointable)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int | None, seed: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: Tensor | None = None
+        self.position = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.batch_size is None or self.batch_size >= len(self.x):
+            return self.x, self.y
+        if self.order is None or self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.x), generator=self.generator)
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size].to(self.x.device)
+        self.position += self.batch_size
+        return self.x[index], self.y[index]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self.order = None if state["order"] is None else state["order"].cpu()
+        self.position = int(state["position"])
+
+
 class HiddenCarrier:
     """The (detached) LSTM hidden state a token stream carries from window to window."""
 
@@ -153,7 +182,6 @@ class TensorTask(Task):
     loss_fn: Callable = staticmethod(F.mse_loss)
 
     def _setup(self, data) -> None:
-        from onepass.experiment.run import BatchSampler  # (run imports this module)
         self.data = data
         if self.split:
             self.x_train, self.y_train = data.x_train, data.y_train
@@ -213,21 +241,42 @@ class TensorTask(Task):
 
 class UCITask(TensorTask):
     """UCI regression: full-batch MSE on standardised targets; the test MSE is
-    also reported in the original target units (``test_loss_unnormalised``)."""
+    also reported in the original target units (``test_loss_unnormalised``).
+
+    With ``population=P`` the model is a :class:`~onepass.models.PopulationMLP`:
+    the loss is :func:`~onepass.models.member_mse` (one value per member) and
+    every value of a log row is a list with one entry per member.
+    """
 
     metrics = ("test_loss_unnormalised",)
 
-    def __init__(self, config, data_dir, device):
+    def __init__(self, config, data_dir, device, population: int | None = None):
         super().__init__(config, data_dir, device)
         from onepass.data.uci import load_uci
         data = load_uci(config["dataset"]["name"], data_dir,
                         shuffle_seed=config["dataset"]["shuffle_seed"]).to(self.device)
         self._setup(data)
         self.n_inputs, self.n_outputs = data.n_inputs, 1
+        self.population = population
+
+    def tuner_loss(self) -> dict:
+        if self.population is None:
+            return super().tuner_loss()
+        from onepass.models import member_mse
+        return {"loss_fn": member_mse}
+
+    def evaluate(self, model, x, y):
+        if self.population is None:
+            return super().evaluate(model, x, y)
+        from onepass.models import member_mse
+        with torch.no_grad():
+            return member_mse(model(x), y).tolist()
 
     def test_metrics(self, model):
         test = self.evaluate(model, self.data.x_test, self.data.y_test)
-        return {"test_loss": test, "test_loss_unnormalised": self.data.unnormalise_mse(test)}
+        unnormalised = ([self.data.unnormalise_mse(t) for t in test] if self.population is not None
+                        else self.data.unnormalise_mse(test))
+        return {"test_loss": test, "test_loss_unnormalised": unnormalised}
 
 
 def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -401,15 +450,21 @@ TASKS: dict[str, type[Task]] = {
 """``dataset.kind`` → task class."""
 
 
-def make_task(config: Mapping, data_dir: str | os.PathLike | None, device) -> Task:
-    """The task of a resolved ``config``, its data loaded onto ``device``.
+def make_task(config: Mapping, data_dir: str | os.PathLike | None, device,
+              population: int | None = None) -> Task:
+    """The task of a resolved ``config``, its data loaded onto ``device``;
+    ``population=P``: for ``P`` members trained as one population (UCI only).
 
     Raises ``FileNotFoundError`` (naming the download command) for missing data.
     """
     kind = config["dataset"]["kind"]
     if kind not in TASKS:
         raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(TASKS)}")
-    return TASKS[kind](config, data_dir, device)
+    if population is None:
+        return TASKS[kind](config, data_dir, device)
+    if kind != "uci":
+        raise ValueError(f"populations train UCI MLPs only, not dataset kind {kind!r}")
+    return UCITask(config, data_dir, device, population=population)
 
 
 def check_data(config: Mapping, data_dir=None) -> None:
@@ -446,6 +501,6 @@ def check_data(config: Mapping, data_dir=None) -> None:
                                     "Fetch it with `onepass download cifar10` (or add --data-dir DIR).")
 
 
-__all__ = ["CIFAR10Task", "ClassificationTask", "FashionMNISTTask", "HiddenCarrier",
+__all__ = ["BatchSampler", "CIFAR10Task", "ClassificationTask", "FashionMNISTTask", "HiddenCarrier",
            "PennTreebankTask", "TASKS", "Task", "TensorTask", "UCITask", "WindowSampler",
            "check_data", "lm_batch_loss", "make_task"]

@@ -9,7 +9,7 @@ the paper's optimiser, and lets a study be replayed exactly.
 A study is a folder ``<root>/bayesopt/`` holding ``study.json`` (settings, the
 evaluations so far, the best one) and one ordinary run folder per evaluation,
 ``eval_000/``, ``eval_001/``, ... (``config.yaml``, ``metrics.csv``,
-``summary.json`` with ``algorithm: bayesopt``). Each evaluation is a full
+a run record whose ``search`` names the study and the point). Each evaluation is a full
 training run of the base algorithm (default ``random_training_set_only``:
 fixed hyperparameters, the validation split kept unseen) scored by its final
 validation loss on the whole validation set (lower is better); a diverged run
@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from onepass.experiment.logging import atomic_write_bytes, read_summary
+from onepass.experiment.record import atomic_write_bytes, find_record
 from onepass.search import require
 from onepass.search.trainable import BASES, SEARCH_SPACE, clip_hyperparameters, score
 
@@ -118,9 +118,11 @@ def run_bayesopt(
     history: list[tuple[dict, float]] = []
     for index in range(total):
         run_dir = study_dir / f"eval_{index:03d}"
-        summary = read_summary(run_dir)
-        reused = summary is not None and summary.get("status") in ("finished", "diverged")
+        record = find_record(run_dir)
+        reused = record is not None and record.status in ("finished", "diverged") \
+            and record.search is not None
         if reused:
+            summary = record.to_dict()
             point = summary["search"]["point"]
         else:
             point = randoms[index] if index < init_points else suggest(history, seed, index)
@@ -131,23 +133,20 @@ def run_bayesopt(
                 *[(("hyperparameters", k), v) for k, v in hyper.items()]])
             log(f"bayesopt: eval {index + 1}/{total}: lr {hyper['lr']:.3g}, "
                 f"weight decay {hyper['weight_decay']:.3g}, momentum {hyper['momentum']:.3g}")
+            search = {"method": "bayesopt", "study": str(study_dir), "index": index,
+                      "kind": "random" if index < init_points else "guided", "point": point}
             summary = run_training(config, run_dir, data_dir=data_dir, device=device,
-                                   progress=progress)
-            summary["search"] = {"method": "bayesopt", "study": str(study_dir), "index": index,
-                                 "kind": "random" if index < init_points else "guided",
-                                 "point": point, "score": score(summary)}
-            summary["init_index"] = index
-            from onepass.experiment.logging import write_summary
-            write_summary(run_dir, summary)
+                                   progress=progress,
+                                   record_fields={"search": search, "init_index": index})
         value = score(summary)
         history.append((point, value))
+        final = summary["final"]
         study["evaluations"].append({
             "index": index, "run_dir": run_dir.name, "point": point, "score": value,
-            "status": summary.get("status"), "reused": reused,
-            "val_loss": (summary.get("final") or {}).get("val_loss"),
-            "test_loss": (summary.get("final") or {}).get("test_loss"),
-            "test_loss_unnormalised": (summary.get("final") or {}).get("test_loss_unnormalised"),
-            "wall_time_s": summary.get("wall_time_s")})
+            "status": summary["status"], "reused": reused, "val_loss": final["val_loss"],
+            "test_loss": final["test_loss"],
+            "test_loss_unnormalised": final["test_loss_unnormalised"],
+            "wall_time_s": summary["wall_time_s"], "train_seconds": summary["train_seconds"]})
         if reused:
             log(f"bayesopt: eval {index + 1}/{total} found on disk (score {value:.4g})")
         _finish(study)

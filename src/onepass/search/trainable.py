@@ -18,22 +18,19 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
-from onepass.core import NonFiniteError, Tuner
-from onepass.data.uci import load_uci
 from onepass.experiment.config import LR_CLIP, load_config, resolve_config
 from onepass.experiment.logging import (
-    METRICS, RunLogger, atomic_write_bytes, hyperparameter_summary, read_metrics, versions,
-    write_config, write_summary,
+    METRICS, RunLogger, hyperparameter_summary, read_metrics, write_config,
 )
-from onepass.experiment.run import BatchSampler, _final_summary, _now, resolve_device
-from onepass.models import build_model
+from onepass.experiment.loop import Member, TrainClock, TrainingLoop, start_record, tuner_from_config
+from onepass.experiment.record import atomic_write_bytes, write_record
+from onepass.experiment.run import resolve_device
+from onepass.experiment.tasks import make_task
 
 BASES = ("random_training_set_only", "ours_lr_momentum")
 """Algorithms a search may run inside each trial (the paper ran both)."""
@@ -92,12 +89,16 @@ def score(summary_or_loss) -> float:
 class TrainingSession:
     """One trial's training run, advanced by a scheduler.
 
+    Built like a single run (:func:`~onepass.experiment.loop.tuner_from_config`)
+    and trained by the same :class:`~onepass.experiment.loop.TrainingLoop`; a
+    log row is written where each :meth:`advance` stops.
+
     Args:
         config: a resolved config (see :func:`trial_config`); ``training.steps``
             is the most updates the trial may take.
         run_dir: its run folder.
         data_dir: dataset root.
-        extra_summary: keys added to every ``summary.json`` (e.g. ``search``).
+        extra_summary: fields of the run record (e.g. ``search``, ``session``).
     """
 
     def __init__(self, config: Mapping, run_dir: str | os.PathLike, *, data_dir=None,
@@ -105,45 +106,48 @@ class TrainingSession:
         self.config = config = resolve_config(config)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
-        algo = config["algorithm"]
-        self.data = data = load_uci(config["dataset"]["name"], data_dir,
-                                    shuffle_seed=config["dataset"]["shuffle_seed"]).to(self.device)
         if config["dataset"]["kind"] != "uci":
             raise ValueError("the search baselines run on the UCI datasets only (for now)")
-        if algo["validation"] != "split":
+        if config["algorithm"]["validation"] != "split":
             raise ValueError("a search needs the validation split: use a base algorithm with "
                              "algorithm.validation: split")
+        self.task = make_task(config, data_dir, self.device)
         torch.manual_seed(config["seed"])
-        self.model = build_model(_model_spec(config["model"]), data.n_inputs, 1).to(self.device)
-        method = algo["method"]
-        self.tuner = Tuner(
-            self.model, F.mse_loss, rule=algo["rule"], hyperparameters=dict(config["hyperparameters"]),
-            tune=tuple(algo["tune"]), granularity=dict(algo["granularity"]) or None,
-            method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
-            unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
-            hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
-            reset_each_window=algo["reset_each_window"])
-        self.sampler = BatchSampler(data.x_train, data.y_train, config["training"]["batch_size"],
-                                    config["seed"])
-        self.val_batch = (data.x_val, data.y_val)
+        self.model = self.task.build_model().to(self.device)
+        self.tuner = tuner_from_config(config, self.model, self.task.tuner_loss())
         self.max_steps = config["training"]["steps"]
-        self.wall_before = 0.0
-        self.last_row: dict | None = None
-        self.status = "running"
-        self.error = self.diverged = None
         self.events: list[dict] = []
+        self.summary: dict[str, Any] = dict(extra_summary or {})
+        """Record fields this session adds (``search``, ``session``, ...)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_config(self.run_dir, config)
-        self.logger = RunLogger(self.run_dir, self.tuner.hyperparameters, tensorboard=False)
-        self.summary: dict[str, Any] = {
-            "status": "running", "algorithm": algo["name"], "dataset": config["dataset"]["name"],
-            "seed": config["seed"], "steps": 0, "steps_planned": self.max_steps,
-            "started_at": _now(), "run_dir": str(self.run_dir), "device": str(self.device),
-            "resumed_from": None, "versions": versions(), **dict(extra_summary or {}),
-        }
-        write_summary(self.run_dir, self.summary)
+        logger = RunLogger(self.run_dir, self.tuner.hyperparameters, tensorboard=False)
+        self._start = start_record(config, self.run_dir, self.device)
+        self._open_loop(logger, TrainClock(self.device, paused=True), None)
+        self.write_summary()
+
+    def _open_loop(self, logger, clock, last_row) -> None:
+        multiplier = self.config["algorithm"]["lr_multiplier"]
+        member = Member(self.run_dir, logger, self._start, last_row=last_row)
+        self.loop = TrainingLoop(self.config, self.task, self.model, self.tuner, [member], clock,
+                                 multipliers=None if multiplier is None else [multiplier])
 
     # ------------------------------------------------------------ training
+
+    @property
+    def logger(self) -> RunLogger:
+        return self.loop.members[0].logger
+
+    @property
+    def last_row(self) -> dict | None:
+        return self.loop.members[0].last_row
+
+    @property
+    def status(self) -> str:
+        outcome = self.loop.members[0].outcome
+        if outcome is not None:
+            return outcome["status"]
+        return "finished" if self.steps >= self.max_steps else "running"
 
     @property
     def steps(self) -> int:
@@ -151,54 +155,32 @@ class TrainingSession:
 
     @property
     def done(self) -> bool:
-        return self.status != "running" or self.steps >= self.max_steps
+        return self.status != "running"
 
     def advance(self, updates: int) -> dict:
         """Take up to ``updates`` weight updates (never past ``training.steps``),
         log a row and return it: ``step``, losses (``val_loss`` on the whole
-        validation set), ``wall_time_s``, ``score`` and ``done``. After a
-        divergence the row repeats the last finite losses with the bad score."""
+        validation set), ``train_seconds``, ``wall_time_s``, ``score`` and
+        ``done``. After a divergence the row repeats the last finite losses
+        with the bad score."""
         if self.status == "running":
-            start = time.perf_counter()
+            stop = min(self.steps + updates, self.max_steps)
+            self.loop.clock.resume()
             try:
-                for _ in range(min(updates, self.max_steps - self.steps)):
-                    self.tuner.step(self.sampler.next(), val_batch=self.val_batch)
-            except NonFiniteError as err:
-                self.status, self.error = "diverged", str(err)
-                self.diverged = {"step": err.step, "quantity": err.quantity}
-            self.wall_before += time.perf_counter() - start
-            if self.status == "running":
-                row = {"step": self.steps, **self._losses(), "wall_time_s": self.wall_before}
-                row = self.logger.log(row, self.tuner.hyperparameters)
-                if all(v is None or not isinstance(v, float) or math.isfinite(v) for v in row.values()):
-                    self.last_row = row
-                else:
-                    self.status, self.error = "diverged", f"non-finite loss at update {self.steps}"
-                    self.diverged = {"step": self.steps, "quantity": "evaluation loss"}
-            if self.status == "running" and self.steps >= self.max_steps:
-                self.status = "finished"
+                self.loop.run(stop)
+            finally:
+                self.loop.clock.pause()
+            member = self.loop.members[0]
+            if member.outcome is None and (member.last_row or {}).get("step") != stop:
+                self.loop.diverge(0, stop, "evaluation loss",
+                                   f"non-finite loss at update {stop}", steps=stop)
             self.write_summary()
         row = dict(self.last_row or {"step": self.steps})
+        row["wall_time_s"] = self.loop.clock.wall()
         row["score"] = score(row.get("val_loss")) if self.status in ("running", "finished") \
             else score(None)
         row["done"] = self.done
         return row
-
-    def _losses(self) -> dict:
-        model, data = self.model, self.data
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            try:
-                def mse(x, y):
-                    return F.mse_loss(model(x), y).item()
-                train = mse(data.x_train, data.y_train)
-                val = mse(data.x_val, data.y_val)
-                test = mse(data.x_test, data.y_test)
-            finally:
-                model.train(was_training)
-        return {"train_loss": train, "val_loss": val, "test_loss": test,
-                "test_loss_unnormalised": data.unnormalise_mse(test)}
 
     def set_hyperparameters(self, **values: float) -> None:
         tuned = bool(self.tuner.tuned)
@@ -208,74 +190,72 @@ class TrainingSession:
 
     def state(self) -> dict:
         """Model, tuner (optimiser state, hyperparameters), batch order, the
-        metrics so far and the wall time: what a PBT exploit copies."""
+        metrics so far and the clocks: what a PBT exploit copies."""
+        member = self.loop.members[0]
         return {
             # Cloned: Tuner.state_dict() shares the hyper-optimiser's tensors, and SGD
             # updates the weights in place, so an uncloned state would drift with this run.
             "config": self.config, "steps": self.steps, "model": _cpu(self.model.state_dict()),
-            "tuner": _cpu(self.tuner.state_dict()), "sampler": _cpu(self.sampler.state_dict()),
+            "tuner": _cpu(self.tuner.state_dict()), "sampler": _cpu(self.task.sampler.state_dict()),
             "hyperparameters": hyperparameter_summary(self.tuner.hyperparameters),
-            "wall_time_s": self.wall_before, "last_row": self.last_row, "status": self.status,
-            "error": self.error, "diverged": self.diverged,
+            "wall_time_s": self.loop.clock.wall(), "train_seconds": self.loop.clock.train_seconds,
+            "last_row": self.last_row, "outcome": member.outcome,
             "metrics": self._metrics_so_far(),
             "run_dir": str(self.run_dir), "events": list(self.events),
         }
 
-
     def _metrics_so_far(self) -> list:
         self.logger.flush()
         return read_metrics(self.run_dir) if (self.run_dir / METRICS).is_file() else []
+
     def load_state(self, state: Mapping, *, note: Mapping | None = None) -> None:
         """Continue from ``state`` (this trial's or another's): weights,
-        optimiser state, hyperparameters, batch order, wall time, and the
+        optimiser state, hyperparameters, batch order, clocks, and the
         metrics history up to that point (``metrics.csv`` is rewritten)."""
         self.model.load_state_dict(state["model"])
         self.tuner.load_state_dict(_to(state["tuner"], self.device))
-        self.sampler.load_state_dict(state["sampler"])
-        self.wall_before = float(state["wall_time_s"])
-        self.last_row = state["last_row"]
-        self.status = state.get("status", "running")
-        self.error, self.diverged = state.get("error"), state.get("diverged")
+        self.task.sampler.load_state_dict(state["sampler"])
         self.events = list(state.get("events", []))
         if note is not None:
             self.events.append(dict(note))
         self.logger.close()
         _write_metrics(self.run_dir / METRICS, self.logger.columns, state.get("metrics", []))
-        self.logger = RunLogger(self.run_dir, self.tuner.hyperparameters, tensorboard=False,
-                                resume_step=int(state["steps"]))
+        logger = RunLogger(self.run_dir, self.tuner.hyperparameters, tensorboard=False,
+                           resume_step=int(state["steps"]))
+        clock = TrainClock(self.device, train_before=float(state["train_seconds"]),
+                           wall_before=float(state["wall_time_s"]), paused=True)
+        self._open_loop(logger, clock, state["last_row"])
+        self.loop.members[0].outcome = state.get("outcome")
+        if state.get("outcome") is not None:
+            self.loop.frozen[0] = True
         self.write_summary()
 
-    # -------------------------------------------------------------- summary
+    # -------------------------------------------------------------- record
 
     def write_summary(self, **extra) -> dict:
-        status = self.status
-        self.summary.update(_final_summary(status, self.tuner, self.last_row, self.wall_before,
-                                           self.error, self.diverged))
+        """Write the run record (status, final values, this session's fields and
+        ``extra``); returns it as written."""
+        self.summary.update(extra)
         if self.events:
             self.summary["events"] = self.events
-        self.summary.update(extra)
-        write_summary(self.run_dir, self.summary)
-        return self.summary
+        status = self.status
+        (record,) = self.loop.finish(status, None)
+        if status == "running":
+            record = record.replace(finished_at=None)
+        return write_record(self.run_dir, record.replace(**self.summary))
 
     def close(self, status: str | None = None) -> dict:
         """Finish the run folder. A trial stopped early by its scheduler is
         recorded as ``finished`` at the step it reached (``stopped_early``)."""
-        if self.status == "running":
-            self.status = status or "finished"
-            extra = {"stopped_early": self.steps < self.max_steps}
-        else:
-            extra = {"stopped_early": False}
+        stopped = self.status == "running"
+        if stopped and status not in (None, "finished"):
+            self.loop.members[0].outcome = {**self.loop.final_fields(
+                self.loop.members[0], status, None, steps=self.steps,
+                hyperparameters=self.tuner.hyperparameters)}
+        elif stopped:
+            self.max_steps = self.steps  # the scheduler's stop is this trial's end
         self.logger.close()
-        return self.write_summary(**extra)
-
-
-def _model_spec(model: Mapping) -> dict:
-    """``config["model"]`` less the keys of other model kinds (the schema lists them all)."""
-    from onepass.experiment import config as config_module
-    keys = getattr(config_module, "MODEL_KEYS", {}).get(model["kind"])
-    if keys is None:
-        return dict(model)
-    return {"kind": model["kind"], **{k: v for k, v in model.items() if k in keys}}
+        return self.write_summary(stopped_early=stopped and status in (None, "finished"))
 
 
 def _write_metrics(path: Path, columns, rows) -> None:

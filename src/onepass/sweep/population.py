@@ -5,20 +5,17 @@
 hyperparameters and ``algorithm.lr_multiplier``): one
 :class:`~onepass.models.PopulationMLP` stacked from the per-member MLPs, built
 exactly as ``run_training`` builds its model (``torch.manual_seed(seed)`` then
-``build_model``), one ``Tuner(population=P)``, and the same loop in the same
-order of operations::
-
-    for step in 1..steps:
-        tuner.step((x_train, y_train), val_batch)   # members whose loss / hypergradient
-                                                    # is not finite are frozen: "diverged"
-        [stepped lr: lr_m *= multiplier_m at window ends, clipped; live members only]
-        [log step: per-member losses; train loss of the batch, final row on the whole set]
+``task.build_model``), one Tuner from :func:`~onepass.experiment.loop.tuner_from_config`
+with ``population=P``, and the same :class:`~onepass.experiment.loop.TrainingLoop`
+(members whose loss or hypergradient is not finite are frozen and recorded
+``diverged``; the stepped learning rate skips them).
 
 Each member gets a run folder in ``run_training``'s format (``config.yaml``
 with its own resolved config, ``metrics.csv`` with the same columns,
-TensorBoard events, ``summary.json`` with the same keys) so the report cannot
-tell the two apart, except that ``summary["population"]`` says which chunk the
-member was trained in, ``wall_time_s`` is the chunk's wall time, and no
+TensorBoard events, a :class:`~onepass.experiment.record.RunRecord`) so the
+report cannot tell the two apart, except that ``population`` says which chunk
+the member was trained in, ``wall_time_s`` is the chunk's wall time,
+``train_seconds`` the chunk's step time divided by ``P``, and no
 ``checkpoint.pt`` is written (a killed chunk is rerun as a whole).
 
 Applies to full-batch UCI runs of MLPs without BatchNorm, without gradient
@@ -28,73 +25,45 @@ runs draw a different batch order per member seed, so they stay single runs
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from onepass.core import NonFiniteError, Tuner
-from onepass.data.uci import load_uci
-from onepass.experiment import run as _run
-from onepass.experiment.config import LR_CLIP, resolve_config
-from onepass.experiment.logging import RunLogger, atomic_torch_save, versions, write_config, write_summary
-from onepass.models import PopulationMLP, build_model, member_mse
+from onepass.experiment.config import resolve_config
+from onepass.experiment.logging import RunLogger, atomic_torch_save, versions, write_config
+from onepass.experiment.loop import (
+    Member, TrainClock, TrainingLoop, per_member, sigterm_raises_keyboard_interrupt, start_record,
+    tuner_from_config,
+)
+from onepass.experiment.record import write_record
+from onepass.experiment.run import resolve_device
+from onepass.experiment.tasks import make_task
+from onepass.models import PopulationMLP
 
-# Config keys that may differ between the members of one population.
-MEMBER_KEYS = {("seed",), ("hyperparameters", "lr"), ("hyperparameters", "momentum"),
-               ("hyperparameters", "weight_decay"), ("algorithm", "lr_multiplier")}
+MEMBER_SECTIONS = ("hyperparameters",)
+MEMBER_KEYS = {("seed",), ("algorithm", "lr_multiplier")}
+"""Config keys (and whole sections) that may differ between the members of one population."""
 
 
 def population_applies(config: Mapping) -> bool:
     """Whether runs of ``config`` can be trained as population members."""
     return (config["dataset"]["kind"] == "uci" and config["model"]["kind"] == "mlp"
             and not config["model"]["batch_norm"] and config["training"]["batch_size"] is None
-            and config["training"].get("max_grad_norm") is None
-            and not config["algorithm"].get("reset_each_window", False))
-
-
-def _mlp_spec(model: Mapping) -> dict:
-    """The model spec ``build_model`` takes for an MLP (the keys that apply to it)."""
-    return {"kind": "mlp", "hidden": list(model["hidden"]), "batch_norm": model["batch_norm"]}
+            and config["training"]["max_grad_norm"] is None
+            and not config["algorithm"]["reset_each_window"])
 
 
 def _shared_part(config: Mapping) -> dict:
     out = {}
     for head, section in config.items():
-        if isinstance(section, Mapping):
+        if head in MEMBER_SECTIONS:
+            out[head] = sorted(section)  # the names must agree, the values may not
+        elif isinstance(section, Mapping):
             out[head] = {k: v for k, v in section.items() if (head, k) not in MEMBER_KEYS}
         elif (head,) not in MEMBER_KEYS:
             out[head] = section
-    return out
-
-
-class _MemberTuner:
-    """What :func:`onepass.experiment.run._final_summary` reads of a tuner, for one member."""
-
-    def __init__(self, hyperparameters: dict, steps_taken: int):
-        self.hyperparameters = hyperparameters
-        self.steps_taken = steps_taken
-
-
-def _per_member(tuner: Tuner, values: Mapping[str, Any], P: int) -> list[dict]:
-    """Per member, the tuner's hyperparameter ``values`` as its run records them
-    (a float, a list per group or tensor, and per-weight values as one flat
-    tensor: logs and summaries keep statistics and histograms, which do not
-    depend on the layout), sliced from one batched copy."""
-    out: list[dict] = [{} for _ in range(P)]
-    for name, value in values.items():
-        kind = tuner.granularity[name]
-        if kind == "scalar":
-            per_member = [float(v) for v in value]
-        elif kind == "weight":
-            per_member = list(torch.cat([t.detach().reshape(P, -1) for t in value], 1).double().cpu())
-        else:
-            per_member = [[float(v[m]) for v in value] for m in range(P)]
-        for m in range(P):
-            out[m][name] = per_member[m]
     return out
 
 
@@ -108,14 +77,14 @@ def train_population(
     save_states_to: Sequence[str | os.PathLike | None] | None = None,
     progress: bool = False,
 ) -> list[dict]:
-    """Train ``len(configs)`` runs as one population; return their summaries.
+    """Train ``len(configs)`` runs as one population; return their records (as written).
 
     Args:
         configs: configs that differ only in ``seed``, ``hyperparameters`` and
             ``algorithm.lr_multiplier``, each accepted by :func:`population_applies`.
         run_dirs: one run folder per config.
-        extra_summary: per member, keys added to its ``summary.json`` (e.g.
-            ``{"init_index": 3}``), written with every summary.
+        extra_summary: per member, fields of its :class:`~onepass.experiment.record.RunRecord`
+            (e.g. ``{"init_index": 3}``), written with every record.
         save_states_to: per member, a file (or ``None``) to save a finished
             member's final state to: ``{"config", "steps", "model"}`` with
             ``model`` the member's ``MLP.state_dict()`` (cf. ``save_state_to``
@@ -140,112 +109,43 @@ def train_population(
             raise ValueError("population members may differ only in seed, hyperparameters and "
                              "algorithm.lr_multiplier")
     extra = [dict(e) for e in (extra_summary or [{}] * P)]
-    device = _run.resolve_device(device)
-    algo, training, log_cfg = base["algorithm"], base["training"], base["logging"]
+    device = resolve_device(device)
 
-    # ---- data: as run_training (train on train+val without a validation split)
-    data = load_uci(base["dataset"]["name"], data_dir,
-                    shuffle_seed=base["dataset"]["shuffle_seed"]).to(device)
-    split = algo["validation"] == "split"
-    x_train, y_train = (data.x_train, data.y_train) if split else (data.x_trainval, data.y_trainval)
+    # ---- data (before any run folder): as run_training
+    task = make_task(base, data_dir, device, population=P)
 
     # ---- model: member m is built exactly as run_training builds run m's model
     models = []
     for config in configs:
         torch.manual_seed(config["seed"])
-        models.append(build_model(_mlp_spec(config["model"]), data.n_inputs, 1).to(device))
+        models.append(task.build_model().to(device))
     population = PopulationMLP.from_models(models)
     del models
-    method = algo["method"]
-    tuner = Tuner(
-        population, member_mse, rule=algo["rule"],
-        hyperparameters={k: [c["hyperparameters"][k] for c in configs]
-                         for k in base["hyperparameters"]},
-        tune=tuple(algo["tune"]), granularity=dict(algo["granularity"]) or None,
-        method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
-        unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
-        hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
-        compile=base["training"]["compile"], population=P,
-    )
-    multipliers = [c["algorithm"]["lr_multiplier"] for c in configs]
-    train_batch, val_batch = (x_train, y_train), (data.x_val, data.y_val)
+    tuner = tuner_from_config(base, population, task.tuner_loss(), members=configs)
 
-    hyper0 = _per_member(tuner, tuner.hyperparameters, P)
-    summaries, loggers = [], []
-    for m, (config, run_dir) in enumerate(zip(configs, run_dirs)):
+    clock = TrainClock(device, share=P)
+    members = []
+    for m, (config, run_dir, hyper) in enumerate(zip(configs, run_dirs, per_member(tuner, tuner.hyperparameters, P))):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, config)
-        loggers.append(RunLogger(run_dir, hyper0[m],
-                                 tensorboard=log_cfg["tensorboard"]))
-        summary = {
-            "status": "running", "algorithm": algo["name"], "dataset": base["dataset"]["name"],
-            "seed": config["seed"], "steps": 0, "steps_planned": training["steps"],
-            "started_at": _run._now(), "run_dir": str(run_dir), "device": str(device),
-            "resumed_from": None, "versions": versions(), **extra[m],
-            "population": {"size": P, "member": m},
-        }
-        write_summary(run_dir, summary)
-        summaries.append(summary)
+        logger = RunLogger(run_dir, hyper, tensorboard=base["logging"]["tensorboard"])
+        record = start_record(config, run_dir, device, population={"size": P, "member": m},
+                              **extra[m])
+        write_record(run_dir, record)
+        members.append(Member(run_dir, logger, record))
 
-    steps = training["steps"]
-    window = tuner.update_interval
-    log_every = log_cfg["interval"]
-    last_rows: list[dict | None] = [None] * P
-    final: list[dict | None] = [None] * P   # members already final (diverged)
-    start = time.perf_counter()
-
-    def wall() -> float:
-        return time.perf_counter() - start
-
-    def member_losses(x, y) -> list[float]:
-        with torch.no_grad():
-            was_training = population.training
-            population.eval()
-            try:
-                return member_mse(population(x), y).tolist()
-            finally:
-                population.train(was_training)
-
-    target_scale = data.unnormalise_mse(1.0)  # MSE in original units per standardised unit
+    steps = base["training"]["steps"]
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="upd", leave=False,
-               desc=f"{algo['name']} {base['dataset']['name']} ×{P}")
+               desc=f"{base['algorithm']['name']} {base['dataset']['name']} ×{P}")
+    multipliers = [c["algorithm"]["lr_multiplier"] for c in configs]
+    loop = TrainingLoop(base, task, population, tuner, members, clock,
+                        multipliers=None if multipliers[0] is None else multipliers,
+                        log_every=base["logging"]["interval"], bar=bar)
     status, error = "finished", None
     try:
-        with _run._sigterm_raises_keyboard_interrupt():
-            known = torch.zeros(P, dtype=torch.bool)
-            for step in range(1, steps + 1):
-                result = tuner.step(train_batch, val_batch=val_batch)
-                diverged = tuner.diverged.cpu()
-                if bool((diverged & ~known).any()):
-                    _record_divergence(tuner, result, diverged & ~known, step, final, last_rows,
-                                       wall())
-                    known = diverged.clone()
-                    if bool(known.all()):
-                        break
-                if algo["lr_multiplier"] is not None and step % window == 0:
-                    lrs = tuner.hyperparameters["lr"]
-                    tuner.set_hyperparameters(lr=[
-                        lr if known[m] else min(max(lr * multipliers[m], LR_CLIP[0]), LR_CLIP[1])
-                        for m, lr in enumerate(lrs)])
-                if step % log_every == 0 or step == steps:
-                    # Final losses are evaluated once more after the last update.
-                    train = member_losses(*train_batch) if step == steps else result.loss.tolist()
-                    val = member_losses(*val_batch) if split else [None] * P
-                    test = member_losses(data.x_test, data.y_test)
-                    hyper = _per_member(tuner, tuner.hyperparameters, P)
-                    now = wall()
-                    for m in range(P):
-                        if known[m]:
-                            continue
-                        row = {"step": step, "train_loss": train[m], "val_loss": val[m],
-                               "test_loss": test[m],
-                               "test_loss_unnormalised": test[m] * target_scale,
-                               "wall_time_s": now}
-                        row = loggers[m].log(row, hyper[m])
-                        if all(row.get(k) is None or math.isfinite(row[k]) for k in row):
-                            last_rows[m] = row
-                bar.update(1)
+        with sigterm_raises_keyboard_interrupt():
+            loop.run(steps)
     except KeyboardInterrupt:
         status, error = "interrupted", "KeyboardInterrupt"
         raise
@@ -254,43 +154,18 @@ def train_population(
         raise
     finally:
         bar.close()
-        hyper = _per_member(tuner, tuner.hyperparameters, P)
-        for m in range(P):
-            loggers[m].close()
-            if final[m] is not None:
-                summaries[m].update(final[m])
-            else:
-                member = _MemberTuner(hyper[m], tuner.steps_taken)
-                summaries[m].update(_run._final_summary(status, member, last_rows[m], wall(),
-                                                        error, None))
-            summaries[m].update(extra[m])
+        loop.close()
+        records = loop.finish(status, error)
+        written = []
+        for m, record in enumerate(records):
             target = save_states_to[m] if save_states_to else None
-            if status == "finished" and final[m] is None and target is not None:
+            if record.status == "finished" and target is not None:
                 atomic_torch_save({"config": configs[m], "steps": tuner.steps_taken,
                                    "model": population.member(m).state_dict(),
                                    "versions": versions()}, target)
-                summaries[m]["state_saved_to"] = str(target)
-            write_summary(run_dirs[m], summaries[m])
-    return summaries
-
-
-def _record_divergence(tuner, result, newly, step, final, last_rows, wall_time) -> None:
-    """Final summaries of members that diverged at ``step``: what a single run
-    records when its tuner raises :class:`NonFiniteError` at that update."""
-    hyper = _per_member(tuner, tuner.hyperparameters, tuner.population)
-    loss = result.loss.detach().cpu()
-    val = None if result.val_loss is None else result.val_loss.detach().cpu()
-    for m in torch.nonzero(newly).flatten().tolist():
-        if not math.isfinite(loss[m]):
-            quantity = "training loss"
-        elif val is not None and not math.isfinite(val[m]):
-            quantity = "validation loss"
-        else:
-            quantity = "hypergradient"
-        member = _MemberTuner(hyper[m], step - 1)
-        final[m] = _run._final_summary("diverged", member, last_rows[m], wall_time,
-                                       str(NonFiniteError(quantity, step)),
-                                       {"step": step, "quantity": quantity})
+                record = record.replace(state_saved_to=str(target))
+            written.append(write_record(run_dirs[m], record))
+    return written
 
 
 __all__ = ["MEMBER_KEYS", "population_applies", "train_population"]
