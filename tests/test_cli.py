@@ -133,3 +133,42 @@ def test_demo_is_delegated(monkeypatch):
     monkeypatch.setattr(onepass, "demo", fake, raising=False)
     assert main(["demo", "--steps", "5"]) == 0
     assert seen == [["--steps", "5"]]
+
+
+def test_corrupt_data_is_one_line_and_leaves_no_run_folder(shared_data, tmp_path, capsys):
+    import gzip
+    shipped = shared_data / "uci" / "energy.txt"
+    lines = (shipped.read_text() if shipped.is_file() else
+             gzip.decompress((shared_data / "uci" / "energy.txt.gz").read_bytes()).decode()
+             ).splitlines()
+    lines[5] = "0.98 514.5 not-a-number 110.25 7 2 0 0 15.55 21.33"
+    (tmp_path / "data" / "uci").mkdir(parents=True)
+    (tmp_path / "data" / "uci" / "energy.txt").write_text("\n".join(lines) + "\n")
+    assert main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(tmp_path / "data"),
+                 "-l", str(tmp_path / "runs"), "-n", "x", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onepass: error: ") and "energy" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_rule_trains_from_a_config(shared_data, tmp_path):
+    for rule in ("adam", "adamw", "sgd_nesterov"):
+        assert main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(shared_data),
+                     "-l", str(tmp_path), "-n", rule, "--no-progress", "--set",
+                     f"algorithm.rule={rule}", "--set", "hyperparameters.beta1=0.8"
+                     if rule.startswith("adam") else "hyperparameters.momentum=0.5",
+                     "--set", "training.steps=20", "--set", "logging.tensorboard=false"]) == 0
+        summary = json.loads((tmp_path / rule / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert set(summary["hyperparameters"]) >= ({"beta1", "beta2", "eps"}
+                                                   if rule.startswith("adam") else {"momentum"})
+
+
+def test_a_hyperparameter_the_rule_lacks_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "adam.yaml"
+    bad.write_text("algorithm:\n  rule: sgd\nhyperparameters:\n  beta1: 0.9\n")
+    assert main(["train", "-c", "uci_energy", "ours_lr", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "beta1" in err[0] and "'sgd'" in err[0]
+    assert main(["train", "-c", "uci_energy", "ours_lr", "--set", "hyperparameters.betta2=0.9"]) == 2
+    assert "did you mean 'beta2'" in capsys.readouterr().err

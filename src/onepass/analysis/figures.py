@@ -8,8 +8,13 @@ Four figures per dataset (matplotlib, Agg canvas, no pyplot state):
   median over its runs with an interquartile band; for random search also
   the *min over runs* at each step (dashed): an oracle envelope, the best test
   loss any of the runs has at that step;
-- ``loss_vs_time``: the same against wall-clock time: at each log step the
-  median over runs of ``wall_time_s`` on the x axis;
+- ``loss_vs_time``: the same against training time: at each log step the
+  median over runs of ``metrics.csv``'s ``train_seconds`` on the x axis, the
+  run record's clock (:data:`TIME_CAPTION`): time in training steps only, so
+  compilation, data loading, evaluation and a population chunk's sharing do
+  not shift one algorithm's curve against another's. Runs written before
+  records were versioned have only ``wall_time_s`` (everything included); the
+  figure then says so;
 - ``hyperparameters``: learning rate, weight decay and momentum against weight
   updates (median and interquartile band over runs; ``<name>_mean`` columns for
   per-weight values; log scale for learning rate and weight decay).
@@ -44,6 +49,16 @@ _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#1b9e77", "#d95f02", "#7570b3")
 DPI = 110
 
+TIME_COLUMN, LEGACY_TIME_COLUMN = "train_seconds", "wall_time_s"
+TIME_CAPTION = ("Training time: seconds spent in training steps only (weight and hyperparameter "
+                "updates), without compilation and first-step warm-up, data loading, evaluation "
+                "or logging; a population member is charged its chunk's step time divided by "
+                "the number of members. x: the median over runs at each log step.")
+LEGACY_TIME_CAPTION = ("Wall-clock time as runs written before versioned run records measured it: "
+                       "compilation, evaluation and logging included, and a population member's "
+                       "time is its whole chunk's, so curves of different algorithms are not "
+                       "comparable. x: the median over runs at each log step.")
+
 
 @dataclass
 class RenderedFigure:
@@ -53,6 +68,7 @@ class RenderedFigure:
     key: str
     title: str
     png: bytes
+    caption: str = ""
 
     @property
     def filename(self) -> str:
@@ -64,17 +80,28 @@ def render_figures(table: DatasetTable) -> list[RenderedFigure]:
     """The figures of one dataset's table; a figure without data is left out."""
     label = METRIC_LABELS.get(table.metric, table.metric)
     upper = label[:1].upper() + label[1:]
-    makers = (("cdf", f"Empirical CDF of the final {label}", cdf_figure),
-              ("loss_vs_steps", f"{upper} against weight updates", steps_figure),
-              ("loss_vs_time", f"{upper} against wall-clock time", time_figure),
-              ("hyperparameters", "Hyperparameters during training", hyperparameter_figure))
+    legacy = time_column(table) == LEGACY_TIME_COLUMN
+    makers = (("cdf", f"Empirical CDF of the final {label}", cdf_figure, ""),
+              ("loss_vs_steps", f"{upper} against weight updates", steps_figure, ""),
+              ("loss_vs_time", f"{upper} against " + ("wall-clock time (legacy runs)" if legacy
+                                                      else "training time"), time_figure,
+               LEGACY_TIME_CAPTION if legacy else TIME_CAPTION),
+              ("hyperparameters", "Hyperparameters during training", hyperparameter_figure, ""))
     out = []
-    for key, title, make in makers:
+    for key, title, make, caption in makers:
         figure = make(table)
         if figure is not None:
             figure.suptitle(f"{table.dataset}: {title}")
-            out.append(RenderedFigure(table.dataset, key, title, png_bytes(figure)))
+            out.append(RenderedFigure(table.dataset, key, title, png_bytes(figure), caption))
     return out
+
+
+def time_column(table: DatasetTable) -> str:
+    """The clock the time figure plots: ``train_seconds`` when every run logs it,
+    else the legacy ``wall_time_s``."""
+    runs = [run for row in table.rows if not row.derived for run in row.runs]
+    return TIME_COLUMN if runs and all(TIME_COLUMN in run.metrics for run in runs) \
+        else LEGACY_TIME_COLUMN
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -113,7 +140,8 @@ def steps_figure(table: DatasetTable) -> Figure | None:
 
 
 def time_figure(table: DatasetTable) -> Figure | None:
-    """Median and interquartile band of the metric against median wall-clock time."""
+    """Median and interquartile band of the metric against the median of
+    :func:`time_column` (training time; wall-clock time for legacy runs)."""
     return _loss_curves(table, time_axis=True)
 
 
@@ -199,7 +227,7 @@ def _loss_curves(table: DatasetTable, time_axis: bool) -> Figure | None:
         if values.size == 0:
             continue
         if time_axis:
-            x = _median_wall_time(row.runs, steps)
+            x = _median_time(row.runs, steps, time_column(table))
             keep = np.isfinite(x)
             x, values = x[keep], values[:, keep]
             if x.size == 0:
@@ -219,19 +247,26 @@ def _loss_curves(table: DatasetTable, time_axis: bool) -> Figure | None:
     if not drawn:
         return None
     ax.set_yscale("log")
-    ax.set_xlabel("wall-clock time (s, median over runs)" if time_axis else "weight updates")
+    if time_axis:
+        ax.set_xlabel("training time: seconds in training steps only, no compilation, data "
+                      "loading or evaluation (median over runs)"
+                      if time_column(table) == TIME_COLUMN else
+                      "wall-clock time incl. compilation and evaluation (s, median over runs; "
+                      "legacy runs)")
+    else:
+        ax.set_xlabel("weight updates")
     ax.set_ylabel(table.metric)
     ax.grid(True, which="both", alpha=0.3)
     figure.legend(fontsize="small", loc="outside right center")
     return figure
 
 
-def _median_wall_time(runs: Sequence[Run], steps: np.ndarray) -> np.ndarray:
+def _median_time(runs: Sequence[Run], steps: np.ndarray, column: str) -> np.ndarray:
     times = np.full((len(runs), steps.size), np.nan)
     for i, run in enumerate(runs):
         metrics = run.metrics
-        if "wall_time_s" in metrics and "step" in metrics:
-            s, t = metrics["step"], metrics["wall_time_s"]
+        if column in metrics and "step" in metrics:
+            s, t = metrics["step"], metrics[column]
             keep = np.isfinite(s) & np.isfinite(t)
             times[i, np.searchsorted(steps, s[keep])] = t[keep]
     with warnings.catch_warnings():
@@ -259,4 +294,4 @@ def _colours():
 
 __all__ = ["HYPERPARAMETERS", "RenderedFigure", "aligned", "cdf_figure", "forward_fill",
            "hyperparameter_figure", "png_bytes", "quartiles", "render_figures", "steps_figure",
-           "time_figure"]
+           "time_column", "time_figure"]

@@ -52,7 +52,9 @@ def render_html(tables: Sequence[DatasetTable], figures: Sequence[RenderedFigure
         for figure in (f for f in figures if f.dataset == table.dataset):
             uri = "data:image/png;base64," + base64.b64encode(figure.png).decode("ascii")
             body.append(f'<figure><img src="{uri}" alt="{esc(figure.title)}">'
-                        f"<figcaption>{esc(figure.title)}</figcaption></figure>")
+                        f"<figcaption>{esc(figure.title)}"
+                        + (f". {esc(figure.caption)}" if figure.caption else "")
+                        + "</figcaption></figure>")
         body.append("</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>onepass report</title>"

@@ -1,26 +1,26 @@
 """Find and read the run folders of a sweep.
 
 A *run folder* is any directory, at any depth below the sweep folder, that
-holds a ``summary.json`` (written by :func:`onepass.experiment.run.run_training`);
-the search does not descend into run folders. :func:`load_runs` reads only
-``summary.json`` and ``config.yaml`` of each run (JSON plus the C YAML loader
-when PyYAML has one), so thousands of runs load in a few seconds; a run's
-``metrics.csv`` is parsed with numpy on first access of :attr:`Run.metrics`
-and cached.
+holds a ``summary.json``, its run record; the search does not descend into run
+folders. :func:`load_runs` reads each record through the schema
+(:func:`onepass.experiment.record.read_record`) and the run's ``config.yaml``
+(the C YAML loader when PyYAML has one), so thousands of runs load in a few
+seconds; a run's ``metrics.csv`` is parsed with numpy on first access of
+:attr:`Run.metrics` and cached.
 
-Readers are tolerant: unknown keys are ignored, a missing ``config.yaml``
-falls back to the ``algorithm``/``dataset``/``seed`` keys of the summary, and
-an unreadable ``summary.json`` gives a run with status ``"unreadable"``, which
-like ``"failed"``, ``"interrupted"`` and ``"running"`` is listed but kept out
-of the statistics (see :data:`STATISTICS_STATUSES`).
+A missing ``config.yaml`` falls back to the record's ``algorithm`` /
+``dataset`` / ``seed``; a record that does not fit the schema gives a run with
+status ``"unreadable"``, which like ``"failed"``, ``"interrupted"`` and
+``"running"`` is listed but kept out of the statistics (see
+:data:`STATISTICS_STATUSES`); a record of an unknown ``schema_version`` stops
+the report with one line naming the file.
 
-This module deliberately imports neither torch nor :mod:`onepass.experiment`
-so that reading a sweep stays cheap.
+This module imports neither torch nor the training code (only the torch-free
+:mod:`onepass.experiment.record`), so that reading a sweep stays cheap.
 """
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-SUMMARY = "summary.json"
+from onepass.experiment.record import SUMMARY, RecordError, RecordVersionError, RunRecord, read_record
+
 CONFIG = "config.yaml"
 METRICS = "metrics.csv"
 
@@ -51,19 +52,19 @@ class Run:
     Attributes:
         path: the run folder.
         name: its path relative to the sweep folder (POSIX separators).
-        status: ``summary["status"]`` (``"unreadable"`` when the summary is not JSON).
-        algorithm: ``config.algorithm.name`` (else ``summary["algorithm"]``, else ``"unknown"``).
-        dataset: ``config.dataset.name`` (else ``summary["dataset"]``, else ``"unknown"``).
+        status: ``record.status`` (``"unreadable"`` when the record does not fit the schema).
+        algorithm: ``config.algorithm.name`` (else the record's, else ``"unknown"``).
+        dataset: ``config.dataset.name`` (else the record's, else ``"unknown"``).
         dataset_kind: ``config.dataset.kind`` (e.g. ``"uci"``), ``None`` if unknown.
-        seed: ``config.seed`` (else ``summary["seed"]``), ``None`` if unknown.
-        init_index: the initialisation index, ``summary["init_index"]`` else
+        seed: ``config.seed`` (else the record's), ``None`` if unknown.
+        init_index: the initialisation index, the record's else
             ``config["init_index"]``; ``None`` when neither has one.
-        final: ``summary["final"]``: final (for diverged runs: last finite) losses.
-        hyperparameters: ``summary["hyperparameters"]``: final values (a float,
+        final: ``record.final``: final (for diverged runs: last finite) losses.
+        hyperparameters: ``record.hyperparameters``: final values (a float,
             or ``{"mean", "min", "max", "median"}`` for per-weight values).
-        wall_time_s: ``summary["wall_time_s"]`` (``None`` if absent).
-        steps: ``summary["steps"]``: weight updates taken (``None`` if absent).
-        summary: the whole ``summary.json``.
+        wall_time_s: ``record.wall_time_s`` (``None`` if absent).
+        steps: ``record.steps``: weight updates taken (``None`` if absent).
+        record: the whole :class:`~onepass.experiment.record.RunRecord`.
         config: the whole ``config.yaml`` (``{}`` when absent or unreadable).
     """
 
@@ -79,7 +80,7 @@ class Run:
     hyperparameters: dict[str, Any]
     wall_time_s: float | None
     steps: int | None
-    summary: dict[str, Any] = field(repr=False)
+    record: RunRecord = field(repr=False)
     config: dict[str, Any] = field(repr=False)
 
     @property
@@ -173,11 +174,11 @@ def _run_folders(root: Path) -> list[Path]:
 
 def _load_run(folder: Path, root: Path) -> Run:
     try:
-        summary = json.loads((folder / SUMMARY).read_bytes())
-        if not isinstance(summary, dict):
-            raise ValueError("summary is not an object")
-    except (OSError, ValueError):
-        summary = {"status": "unreadable"}
+        record = read_record(folder)
+    except RecordVersionError:
+        raise
+    except (OSError, RecordError):
+        record = RunRecord(status="unreadable", schema_version=0)
     try:
         with open(folder / CONFIG, "rb") as f:
             config = yaml.load(f, Loader=_YAML_LOADER) or {}
@@ -185,27 +186,22 @@ def _load_run(folder: Path, root: Path) -> Run:
             config = {}
     except (OSError, yaml.YAMLError):
         config = {}
-    algorithm = (_mapping(config.get("algorithm")).get("name") or summary.get("algorithm")
-                 or "unknown")
     dataset_cfg = _mapping(config.get("dataset"))
-    init_index = summary.get("init_index")
-    if init_index is None:
-        init_index = config.get("init_index")
-    seed = config.get("seed", summary.get("seed"))
+    init_index = record.init_index if record.init_index is not None else config.get("init_index")
     return Run(
         path=folder,
         name=folder.relative_to(root).as_posix() if folder != root else folder.name,
-        status=str(summary.get("status", "unknown")),
-        algorithm=str(algorithm),
-        dataset=str(dataset_cfg.get("name") or summary.get("dataset") or "unknown"),
+        status=record.status,
+        algorithm=str(_mapping(config.get("algorithm")).get("name") or record.algorithm),
+        dataset=str(dataset_cfg.get("name") or record.dataset),
         dataset_kind=dataset_cfg.get("kind"),
-        seed=_int_or_none(seed),
+        seed=_int_or_none(config.get("seed", record.seed)),
         init_index=_int_or_none(init_index),
-        final=_mapping(summary.get("final")),
-        hyperparameters=_mapping(summary.get("hyperparameters")),
-        wall_time_s=_finite(summary.get("wall_time_s")),
-        steps=_int_or_none(summary.get("steps")),
-        summary=summary,
+        final=record.final,
+        hyperparameters=record.hyperparameters,
+        wall_time_s=_finite(record.wall_time_s),
+        steps=record.steps,
+        record=record,
         config=config,
     )
 

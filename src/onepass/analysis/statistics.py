@@ -44,35 +44,19 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from onepass.analysis.runs import Run, initialisation_order
+from onepass.experiment import algorithms
 
 METRICS = ("test_loss_unnormalised", "test_loss")
-"""Metrics a report can tabulate (keys of ``summary["final"]`` / columns of ``metrics.csv``)."""
+"""Metrics a report can tabulate (keys of a run record's ``final`` / columns of ``metrics.csv``)."""
 
 THREE_BATCHED = "random_3_batched"
 """Algorithm key of the derived Random (3-batched) row."""
 THREE_BATCHED_SOURCE = "random_validation"
 """The algorithm whose runs Random (3-batched) is built from."""
 
-DISPLAY_NAMES = {
-    "random": "Random",
-    "random_stepped_lr": "Random (stepped LR)",
-    "random_validation": "Random (validation)",
-    "random_training_set_only": "Random (training set only)",
-    THREE_BATCHED: "Random (3-batched)",
-    "lorraine": "Lorraine",
-    "baydin": "Baydin",
-    "ours_lr": "Ours (WD+LR)",
-    "ours_lr_momentum": "Ours (WD+LR+M)",
-    "ours_hdlr_momentum": "Ours (WD+HDLR+M)",
-    "diff_through_opt": "Diff-through-Opt",
-    "long_dto_standalone": "Long Diff-through-Opt (Standalone)",
-    "long_dto_medium": "Long Diff-through-Opt (Medium)",
-    "long_dto_full": "Long Diff-through-Opt (Full)",
-    "bayesopt": "Bayesian optimisation",
-    "asha": "ASHA",
-    "pbt": "PBT",
-}
-"""Paper names of the algorithms, in the paper's row order."""
+DISPLAY_NAMES = {a.name: a.label for a in algorithms.TABLE}
+"""Paper names of the algorithms, in the paper's row order
+(:data:`onepass.experiment.algorithms.TABLE`)."""
 _ORDER = {name: i for i, name in enumerate(DISPLAY_NAMES)}
 
 
@@ -181,7 +165,7 @@ def search_stats(algorithm: str, runs: Sequence[Run], metric: str) -> AlgorithmS
     usable = [r for r in initialisation_order(runs) if r.in_statistics and r.final_value(metric) is not None]
     studies: dict[str, list[Run]] = {}
     for run in usable:
-        studies.setdefault(str(run.summary["search"].get("study", "")), []).append(run)
+        studies.setdefault(str(run.record.search.get("study", "")), []).append(run)
     kept = [min(group, key=lambda r: _or_inf(r.final_value("val_loss"))) for group in studies.values()]
     values = np.array([r.final_value(metric) for r in kept], dtype=float)
     return AlgorithmStats(algorithm, len(kept), sum(r.diverged for r in kept),
@@ -190,7 +174,7 @@ def search_stats(algorithm: str, runs: Sequence[Run], metric: str) -> AlgorithmS
 
 def is_search(runs: Sequence[Run]) -> bool:
     """Whether these runs are the trials of search studies (BO, ASHA, PBT)."""
-    return bool(runs) and all(isinstance(r.summary.get("search"), dict) for r in runs)
+    return bool(runs) and all(r.record.search is not None for r in runs)
 
 
 def three_batched(runs: Sequence[Run], metric: str) -> AlgorithmStats:

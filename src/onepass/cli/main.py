@@ -23,8 +23,9 @@ uci_energy and ours_lr_momentum), then --random-init, then --seed, then each
 
 Each run writes one folder LOG_ROOT/[GROUP/]NAME with config.yaml (the
 resolved config), metrics.csv, TensorBoard events (tensorboard --logdir runs),
-summary.json (status finished / diverged / failed / interrupted, final losses
-and hyperparameters) and checkpoint.pt (every logging.checkpoint_interval
+summary.json (the run record: status finished / diverged / failed /
+interrupted, final losses and hyperparameters, training and wall-clock time)
+and checkpoint.pt (every logging.checkpoint_interval
 updates). A diverged run (NaN/inf loss) is recorded and exits 0.
 """
 
@@ -45,12 +46,13 @@ examples:
 
 
 def _add_train(subparsers) -> None:
-    from onepass.experiment.config import ALGORITHMS, DATASETS, describe_schema
+    from onepass.experiment.config import ALGORITHMS, DATASETS, EXTRA_ALGORITHMS, describe_schema
 
     p = subparsers.add_parser(
         "train", help="run one algorithm on one dataset from YAML configs",
         description=TRAIN_DESCRIPTION,
-        epilog=TRAIN_EPILOG.format(datasets=", ".join(DATASETS), algorithms=", ".join(ALGORITHMS),
+        epilog=TRAIN_EPILOG.format(datasets=", ".join(DATASETS),
+                                   algorithms=", ".join((*ALGORITHMS, *EXTRA_ALGORITHMS)),
                                    schema=describe_schema().replace("%", "%%")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", nargs="+", metavar="FILE", default=[],
@@ -268,7 +270,8 @@ def _run_dir(args, config) -> Path:
 
 def _train(args) -> int:
     from onepass.experiment.config import load_config
-    from onepass.experiment.logging import CHECKPOINT, CONFIG, read_summary
+    from onepass.experiment.logging import CHECKPOINT, CONFIG
+    from onepass.experiment.record import find_record
     from onepass.experiment.run import run_training
 
     if args.resume is not None and args.load_state is not None:
@@ -295,8 +298,8 @@ def _train(args) -> int:
         raise UsageError("give config files with -c (e.g. -c uci_energy ours_lr) or --resume RUN_DIR")
     config = load_config(files, overrides, random_init=args.random_init)
     run_dir = _run_dir(args, config)
-    previous = read_summary(run_dir)
-    if previous is not None and previous.get("status") == "finished" and not args.overwrite:
+    previous = find_record(run_dir)
+    if previous is not None and previous.status == "finished" and not args.overwrite:
         raise UsageError(f"{run_dir} holds a finished run; choose another -n, or pass --overwrite")
     if args.resume is None and args.load_state is None and run_dir.exists() and any(run_dir.iterdir()) \
             and not args.overwrite and previous is None:
@@ -308,7 +311,8 @@ def _train(args) -> int:
         torch.set_num_threads(args.threads)
     from onepass.experiment.tasks import check_data
     check_data(config, args.data_dir)  # raises, saying where it looked
-    print(f"onepass: run folder {run_dir}", file=sys.stderr)
+    # run_training loads the data before it creates the folder: a missing or corrupt
+    # file raises FileNotFoundError / ValueError, reported by main() as one line.
     try:
         summary = run_training(config, run_dir, data_dir=args.data_dir, device=args.device,
                                resume_from=resume_from, save_state_to=args.save_state,
@@ -328,7 +332,8 @@ def _train(args) -> int:
     final = summary["final"]
     line = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if v is not None)
     print(f"onepass: {summary['status']} after {summary['steps']} updates in "
-          f"{summary['wall_time_s']:.1f} s: {line}", file=sys.stderr)
+          f"{summary['train_seconds']:.1f} s of training steps ({summary['wall_time_s']:.1f} s "
+          f"wall): {line}; run folder {run_dir}", file=sys.stderr)
     return EXIT_OK
 
 

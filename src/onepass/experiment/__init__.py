@@ -1,19 +1,18 @@
 """Experiment running: configs, the training loop, run folders and their records.
 
-``run_training`` is imported on first use, so that the torch-free parts
-(:mod:`.record`, :mod:`.algorithms`) load without the training code.
+Names are imported on first use, so that the torch-free parts (:mod:`.record`,
+:mod:`.algorithms`) load without the configs and the training code.
 """
-from onepass.experiment.config import (
-    ALGORITHMS, DATASETS, ConfigError, draw_random_initialisation, load_config, resolve_config,
-)
+_LAZY = {"ALGORITHMS": "config", "ConfigError": "config", "DATASETS": "config",
+         "draw_random_initialisation": "config", "load_config": "config",
+         "resolve_config": "config", "run_training": "run"}
 
 
 def __getattr__(name):
-    if name == "run_training":
-        from onepass.experiment.run import run_training
-        return run_training
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"onepass.experiment.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'onepass.experiment' has no attribute {name!r}")
 
 
-__all__ = ["ALGORITHMS", "ConfigError", "DATASETS", "draw_random_initialisation", "load_config",
-           "resolve_config", "run_training"]
+__all__ = sorted(_LAZY)

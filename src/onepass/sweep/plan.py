@@ -14,8 +14,8 @@ sets the config's ``seed`` (the model's initial weights) to ``seed + i``, so
 every algorithm starts initialisation ``i`` from the same weights and the same
 hyperparameters.
 
-Resume semantics (:func:`run_is_done`): a run folder whose ``summary.json``
-says ``finished`` or ``diverged`` is kept; anything else (no folder, no or an
+Resume semantics (:func:`run_is_done`): a run folder whose run record
+(:mod:`onepass.experiment.record`) says ``finished`` or ``diverged`` is kept; anything else (no folder, no or an
 unreadable summary, status ``running``, ``interrupted`` or ``failed``) is
 emptied and run again from scratch. ``summary.json`` is always replaced
 atomically, so a killed sweep never leaves a half-written summary that looks
@@ -30,17 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from onepass.experiment import algorithms
 from onepass.experiment.config import find_config, load_config
-from onepass.experiment.logging import atomic_write_bytes, read_summary, write_summary
+from onepass.experiment.record import atomic_write_bytes, find_record, write_record
 
 MANIFEST = "sweep.json"
 MANIFEST_FORMAT = 1
 DONE_STATUSES = ("finished", "diverged")
 
-PAPER_ALGORITHMS = ("random", "random_stepped_lr", "random_validation", "lorraine", "baydin",
-                    "ours_lr", "ours_lr_momentum", "ours_hdlr_momentum", "diff_through_opt")
-"""The single-run algorithms of the paper's main table (Random (3-batched) is
-derived from ``random_validation`` by the report)."""
+PAPER_ALGORITHMS = algorithms.names(paper=True)
+"""The single-run algorithms of the paper's main table, from
+:data:`onepass.experiment.algorithms.TABLE` (Random (3-batched) is derived from
+``random_validation`` by the report)."""
 
 
 class SweepError(ValueError):
@@ -192,17 +193,16 @@ def _jsonable(value):
 # -------------------------------------------------------------- run state
 
 def run_is_done(spec: RunSpec) -> bool:
-    """Whether ``spec``'s folder holds a final result (``finished`` or ``diverged``).
+    """Whether ``spec``'s folder holds a final record (``finished`` or ``diverged``).
 
-    A finished run whose summary lacks ``init_index`` (the sweep was killed
-    between the run's own final write and the sweep's) gets it added here.
+    A final record without ``init_index`` (a run that was not told its index)
+    gets it here, through the record schema.
     """
-    summary = read_summary(spec.run_dir)
-    if summary is None or summary.get("status") not in DONE_STATUSES:
+    record = find_record(spec.run_dir)
+    if record is None or record.status not in DONE_STATUSES:
         return False
-    if summary.get("init_index") != spec.init_index:
-        summary["init_index"] = spec.init_index
-        write_summary(spec.run_dir, summary)
+    if record.init_index != spec.init_index:
+        write_record(spec.run_dir, record.replace(init_index=spec.init_index))
     return True
 
 
@@ -215,14 +215,17 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def add_init_index(run_dir: Path, init_index: int, extra: Mapping[str, Any] | None = None) -> dict | None:
-    """Record ``init_index`` (and ``extra``) in a run's ``summary.json`` (atomically)."""
-    summary = read_summary(run_dir)
-    if summary is None:
+    """Record ``init_index`` (and other record fields ``extra``) in a run's record,
+    through the schema; nothing is written when the record holds them already.
+    Returns the record as a JSON object (``None`` when the folder has none)."""
+    record = find_record(run_dir)
+    if record is None:
         return None
-    summary["init_index"] = init_index
-    summary.update(extra or {})
-    write_summary(run_dir, summary)
-    return summary
+    changes = {"init_index": init_index, **(extra or {})}
+    if any(getattr(record, k) != v for k, v in changes.items()):
+        record = record.replace(**changes)
+        write_record(run_dir, record)
+    return record.to_dict()
 
 
 # ------------------------------------------------------------------ lock

@@ -1,7 +1,9 @@
 """The paper's named experiments: a sweep of its algorithms, then the report.
 
 ``onepass reproduce uci_energy`` runs the nine single-run algorithms of the
-main table (:data:`~onepass.sweep.plan.PAPER_ALGORITHMS`) from 200 random
+main table (:data:`~onepass.sweep.plan.PAPER_ALGORITHMS`, the ``paper`` ones of
+:data:`onepass.experiment.algorithms.TABLE`; not variants such as
+``baydin_exact``) from 200 random
 initialisations each (1,800 runs) into ``runs/uci_energy`` and writes the
 report (table, figures, HTML) into ``runs/uci_energy/report``.
 """
