@@ -1,0 +1,67 @@
+"""The one training loop: config → Tuner, the stepped learning rate, the clock."""
+import pytest
+import torch
+
+from onepass.experiment.config import load_config
+from onepass.experiment.loop import TrainClock, step_learning_rate, tuner_from_config
+from onepass.experiment.tasks import make_task
+
+
+def config(*overrides):
+    return load_config(["uci_energy", "ours_lr"], ["training.steps=20", *overrides])
+
+
+def test_tuner_from_config_passes_every_training_option(shared_data):
+    c = config("training.max_grad_norm=0.5", "algorithm.rule=adamw")
+    task = make_task(c, shared_data, "cpu")
+    tuner = tuner_from_config(c, task.build_model(), task.tuner_loss())
+    assert tuner.rule.name == "adamw" and tuner.update_interval == 10
+    assert set(tuner.hyperparameters) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
+    assert tuner.hyperparameters["weight_decay"] == pytest.approx(1e-2)
+
+
+def test_stepped_learning_rate_is_clipped_and_skips_frozen_members(shared_data):
+    from onepass.models import PopulationMLP
+
+    c = config("algorithm.tune=[]", "algorithm.method=none", "hyperparameters.lr=0.9")
+    task = make_task(c, shared_data, "cpu", population=2)
+    members = [c, config("algorithm.tune=[]", "algorithm.method=none", "hyperparameters.lr=0.1")]
+    model = PopulationMLP.from_models([task.build_model(), task.build_model()])
+    tuner = tuner_from_config(c, model, task.tuner_loss(), members=members)
+    step_learning_rate(tuner, [2.0, 2.0], torch.tensor([False, True]))
+    assert [float(v) for v in tuner.hyperparameters["lr"]] == pytest.approx([1.0, 0.1])
+
+
+def test_clock_skips_the_first_step_of_each_kind_and_shares_a_population():
+    class Result:
+        def __init__(self, hyper):
+            self.hypergradient = {} if hyper else None
+
+    clock = TrainClock(torch.device("cpu"), share=4)
+    for hyper in (False, False, True, True):
+        started = clock.start_step() - 1.0  # each step "takes" a second
+        clock.end_step(started, Result(hyper))
+    assert clock.train_seconds == pytest.approx(2.0 / 4, abs=0.01)
+
+
+def test_reset_optimizer_state_reaches_the_tuner(shared_data):
+    from onepass.core import tuner as tuner_module
+    import inspect
+    if "reset_optimizer_state" not in inspect.signature(tuner_module.Tuner).parameters:
+        pytest.skip("the Tuner has no reset_optimizer_state yet")
+    c = load_config(["uci_energy", "long_dto_standalone"],
+                    ["algorithm.reset_optimizer_state=true", "algorithm.update_interval=5",
+                     "algorithm.unroll_steps=5"])
+    task = make_task(c, shared_data, "cpu")
+    tuner = tuner_from_config(c, task.build_model(), task.tuner_loss())
+    assert tuner.reset_optimizer_state
+
+
+def test_baydin_exact_trains_once_the_tuner_has_it(shared_data, tmp_path):
+    from onepass.core import tuner as tuner_module
+    if "baydin_exact" not in tuner_module.METHODS:
+        pytest.skip("the Tuner has no method baydin_exact yet")
+    from onepass.experiment import run_training
+    c = load_config(["uci_energy", "baydin_exact"], ["training.steps=20",
+                                                     "logging.tensorboard=false"])
+    assert run_training(c, tmp_path, data_dir=shared_data, progress=False)["status"] == "finished"
