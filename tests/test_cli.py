@@ -135,11 +135,11 @@ def test_demo_is_delegated(monkeypatch):
     assert seen == [["--steps", "5"]]
 
 
-def test_corrupt_data_is_one_line_and_leaves_no_run_folder(shared_data, tmp_path, capsys):
+def test_corrupt_data_is_one_line_and_leaves_no_run_folder(uci_data_dir, tmp_path, capsys):
     import gzip
-    shipped = shared_data / "uci" / "energy.txt"
+    shipped = uci_data_dir / "uci" / "energy.txt"
     lines = (shipped.read_text() if shipped.is_file() else
-             gzip.decompress((shared_data / "uci" / "energy.txt.gz").read_bytes()).decode()
+             gzip.decompress((uci_data_dir / "uci" / "energy.txt.gz").read_bytes()).decode()
              ).splitlines()
     lines[5] = "0.98 514.5 not-a-number 110.25 7 2 0 0 15.55 21.33"
     (tmp_path / "data" / "uci").mkdir(parents=True)
@@ -151,9 +151,9 @@ def test_corrupt_data_is_one_line_and_leaves_no_run_folder(shared_data, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_every_rule_trains_from_a_config(shared_data, tmp_path):
+def test_every_rule_trains_from_a_config(uci_data_dir, tmp_path):
     for rule in ("adam", "adamw", "sgd_nesterov"):
-        assert main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(shared_data),
+        assert main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(uci_data_dir),
                      "-l", str(tmp_path), "-n", rule, "--no-progress", "--set",
                      f"algorithm.rule={rule}", "--set", "hyperparameters.beta1=0.8"
                      if rule.startswith("adam") else "hyperparameters.momentum=0.5",

@@ -11,20 +11,20 @@ def config(*overrides):
     return load_config(["uci_energy", "ours_lr"], ["training.steps=20", *overrides])
 
 
-def test_tuner_from_config_passes_every_training_option(shared_data):
+def test_tuner_from_config_passes_every_training_option(uci_data_dir):
     c = config("training.max_grad_norm=0.5", "algorithm.rule=adamw")
-    task = make_task(c, shared_data, "cpu")
+    task = make_task(c, uci_data_dir, "cpu")
     tuner = tuner_from_config(c, task.build_model(), task.tuner_loss())
     assert tuner.rule.name == "adamw" and tuner.update_interval == 10
     assert set(tuner.hyperparameters) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
     assert tuner.hyperparameters["weight_decay"] == pytest.approx(1e-2)
 
 
-def test_stepped_learning_rate_is_clipped_and_skips_frozen_members(shared_data):
+def test_stepped_learning_rate_is_clipped_and_skips_frozen_members(uci_data_dir):
     from onepass.models import PopulationMLP
 
     c = config("algorithm.tune=[]", "algorithm.method=none", "hyperparameters.lr=0.9")
-    task = make_task(c, shared_data, "cpu", population=2)
+    task = make_task(c, uci_data_dir, "cpu", population=2)
     members = [c, config("algorithm.tune=[]", "algorithm.method=none", "hyperparameters.lr=0.1")]
     model = PopulationMLP.from_models([task.build_model(), task.build_model()])
     tuner = tuner_from_config(c, model, task.tuner_loss(), members=members)
@@ -44,7 +44,7 @@ def test_clock_skips_the_first_step_of_each_kind_and_shares_a_population():
     assert clock.train_seconds == pytest.approx(2.0 / 4, abs=0.01)
 
 
-def test_reset_optimizer_state_reaches_the_tuner(shared_data):
+def test_reset_optimizer_state_reaches_the_tuner(uci_data_dir):
     from onepass.core import tuner as tuner_module
     import inspect
     if "reset_optimizer_state" not in inspect.signature(tuner_module.Tuner).parameters:
@@ -52,16 +52,16 @@ def test_reset_optimizer_state_reaches_the_tuner(shared_data):
     c = load_config(["uci_energy", "long_dto_standalone"],
                     ["algorithm.reset_optimizer_state=true", "algorithm.update_interval=5",
                      "algorithm.unroll_steps=5"])
-    task = make_task(c, shared_data, "cpu")
+    task = make_task(c, uci_data_dir, "cpu")
     tuner = tuner_from_config(c, task.build_model(), task.tuner_loss())
     assert tuner.reset_optimizer_state
 
 
-def test_baydin_exact_trains_once_the_tuner_has_it(shared_data, tmp_path):
+def test_baydin_exact_trains_once_the_tuner_has_it(uci_data_dir, tmp_path):
     from onepass.core import tuner as tuner_module
     if "baydin_exact" not in tuner_module.METHODS:
         pytest.skip("the Tuner has no method baydin_exact yet")
     from onepass.experiment import run_training
     c = load_config(["uci_energy", "baydin_exact"], ["training.steps=20",
                                                      "logging.tensorboard=false"])
-    assert run_training(c, tmp_path, data_dir=shared_data, progress=False)["status"] == "finished"
+    assert run_training(c, tmp_path, data_dir=uci_data_dir, progress=False)["status"] == "finished"

@@ -64,15 +64,15 @@ def test_record_module_imports_no_torch():
     assert "torch" not in imported and "onepass" not in imported
 
 
-def test_single_and_population_runs_write_the_same_schema(shared_data, tmp_path):
+def test_single_and_population_runs_write_the_same_schema(uci_data_dir, tmp_path):
     from onepass.experiment import load_config, run_training
     from onepass.sweep.population import train_population
 
     config = load_config(["uci_energy", "ours_lr"], ["training.steps=20",
                                                      "logging.tensorboard=false"])
-    single = run_training(config, tmp_path / "single", data_dir=shared_data, progress=False,
+    single = run_training(config, tmp_path / "single", data_dir=uci_data_dir, progress=False,
                           record_fields={"init_index": 4})
-    (pop,) = train_population([config], [tmp_path / "pop"], data_dir=shared_data,
+    (pop,) = train_population([config], [tmp_path / "pop"], data_dir=uci_data_dir,
                               extra_summary=[{"init_index": 4}])
     for written in (single, pop):
         record = read_record(written["run_dir"])

@@ -24,9 +24,9 @@ def read_rows(run_dir):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_runs_and_logs(algorithm, shared_data, tmp_path):
+def test_every_algorithm_runs_and_logs(algorithm, uci_data_dir, tmp_path):
     config = config_for(algorithm, random_init=1, tensorboard=algorithm == "ours_hdlr_momentum")
-    summary = run_training(config, tmp_path, data_dir=shared_data, progress=False)
+    summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert summary["status"] == "finished" and summary["steps"] == STEPS
@@ -59,18 +59,18 @@ def test_every_algorithm_runs_and_logs(algorithm, shared_data, tmp_path):
     assert load_config([tmp_path / "config.yaml"]) == config
 
 
-def test_same_seed_gives_every_algorithm_the_same_initial_weights(shared_data, tmp_path):
+def test_same_seed_gives_every_algorithm_the_same_initial_weights(uci_data_dir, tmp_path):
     firsts = []
     for algorithm in ("random_training_set_only", "ours_lr"):
-        run_training(config_for(algorithm, steps=1), tmp_path / algorithm, data_dir=shared_data,
+        run_training(config_for(algorithm, steps=1), tmp_path / algorithm, data_dir=uci_data_dir,
                      progress=False)
         firsts.append(float(read_rows(tmp_path / algorithm)[0]["train_loss"]))
     assert firsts[0] == firsts[1]
 
 
-def test_divergence_is_recorded_not_raised(shared_data, tmp_path):
+def test_divergence_is_recorded_not_raised(uci_data_dir, tmp_path):
     config = config_for("random", "hyperparameters.lr=50", "logging.interval=1", steps=200)
-    summary = run_training(config, tmp_path, data_dir=shared_data, progress=False)
+    summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
     assert summary["status"] == "diverged"
     assert summary["steps"] < 200 and summary["diverged"]["step"] == summary["steps"] + 1
     assert "non-finite" in summary["error"]
@@ -99,11 +99,11 @@ def assert_same_state(a, b):
 
 @pytest.mark.parametrize("algorithm", ["ours_hdlr_momentum", "diff_through_opt", "baydin",
                                        "random_stepped_lr"])
-def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, shared_data, tmp_path,
+def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, uci_data_dir, tmp_path,
                                                              monkeypatch):
     overrides = ["logging.checkpoint_interval=20", "training.batch_size=100"]
     config = config_for(algorithm, *overrides, steps=40, random_init=4)
-    whole = run_training(config, tmp_path / "whole", data_dir=shared_data, progress=False,
+    whole = run_training(config, tmp_path / "whole", data_dir=uci_data_dir, progress=False,
                          save_state_to=tmp_path / "whole.pt")
 
     real_step = run_module.Tuner.step
@@ -116,13 +116,13 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, shared_d
     monkeypatch.setattr(run_module.Tuner, "step", step)
     run_dir = tmp_path / "parts"
     with pytest.raises(KeyboardInterrupt):
-        run_training(config, run_dir, data_dir=shared_data, progress=False)
+        run_training(config, run_dir, data_dir=uci_data_dir, progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 27
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["steps"] == 20
     monkeypatch.setattr(run_module.Tuner, "step", real_step)
 
-    resumed = run_training(config, run_dir, data_dir=shared_data, progress=False,
+    resumed = run_training(config, run_dir, data_dir=uci_data_dir, progress=False,
                            resume_from=run_dir / "checkpoint.pt", save_state_to=tmp_path / "parts.pt")
     assert resumed["status"] == "finished" and resumed["steps"] == 40
     assert_same_state(final_state(tmp_path / "whole.pt"), final_state(tmp_path / "parts.pt"))
@@ -132,47 +132,47 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, shared_d
     assert read_rows(run_dir)[-1]["test_loss"] == read_rows(tmp_path / "whole")[-1]["test_loss"]
 
 
-def test_saved_state_continues_in_a_new_folder(shared_data, tmp_path):
+def test_saved_state_continues_in_a_new_folder(uci_data_dir, tmp_path):
     config = config_for("ours_lr_momentum", steps=40)
-    run_training(config, tmp_path / "whole", data_dir=shared_data, progress=False,
+    run_training(config, tmp_path / "whole", data_dir=uci_data_dir, progress=False,
                  save_state_to=tmp_path / "whole.pt")
     first = config_for("ours_lr_momentum", steps=20)
-    run_training(first, tmp_path / "first", data_dir=shared_data, progress=False,
+    run_training(first, tmp_path / "first", data_dir=uci_data_dir, progress=False,
                  save_state_to=tmp_path / "first.pt")
-    second = run_training(config, tmp_path / "second", data_dir=shared_data, progress=False,
+    second = run_training(config, tmp_path / "second", data_dir=uci_data_dir, progress=False,
                           resume_from=tmp_path / "first.pt", save_state_to=tmp_path / "second.pt")
     assert second["steps"] == 40
     assert_same_state(final_state(tmp_path / "whole.pt"), final_state(tmp_path / "second.pt"))
     assert [r["step"] for r in read_rows(tmp_path / "second")] == ["30", "40"]
 
 
-def test_resuming_with_another_config_is_refused(shared_data, tmp_path):
-    run_training(config_for("ours_lr", steps=10), tmp_path / "a", data_dir=shared_data,
+def test_resuming_with_another_config_is_refused(uci_data_dir, tmp_path):
+    run_training(config_for("ours_lr", steps=10), tmp_path / "a", data_dir=uci_data_dir,
                  progress=False, save_state_to=tmp_path / "a.pt")
     with pytest.raises(ValueError, match="hyperparameters.lr"):
         run_training(config_for("ours_lr", "hyperparameters.lr=0.01", steps=20), tmp_path / "b",
-                     data_dir=shared_data, progress=False, resume_from=tmp_path / "a.pt")
+                     data_dir=uci_data_dir, progress=False, resume_from=tmp_path / "a.pt")
 
 
-def test_failure_is_recorded_and_raised(shared_data, tmp_path, monkeypatch):
+def test_failure_is_recorded_and_raised(uci_data_dir, tmp_path, monkeypatch):
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(run_module.Tuner, "step", broken)
     with pytest.raises(RuntimeError, match="boom"):
-        run_training(config_for("random"), tmp_path, data_dir=shared_data, progress=False)
+        run_training(config_for("random"), tmp_path, data_dir=uci_data_dir, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "boom" in summary["error"]
 
 
-def test_random_init_is_what_the_run_starts_from(shared_data, tmp_path):
+def test_random_init_is_what_the_run_starts_from(uci_data_dir, tmp_path):
     config = config_for("random", random_init=3, steps=1)
-    summary = run_training(config, tmp_path, data_dir=shared_data, progress=False)
+    summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
     drawn = draw_random_initialisation(3)
     assert summary["hyperparameters"]["lr"] == pytest.approx(drawn["lr"], rel=1e-6)
 
 
-def test_sigterm_is_recorded_as_interrupted(shared_data, tmp_path, monkeypatch):
+def test_sigterm_is_recorded_as_interrupted(uci_data_dir, tmp_path, monkeypatch):
     import os
     import signal
 
@@ -186,6 +186,6 @@ def test_sigterm_is_recorded_as_interrupted(shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(run_module.Tuner, "step", step)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        run_training(config_for("random"), tmp_path, data_dir=shared_data, progress=False)
+        run_training(config_for("random"), tmp_path, data_dir=uci_data_dir, progress=False)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGTERM) == before
