@@ -61,9 +61,6 @@ def tuner_from_config(config: Mapping, model: torch.nn.Module, loss: Mapping[str
         hyperparameters = {k: [m["hyperparameters"][k] for m in members]
                            for k in config["hyperparameters"]}
         population = len(members)
-    options = {}
-    if algo["reset_optimizer_state"]:  # passed only when set: the default is the Tuner's
-        options["reset_optimizer_state"] = True
     method = algo["method"]
     return Tuner(
         model, **loss, rule=algo["rule"], hyperparameters=hyperparameters,
@@ -72,7 +69,8 @@ def tuner_from_config(config: Mapping, model: torch.nn.Module, loss: Mapping[str
         unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
         hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
         max_grad_norm=training["max_grad_norm"], reset_each_window=algo["reset_each_window"],
-        compile=training["compile"], population=population, **options)
+        reset_optimizer_state=algo["reset_optimizer_state"], compile=training["compile"],
+        population=population)
 
 
 def step_learning_rate(tuner: Tuner, multipliers: Sequence[float],

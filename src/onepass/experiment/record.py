@@ -39,6 +39,12 @@ LEGACY_CLOCK = ("wall_time_s only: wall-clock seconds including compilation and 
                 "(a population member: its chunk's); written before records were versioned")
 
 
+SITUATIONAL = ("init_index", "state_saved_to", "population", "search", "session", "events",
+               "stopped_early")
+"""Fields written only where they apply (a sweep's run, a saved state, a population
+member, a search trial); absent means ``None`` (``events``: empty)."""
+
+
 class RecordError(ValueError):
     """A ``summary.json`` that cannot be read as a run record (one line, naming the file)."""
 
@@ -114,8 +120,13 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The JSON object ``summary.json`` holds (NaN and infinities become null)."""
-        return _json_safe(dataclasses.asdict(self))
+        """The JSON object ``summary.json`` holds (NaN and infinities become null;
+        the fields of :data:`SITUATIONAL` only where they apply)."""
+        data = dataclasses.asdict(self)
+        for name in SITUATIONAL:
+            if data[name] in (None, []):
+                del data[name]
+        return _json_safe(data)
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "<record>") -> "RunRecord":
@@ -276,5 +287,5 @@ def write_summary(run_dir: str | os.PathLike, summary: Mapping) -> Path:
 
 
 __all__ = ["CLOCK", "LEGACY_CLOCK", "RecordError", "RecordVersionError", "RunRecord",
-           "SCHEMA_VERSION", "STATUSES", "SUMMARY", "atomic_write_bytes", "find_record",
+           "SCHEMA_VERSION", "SITUATIONAL", "STATUSES", "SUMMARY", "atomic_write_bytes", "find_record",
            "read_record", "read_summary", "record_path", "write_record", "write_summary"]
