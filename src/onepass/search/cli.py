@@ -27,7 +27,10 @@ RAY_DESCRIPTION = """\
 set (minimised), reported once per window of --report-every updates; at most
 --max-steps (4,000) updates per trial.{extra} Each trial is a run folder
 LOG_ROOT/[GROUP/]NAME/trial_<iii>/ (algorithm {method}) beside study.json.
-Needs: pip install 'onepass[ray]'.
+Trials checkpoint every --checkpoint-every reports; re-running the same
+command after an interruption (even kill -9) continues the study: finished
+trials are kept, unfinished ones continue from their last checkpoint; other
+settings in the same folder are refused. Needs: pip install 'onepass[ray]'.
 """
 
 
@@ -86,6 +89,8 @@ def add_search_commands(subparsers) -> None:
         p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
         p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
         p.add_argument("--cpus-per-trial", type=float, default=1.0)
+        p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                       help="reports between a trial's checkpoints (default 50)")
         p.set_defaults(handler=_ray, method=method)
 
 
@@ -131,6 +136,7 @@ def _ray(args) -> int:
                                overrides=args.overrides, data_dir=args.data_dir, device=args.device,
                                address=args.address, num_cpus=args.num_cpus,
                                cpus_per_trial=args.cpus_per_trial,
+                               checkpoint_every=args.checkpoint_every,
                                log=lambda t: print(f"onepass: {t}", file=sys.stderr), **extra)
     except MissingExtra as error:
         return _missing(error)

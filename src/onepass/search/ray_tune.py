@@ -36,6 +36,22 @@ loss) and the study's wall-clock time. Ray's own files go to
 ``<root>/<method>/_ray/``. Against a cluster (``address``), the run folders
 and the data directory must be on storage every node sees, and ``onepass``
 must be installed on every node.
+
+Interrupted studies continue. Every trial checkpoints each ``checkpoint_every``
+reports (default 50: every 500 updates), and ``study.json`` is written with
+the study's settings when it starts. Running the same command again after the
+driver died (Ctrl-C, a crash, ``kill -9``) restores the study with
+``ray.tune.Tuner.restore`` (ASHA and PBT alike): trials Ray had finished are
+not run again, unfinished and errored ones continue from their last
+checkpoint Ray's saved experiment state names (from the start if none), and
+trials not yet started start. Ray saves that state every 10 s or more
+(``TUNE_GLOBAL_CHECKPOINT_S`` sets the period); a trial whose run folder
+says it finished after Ray's last save is closed at once without training
+again. Other settings in the same folder are refused. The schedulers restart
+from the state Ray pickled when the study began, so their decisions after a
+resume may differ from those of an uninterrupted study; synchronous PBT
+(``synch=True``) can stall after a restore in the Ray releases that lack
+ray-project/ray#48616 (all trials left ``PAUSED``), asynchronous PBT does not.
 """
 from __future__ import annotations
 
@@ -43,6 +59,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -56,6 +73,7 @@ from onepass.search.trainable import (
 STUDY = "study.json"
 STATE_FILE = "state.pt"
 STATIC = "_onepass"
+FINAL = ("finished", "diverged")
 
 
 def _trainable_class():
@@ -81,6 +99,9 @@ def _trainable_class():
             # actor that Ray sets up for a trial and stops at once must not
             # overwrite that trial's folder.
             self._trial_config, self.session = cfg, None
+            # A trial that finished before the driver died, after Ray's last
+            # saved experiment state: report its end, train nothing.
+            self.finished = _finished_before(self.run_dir, self.trial_id, static["method"])
 
         def _open(self):
             if self.session is None:
@@ -97,6 +118,8 @@ def _trainable_class():
                     "started_at_study_s": time.time() - self.static["started_at"]}
 
         def step(self):
+            if self.finished is not None:
+                return _final_result(self.finished)
             row = self._open().advance(self.static["report_every"])
             result = {"val_loss": row["score"], "step": int(row["step"]), "done": bool(row["done"]),
                       "trial_wall_time_s": row.get("wall_time_s") or 0.0}
@@ -110,6 +133,9 @@ def _trainable_class():
             return result
 
         def save_checkpoint(self, checkpoint_dir):
+            if self.finished is not None:
+                torch.save({"finished": self.finished}, os.path.join(checkpoint_dir, STATE_FILE))
+                return None
             state = self._open().state()
             state["trial_id"] = self.trial_id
             state["trial_config"] = {k: float(self.config[k]) for k in SEARCH_SPACE}
@@ -125,6 +151,10 @@ def _trainable_class():
                 state = checkpoint
             else:
                 state = torch.load(os.path.join(checkpoint, STATE_FILE), weights_only=False)
+            if self.finished is None and "finished" in state:
+                self.finished = state["finished"]
+            if self.finished is not None:
+                return  # never reopen (and so overwrite) a finished trial's folder
             donor = state["trial_id"]
             note = {"event": "exploit" if donor != self.trial_id else "restore",
                     "step": int(state["steps"]), "donor": donor,
@@ -151,10 +181,13 @@ def _trainable_class():
             self.session.write_summary(search=self._search_info())
 
         def reset_config(self, new_config):
-            """Ray reuses this actor (PBT only) for another trial or for this one
-            after an exploit: hand the current folder back unfinished (the trial
-            is paused, not over), then set up anew."""
-            self._release(final=False)
+            """Ray reuses this actor for another trial, or (PBT) for this one
+            after an exploit. Close the current folder if its trial is over
+            (ASHA never pauses a trial, so one it stopped is over too), else
+            hand it back unfinished (a paused PBT trial), then set up anew."""
+            over = self.static["method"] == "asha" or (self.session is not None
+                                                       and self.session.done)
+            self._release(final=over)
             self.setup(new_config)
             return True
 
@@ -180,6 +213,31 @@ def _trainable_class():
             session.close()
 
     return OnepassTrainable
+
+
+def _finished_before(run_dir: Path, trial_id: str, method: str) -> dict | None:
+    """The final summary of ``trial_id``'s run folder if this trial already
+    ended (a PBT trial whose actor stopped while paused has ``stopped_early``
+    and is not over); else ``None``."""
+    summary = read_summary(run_dir) or {}
+    search = summary.get("search") or {}
+    if (summary.get("status") not in FINAL or search.get("trial_id") != trial_id
+            or "finished_at_study_s" not in search):
+        return None
+    if method == "pbt" and summary.get("stopped_early"):
+        return None
+    return summary
+
+
+def _final_result(summary: Mapping) -> dict:
+    """The last report of a trial that finished before, from its summary."""
+    final = summary.get("final") or {}
+    result = {"val_loss": score(summary), "step": int(summary.get("steps") or 0), "done": True,
+              "trial_wall_time_s": summary.get("wall_time_s") or 0.0}
+    for key in ("train_loss", "test_loss", "test_loss_unnormalised"):
+        if final.get(key) is not None:
+            result[key] = final[key]
+    return result
 
 
 def explore_clip(config: dict) -> dict:
@@ -220,7 +278,8 @@ def run_ray_search(
     address: str | None = None,
     num_cpus: int | None = None,
     cpus_per_trial: float = 1.0,
-    keep_checkpoints: bool = True,
+    checkpoint_every: int = 50,
+    keep_checkpoints: bool | None = None,
     verbose: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -232,8 +291,15 @@ def run_ray_search(
     else ``ray.init(address=address)`` (a local one when ``address`` is None).
     ``cpus_per_trial`` equal to the CPUs Ray has runs one trial at a time,
     which makes ASHA's decisions reproducible (they otherwise depend on which
-    trial reports first). PBT reuses trial actors (an exploit then costs no
-    process start); a paused trial's folder keeps status ``running``.
+    trial reports first). Trials reuse actors (a new trial or a PBT exploit
+    costs no process start); a paused PBT trial's folder keeps status ``running``.
+
+    Trials checkpoint every ``checkpoint_every`` reports; running the same
+    call again continues an interrupted study from those checkpoints (see the
+    module's docstring) and refuses other settings in ``root`` with
+    :class:`ValueError`. ``keep_checkpoints`` (default: PBT only) also keeps a
+    copy of every checkpoint in the trial's run folder (``checkpoints/``,
+    ``restored/``), to inspect exploits.
     """
     ray = require("ray", "ray")
     tune = require("ray.tune", "ray")
@@ -258,26 +324,47 @@ def run_ray_search(
     if method == "pbt" and perturbation_interval % report_every:
         raise ValueError(f"perturbation_interval ({perturbation_interval}) must be a multiple of "
                          f"report_every ({report_every})")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
+    if keep_checkpoints is None:
+        keep_checkpoints = method == "pbt"
     from onepass.data.uci import load_uci
     load_uci(probe["dataset"]["name"], data_dir)  # the data must be there (raises otherwise)
 
-    root.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     static = {"method": method, "root": str(root), "dataset": str(dataset), "base": base,
               "max_steps": int(max_steps), "report_every": int(report_every), "seed": int(seed),
               "overrides": [_override_text(o) for o in overrides],
               "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-              "device": device, "started_at": started, "keep_checkpoints": bool(keep_checkpoints)}
+              "device": device, "keep_checkpoints": bool(keep_checkpoints)}
+    settings = {**static, "num_samples": num_samples, "grace_period": grace_period,
+                "reduction_factor": reduction_factor, "perturbation_interval": perturbation_interval,
+                "synch": synch, "checkpoint_every": checkpoint_every}
+    previous = _read_json(root / STUDY)
+    if previous is not None and previous.get("settings") != _json_safe(settings):
+        raise ValueError(f"{root} holds a study with other settings ({previous.get('settings')}); "
+                         "choose another folder")
+    experiment = root / "_ray" / method
+    resume = previous is not None and _restorable(experiment)
+    if previous is not None and not resume:
+        shutil.rmtree(experiment, ignore_errors=True)  # died before Ray saved a state: start over
+    started = previous["started_at"] if resume else time.time()
+    static["started_at"] = started
+    resumes = previous.get("resumes", 0) + 1 if resume else 0
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json(root / STUDY, {"settings": settings, "method": method, "status": "running",
+                               "started_at": started, "resumes": resumes})
     if method == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric="val_loss", mode="min", max_t=max_steps,
                                   grace_period=grace_period, reduction_factor=reduction_factor)
-        checkpoint_config = tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)
     else:
         scheduler = PopulationBasedTraining(
             time_attr="step", metric="val_loss", mode="min",
             perturbation_interval=perturbation_interval, hyperparam_mutations=search_space(),
             custom_explore_fn=explore_clip, synch=synch)
-        checkpoint_config = tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False)
+    # Every checkpoint is kept: Ray's saved experiment state may name an older one
+    # than the newest (and a PBT exploit may load a donor's older one).
+    checkpoint_config = tune.CheckpointConfig(checkpoint_frequency=checkpoint_every,
+                                              checkpoint_at_end=False)
 
     started_ray = False
     if not ray.is_initialized():
@@ -288,31 +375,39 @@ def run_ray_search(
         started_ray = True
     try:
         trainable = tune.with_resources(_trainable_class(), {"cpu": cpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={**search_space(), STATIC: static},
-            tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
-                                        search_alg=BasicVariantGenerator(random_state=seed),
-                                        reuse_actors=method == "pbt"),
-            run_config=tune.RunConfig(name=method, storage_path=str(root / "_ray"),
-                                      checkpoint_config=checkpoint_config, verbose=verbose,
-                                      stop={"done": True}))
-        log(f"{method}: {num_samples} trials of at most {max_steps} updates, base {base}, "
-            f"run folders under {root}")
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+            log(f"{method}: continuing the study in {root} (resume {resumes})")
+            if synch and method == "pbt":
+                log("pbt: synchronous PBT may stall after a restore (ray-project/ray#48616)")
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={**search_space(), STATIC: static},
+                tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=num_samples,
+                                            search_alg=BasicVariantGenerator(random_state=seed),
+                                            reuse_actors=True),
+                run_config=tune.RunConfig(name=method, storage_path=str(experiment.parent),
+                                          checkpoint_config=checkpoint_config, verbose=verbose,
+                                          stop={"done": True}))
+            log(f"{method}: {num_samples} trials of at most {max_steps} updates, base {base}, "
+                f"run folders under {root}")
         grid = tuner.fit()
         errors = [str(r.error) for r in grid if r.error is not None]
     finally:
         if started_ray:
             ray.shutdown()
-    study = collect_study(root, method=method, settings={
-        k: v for k, v in static.items() if k not in ("started_at",)} | {
-        "num_samples": num_samples, "grace_period": grace_period,
-        "reduction_factor": reduction_factor, "perturbation_interval": perturbation_interval,
-        "synch": synch},
-        elapsed_s=time.time() - started)
-    study["errors"] = errors
+    study = collect_study(root, method=method, settings=settings, elapsed_s=time.time() - started)
+    study.update(errors=errors, status="finished", started_at=started, resumes=resumes)
     _write_json(root / STUDY, study)
     return study
+
+
+def _restorable(experiment: Path) -> bool:
+    """Whether Ray saved enough of the study in ``experiment`` to restore it."""
+    from ray.tune import Tuner
+    return Tuner.can_restore(str(experiment)) and any(experiment.glob("experiment_state-*.json"))
 
 
 def collect_study(root: Path, *, method: str, settings: Mapping, elapsed_s: float) -> dict:
@@ -345,9 +440,20 @@ def _override_text(item) -> str:
     return f"{'.'.join(path)}={json.dumps(value)}"
 
 
-def _write_json(path: Path, data) -> None:
+def _json_safe(data):
     from onepass.experiment.logging import _json_safe
+    return json.loads(json.dumps(_json_safe(data)))
+
+
+def _write_json(path: Path, data) -> None:
     atomic_write_bytes(path, (json.dumps(_json_safe(data), indent=2) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = ["collect_study", "explore_clip", "run_ray_search", "search_space"]
