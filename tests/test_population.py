@@ -14,8 +14,20 @@ METHODS = {
     "neumann_per_weight_lr": dict(method="neumann", tune=("lr", "momentum", "weight_decay"),
                                   granularity={"lr": "weight"}),
     "unroll": dict(method="unroll", tune=("lr", "momentum", "weight_decay")),
+    "cg": dict(method="cg", tune=("lr", "momentum", "weight_decay")),
     "baydin": dict(method="baydin", tune=("lr",)),
+    "baydin_exact": dict(method="baydin_exact", tune=("lr",)),
+    "adam_neumann_per_tensor": dict(rule="adam", method="neumann", tune=("lr", "weight_decay"),
+                                    granularity={"lr": "tensor"}),
+    "adamw_unroll": dict(rule="adamw", method="unroll", tune=("lr", "weight_decay")),
 }
+
+
+def _starts_for(starts, options):
+    """The SGD starting values, less momentum for Adam's rules."""
+    if options.get("rule", "sgd").startswith("adam"):
+        return {k: v for k, v in starts.items() if k != "momentum"}
+    return starts
 
 
 @pytest.fixture
@@ -38,6 +50,7 @@ def problem():
 def test_members_equal_single_runs(problem, name):
     batch, val_batch, starts, models = problem
     options = METHODS[name]
+    starts = _starts_for(starts, options)
     population = PopulationMLP.from_models(models)
     pop_tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P, **options)
     for _ in range(STEPS):
@@ -54,20 +67,22 @@ def test_members_equal_single_runs(problem, name):
             pop_value = pop_tuner.hyperparameters[key]
             if isinstance(value, float):
                 assert pop_value[m] == pytest.approx(value, rel=1e-9)
+            elif isinstance(value[0], float):  # per tensor: one list of members per tensor
+                assert [v[m] for v in pop_value] == pytest.approx(value, rel=1e-9)
             else:  # per weight: list of tensors, member m is slice m of each
                 for a, b in zip(PopulationMLP.to_member_layout(pop_value, m), value):
                     torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
     assert not pop_tuner.diverged.any()
 
 
-@pytest.mark.parametrize("method", ["neumann", "unroll", "baydin"])
+@pytest.mark.parametrize("method", ["neumann", "unroll", "baydin", "baydin_exact"])
 @pytest.mark.parametrize("compile", [False, True])
 def test_diverged_member_is_frozen_and_others_go_on(problem, compile, method):
     batch, val_batch, starts, models = problem
     starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
     population = PopulationMLP.from_models(models)
     tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
-                          tune=("lr",) if method == "baydin" else ("lr", "momentum", "weight_decay"),
+                          tune=("lr",) if method.startswith("baydin") else ("lr", "momentum", "weight_decay"),
                           lr_bounds=(1e-10, 100.0), method=method, compile=compile)
     frozen_at = None
     for step in range(STEPS):
@@ -117,12 +132,14 @@ def test_compiled_gradients_agree_with_eager_ones(problem):
     of Neumann's hyperstep and of the replayed unrolled window) gives the same
     population run as the eager path, to rounding."""
     batch, val_batch, starts, models = problem
-    for options in (METHODS["neumann"], METHODS["neumann_per_weight_lr"], METHODS["baydin"],
-                    METHODS["unroll"], dict(METHODS["unroll"], unroll_steps=10)):
+    for options in (METHODS["neumann"], METHODS["neumann_per_weight_lr"], METHODS["cg"], METHODS["baydin"],
+                    METHODS["baydin_exact"], METHODS["unroll"], dict(METHODS["unroll"], unroll_steps=10),
+                    METHODS["adam_neumann_per_tensor"], METHODS["adamw_unroll"]):
         runs = []
         for compile in (False, True):
             population = PopulationMLP.from_models(models)
-            tuner = onepass.Tuner(population, member_mse, hyperparameters=starts, population=P,
+            tuner = onepass.Tuner(population, member_mse, hyperparameters=_starts_for(starts, options),
+                                  population=P,
                                   compile=compile, **options)
             for _ in range(25):
                 tuner.step(batch, val_batch)

@@ -11,11 +11,9 @@ from torch.func import functional_call
 
 import onepass
 from onepass.core import hyperparameters as hp
-from onepass.core.hypergradients import (
-    baydin_hypergradient_functional,
-    implicit_hypergradient_functional,
-    unrolled_hypergradient_functional,
-)
+from onepass.core.estimators.baydin import exact_hypergradient_of as baydin_hypergradient_functional
+from onepass.core.estimators.implicit import hypergradient as implicit_hypergradient_functional
+from onepass.core.estimators.unroll import unrolled_hypergradient as unrolled_hypergradient_functional
 
 DTYPE = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -208,7 +206,7 @@ def test_baydin_hyperstep_equals_functional():
     loss = functional_loss(model)
     batches = make_batches(8)
     tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
-                          tune=("lr",), method="baydin")
+                          tune=("lr",), method="baydin_exact")
     before, raw_after = [], []
     for t in range(8):
         before.append((weights_of(model), clone_tree(tuner.state)))
@@ -228,10 +226,35 @@ def test_baydin_hyperstep_equals_functional():
     assert tuner.hyperparameters["lr"] != 0.05
 
 
-def test_baydin_plain_sgd_is_gradient_dot_product():
+def test_paper_baydin_steps_log10_lr_by_the_raw_gradient_dot_product():
+    """The paper's Baydin: h = −∇L_T(w_t)·∇L_T(w_{t−1}) (raw gradients: no momentum or
+    weight-decay terms), a = log10 η ← a − 0.001 h, every update, then clipped."""
+    model = make_mlp()
+    batches = make_batches(6)
+    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.9, weight_decay=1e-2),
+                          tune=("lr",), method="baydin", lr_bounds=(1e-10, 0.0501))
+    assert tuner.hyper_space == "transformed"
+    grads = []
+    for t in range(6):
+        x, y = batches[t]
+        grads.append(torch.autograd.grad(MSE(model(x), y), list(model.parameters())))
+        a_before = math.log10(tuner.hyperparameters["lr"])
+        result = tuner.step(batches[t])
+        if t == 0:
+            assert result.hypergradient is None
+            continue
+        dot = sum((a * b).sum() for a, b in zip(grads[t], grads[t - 1])).item()
+        assert abs(dot) > 1e-4
+        torch.testing.assert_close(result.hypergradient["lr"][0], torch.tensor(-dot), rtol=1e-12, atol=1e-14)
+        expected = min(a_before + 0.001 * dot, math.log10(0.0501))
+        assert math.isclose(math.log10(tuner.hyperparameters["lr"]), expected, rel_tol=1e-12)
+    assert tuner.hyperparameters["lr"] != 0.05
+
+
+def test_baydin_exact_plain_sgd_is_gradient_dot_product():
     model = make_mlp()
     batches = make_batches(3)
-    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05), method="baydin")
+    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05), method="baydin_exact")
     grads = []
     for t in range(3):
         x, y = batches[t]
@@ -594,7 +617,7 @@ def test_reset_each_window_restarts_every_window_from_the_initial_weights():
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
     initial = [p.detach().clone() for p in model.parameters()]
     tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, method="unroll", update_interval=8,
-                          unroll_steps=8, reset_each_window=True,
+                          unroll_steps=8, reset_each_window=True, reset_optimizer_state=True,
                           hyperparameters=dict(lr=0.05, momentum=0.5, weight_decay=1e-4), hyper_lr=0.0)
     ends = []
     for step in range(1, 25):
@@ -614,6 +637,33 @@ def test_reset_each_window_restarts_every_window_from_the_initial_weights():
     tuner._reset_weights()
     for a, b in zip(model.parameters(), start):
         assert torch.equal(a, b)
+
+
+def test_reset_each_window_carries_the_momentum_buffer_by_default():
+    """As the reference code does: only the weights go back; the momentum buffer of the
+    window's end enters the next window's first update, b = μ b_prev + g + ξ w_0."""
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randn(30, 1, dtype=torch.float64)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    initial = [p.detach().clone() for p in model.parameters()]
+    lr, mu, xi = 0.05, 0.5, 1e-4
+    tuner = onepass.Tuner(model, torch.nn.functional.mse_loss, method="unroll", update_interval=4,
+                          unroll_steps=4, reset_each_window=True,
+                          hyperparameters=dict(lr=lr, momentum=mu, weight_decay=xi), hyper_lr=0.0)
+    assert tuner.reset_optimizer_state is False
+    for _ in range(4):
+        tuner.step((x, y), (x, y))
+    carried = [b.clone() for b in tuner.state["momentum_buffer"]]
+    assert all(b.abs().max() > 0 for b in carried)
+    tuner.step((x, y), (x, y))   # first update of window 2: from the initial weights
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, w in zip(reference.parameters(), initial):
+            p.copy_(w)
+    g0 = torch.autograd.grad(torch.nn.functional.mse_loss(reference(x), y), list(reference.parameters()))
+    for p, w, g, b in zip(model.parameters(), initial, g0, carried):
+        expected_buffer = mu * b + g + xi * w
+        torch.testing.assert_close(p.detach(), w - lr * expected_buffer, rtol=1e-12, atol=1e-15)
 
 
 def test_max_grad_norm_matches_clip_grad_norm_and_enters_the_hypergradient():

@@ -1,18 +1,14 @@
-"""Core numerics: update rules, hypergradient estimators and the tuner. No I/O."""
-from .hypergradients import (
-    baydin_hypergradient_functional,
-    implicit_hypergradient,
-    implicit_hypergradient_functional,
-    neumann_series,
-    unrolled_hypergradient_functional,
-)
+"""Core numerics: update rules, hyperparameter slots, hypergradient estimators,
+how a step is executed, and the tuner. No I/O."""
+from .estimators import ESTIMATORS, StepResult
+from .execution import NonFiniteError
 from .hyperparameters import TRANSFORMS, to_natural, to_raw
 from .rules import RULES, UpdateRule, adam_update, get_rule, sgd_update
-from .tuner import NonFiniteError, StepResult, Tuner
+from .solvers import conjugate_gradient, neumann_series
+from .tuner import Tuner
 
 __all__ = [
-    "RULES", "TRANSFORMS", "NonFiniteError", "StepResult", "Tuner", "UpdateRule",
-    "adam_update", "baydin_hypergradient_functional", "get_rule", "implicit_hypergradient",
-    "implicit_hypergradient_functional", "neumann_series", "sgd_update", "to_natural", "to_raw",
-    "unrolled_hypergradient_functional",
+    "ESTIMATORS", "RULES", "TRANSFORMS", "NonFiniteError", "StepResult", "Tuner", "UpdateRule",
+    "adam_update", "conjugate_gradient", "get_rule", "neumann_series", "sgd_update", "to_natural",
+    "to_raw",
 ]

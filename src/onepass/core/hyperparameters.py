@@ -1,4 +1,4 @@
-"""Hyperparameters in a transformed space where they are unconstrained.
+"""Hyperparameters: transforms to an unconstrained space, and the slots that hold them.
 
 ``lr = 10^a``, ``weight_decay = 10^b``, ``eps = 10^e``, ``momentum = sigmoid(c)``,
 ``beta1 = sigmoid(d)``, ``beta2 = sigmoid(f)``.  Hypergradients are taken with
@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -77,3 +77,213 @@ def to_raw(name: str, natural: Tensor) -> Tensor:
 
 def to_natural(name: str, raw: Tensor) -> Tensor:
     return TRANSFORMS[name].to_natural(raw)
+
+
+class Slots:
+    """Where every hyperparameter value lives, and how it reaches the update rule.
+
+    Each hyperparameter is held in *slots*: one slot (``"scalar"``), one per
+    parameter group (``"group"``), one per weight tensor (``"tensor"``) or one
+    tensor of the weight's shape per weight tensor (``"weight"``). Weight
+    tensor ``i`` reads slot ``slot_of[name][i]``. A tuned hyperparameter's slots
+    are leaves in the transformed space (:attr:`raw`); a fixed one's are natural
+    values (:attr:`fixed`). With a population of ``P`` runs every scalar slot
+    has shape ``(P,)`` (one value per member).
+
+    Args:
+        names: the rule's hyperparameter names, in its order.
+        defaults: the rule's default values.
+        groups: ``[(tensors, overrides)]`` as given to a ``torch.optim`` optimiser.
+        values: initial natural values, per name (overriding ``defaults``).
+        tune: names to tune.
+        granularity: per name, one of :data:`GRANULARITIES`.
+        population: ``P`` or ``None``.
+        check_name: raises for a name the rule lacks.
+    """
+
+    def __init__(self, names, defaults, groups, values, tune, granularity, population, check_name):
+        self.names = tuple(names)
+        self.population = population
+        params = [p for group, _ in groups for p in group]
+        self.shapes = [p.shape for p in params]
+        like = params[0]
+        merged = dict(defaults)
+        for name, value in values.items():
+            check_name(name)
+            merged[name] = self.member_values(name, value)
+        for name in tune:
+            check_name(name)
+        for _, overrides in groups:
+            for name in overrides:
+                check_name(name)
+        for name, kind in granularity.items():
+            check_name(name)
+            if kind not in GRANULARITIES:
+                raise ValueError(f"unknown granularity {kind!r} for {name}; choose one of "
+                                 f"{', '.join(GRANULARITIES)}")
+
+        self.granularity: dict[str, str] = {}
+        self.slot_of: dict[str, list[int]] = {}
+        self.raw: dict[str, list[Tensor]] = {}      # tuned: leaves in transformed space
+        self.fixed: dict[str, list[Tensor]] = {}    # fixed: natural values
+        group_of = [g for g, (group, _) in enumerate(groups) for _ in group]
+        for name in self.names:
+            per_group = [self.member_values(name, overrides.get(name, merged[name])) for _, overrides in groups]
+            kind = granularity.get(name, "scalar" if len(set(per_group)) == 1 else "group")
+            if kind == "scalar" and len(set(per_group)) > 1:
+                raise ValueError(f"{name} differs between parameter groups, so it cannot be scalar")
+            if kind == "weight" and name not in tune:
+                kind = "tensor"
+            self.granularity[name] = kind
+            slot_of, slot_values, shapes = [], [], []
+            for i, p in enumerate(params):
+                slot = {"scalar": 0, "group": group_of[i]}.get(kind, i)
+                slot_of.append(slot)
+                if slot == len(slot_values):
+                    slot_values.append(per_group[group_of[i]])
+                    shapes.append(p.shape if kind == "weight" else (population,) if population else ())
+            self.slot_of[name] = slot_of
+            natural = [self.slot_tensor(v, shape, like) for shape, v in zip(shapes, slot_values)]
+            if name in tune:
+                for v in slot_values:
+                    for member_value in (v if isinstance(v, tuple) else (v,)):
+                        check_tunable(name, member_value)
+                self.raw[name] = [to_raw(name, t).requires_grad_() for t in natural]
+            else:
+                self.fixed[name] = natural
+        self.tuned = tuple(n for n in self.names if n in self.raw)
+
+    # ------------------------------------------------------------ reading
+
+    def leaves(self) -> list[Tensor]:
+        """The tuned raw leaves, name by name in the rule's order: what the hyper-optimiser steps."""
+        return [leaf for name in self.tuned for leaf in self.raw[name]]
+
+    def detached_raw(self) -> dict[str, list[Tensor]]:
+        return {name: [leaf.detach() for leaf in self.raw[name]] for name in self.tuned}
+
+    def by_leaf(self, per_name) -> list[Tensor]:
+        """A ``{name: [tensor per slot]}`` mapping in the order of :meth:`leaves`."""
+        return [g for name in self.tuned for g in per_name[name]]
+
+    def by_name(self, per_leaf) -> dict[str, list[Tensor]]:
+        """The inverse of :meth:`by_leaf`."""
+        out, i = {}, 0
+        for name in self.tuned:
+            n = len(self.raw[name])
+            out[name] = list(per_leaf[i:i + n])
+            i += n
+        return out
+
+    def natural_slots(self, name: str) -> list[Tensor]:
+        if name in self.raw:
+            return [to_natural(name, r) for r in self.raw[name]]
+        return self.fixed[name]
+
+    def zero_fixed(self) -> frozenset:
+        """Fixed momentum / weight decay that are exactly zero: the rule skips
+        their terms, as ``torch.optim`` does."""
+        return frozenset(name for name in ("momentum", "weight_decay") if name in self.fixed
+                         and all(not t.any() for t in self.fixed[name]))
+
+    def hyper(self, raw: Mapping, fixed: Mapping, frozen: Tensor | None, skip: frozenset) -> dict:
+        """The rule's ``hyper`` mapping from raw leaves and fixed natural values:
+        a pure function of its tensors (differentiable in ``raw``). With a
+        population each value broadcasts against its weight tensor, and the
+        learning rate of a ``frozen`` member is zero."""
+        hyper = {}
+        for name in self.names:
+            if name in skip:
+                continue
+            slots = [to_natural(name, r) for r in raw[name]] if name in raw else fixed[name]
+            if self.population is None:
+                hyper[name] = slots[0] if len(slots) == 1 else tuple(slots[k] for k in self.slot_of[name])
+                continue
+            values = []
+            for k, shape in zip(self.slot_of[name], self.shapes):
+                value = slots[k] if self.granularity[name] == "weight" else member_view(slots[k], len(shape))
+                if name == "lr" and frozen is not None:
+                    value = torch.where(member_view(frozen, len(shape)), 0.0, value)
+                values.append(value)
+            hyper[name] = tuple(values)
+        return hyper
+
+    def public(self) -> dict:
+        """Natural values: a float for a scalar, a list per group or tensor,
+        a list of tensors for per-weight values (lists per member in a population)."""
+        out = {}
+        with torch.no_grad():
+            for name in self.names:
+                values = self.natural_slots(name)
+                kind = self.granularity[name]
+                if kind == "weight":
+                    out[name] = [v.clone() for v in values]
+                elif kind == "scalar":
+                    out[name] = values[0].tolist()
+                else:
+                    out[name] = [v.tolist() for v in values]
+        return out
+
+    # ------------------------------------------------------------ writing
+
+    def set(self, name: str, value) -> None:
+        """Overwrite every slot of ``name`` (natural units; per member in a population)."""
+        value = self.member_values(name, value)
+        with torch.no_grad():
+            for t in self.raw.get(name, []) + self.fixed.get(name, []):
+                new = self.slot_tensor(value, t.shape, t)
+                if name in self.raw:
+                    for member_value in (value if isinstance(value, tuple) else (value,)):
+                        check_tunable(name, member_value)
+                    new = to_raw(name, new)
+                t.copy_(new)
+
+    def clip_lr(self, bounds: tuple[float, float]) -> None:
+        """Clip a tuned learning rate to ``bounds`` (``log10`` of it, in place)."""
+        if "lr" in self.raw:
+            low, high = (math.log10(b) for b in bounds)
+            with torch.no_grad():
+                for leaf in self.raw["lr"]:
+                    leaf.clamp_(low, high)
+
+    def state_dict(self) -> dict:
+        return {"raw": {k: [t.detach().clone() for t in v] for k, v in self.raw.items()},
+                "fixed": {k: [t.clone() for t in v] for k, v in self.fixed.items()}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if set(state.get("raw", {})) != set(self.raw):
+            raise ValueError(f"checkpoint tunes {sorted(state.get('raw', {}))} but this tuner tunes "
+                             f"{sorted(self.raw)}")
+        with torch.no_grad():
+            for store, key in ((self.raw, "raw"), (self.fixed, "fixed")):
+                for name, tensors in store.items():
+                    for t, saved in zip(tensors, state[key][name]):
+                        t.copy_(saved)
+
+    # ------------------------------------------------------------ helpers
+
+    def member_values(self, name: str, value):
+        """A float, or with a population a tuple of ``P`` floats (one per member)."""
+        if isinstance(value, Tensor):
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            if self.population is None or len(value) != self.population:
+                raise ValueError(f"{name} was given {len(value)} values; a sequence needs "
+                                 f"population={len(value)} (one value per member)")
+            values = tuple(float(v) for v in value)
+            return values[0] if len(set(values)) == 1 else values
+        return float(value)
+
+    @staticmethod
+    def slot_tensor(value, shape, like: Tensor) -> Tensor:
+        """A slot of ``shape`` holding ``value`` (per member along dimension 0)."""
+        kwargs = dict(dtype=like.dtype, device=like.device)
+        if not isinstance(value, tuple):
+            return torch.full(tuple(shape), value, **kwargs)
+        per_member = torch.tensor(value, **kwargs).view(-1, *[1] * (len(shape) - 1))
+        return per_member.expand(tuple(shape)).clone()
+
+
+def member_view(tensor: Tensor, dim: int) -> Tensor:
+    """A ``(P,)`` tensor reshaped to broadcast against a tensor of ``dim`` dimensions."""
+    return tensor.view(-1, *[1] * (dim - 1))

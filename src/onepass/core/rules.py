@@ -33,8 +33,9 @@ Hyper = Mapping[str, HyperValue]
 
 
 def _at(value: HyperValue, index: int) -> Tensor:
-    """The value of a hyperparameter for weight tensor ``index``."""
-    return value if isinstance(value, Tensor) else value[index]
+    """The value of a hyperparameter for weight tensor ``index`` (a float or
+    tensor is shared by every weight tensor)."""
+    return value if isinstance(value, (Tensor, float, int)) else value[index]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""The paper's estimator: the implicit function theorem through the last update.
+
+``dL_V/dλ ≈ (∂u/∂λ)ᵀ p``, ``p ≈ (I − Jᵀ)^{-1} v``, ``J = ∂u/∂w`` at
+``(w_{t-1}, λ)``, ``v = ∂L_V/∂w`` at ``w_t = u(w_{t-1}, λ)`` (method.md).
+Only the window's last update is differentiated; the optimiser state
+entering it is a constant. The linear solve is passed in
+(:mod:`onepass.core.solvers`): a K-term Neumann series (``"neumann"``, the
+paper; tuning only ``weight_decay`` gives Lorraine et al.) or conjugate
+gradients (``"cg"``).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+from ..execution import Ops
+from ..solvers import conjugate_gradient, neumann_series
+from . import Estimator, StepResult, register
+
+
+def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
+    """One implicit hypergradient and the update it differentiates.
+
+    Returns ``(hypergradient, new_weights, new_state, loss, val_loss)``; the
+    hypergradient has the structure of ``raw``.
+    """
+    # g = ∇L_T(w_{t-1}), with r ↦ ∇²L_T r                        (the loss's part)
+    gradient = ops.gradient(weights, batch, graph=True)
+    # w_t = u(w_{t-1}, s_{t-1}, g, λ), linearised                 (the rule's part)
+    update = ops.linear_update(weights, state, gradient.grads, raw)
+    # v = ∂L_V/∂w at w_t
+    v, val_loss = ops.val_gradient(update.weights, val_batch)
+
+    def transposed_jacobian(s):
+        # Jᵀ s = (∂u/∂w)ᵀ s + ∇²L_T (∂u/∂g)ᵀ s
+        s_w, s_g = update.vjp(s, wrt=("weights", "grads"))
+        return tuple(a + b for a, b in zip(s_w, gradient.hvp(s_g)))
+
+    p = solve(transposed_jacobian, v)                 # p ≈ (I − Jᵀ)^{-1} v
+    (hypergradient,) = update.vjp(p, wrt=("raw",))   # (∂u/∂λ)ᵀ p
+    return hypergradient, update.weights, update.state, gradient.loss, val_loss
+
+
+def hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batch, val_batch,
+                  terms: int, solve: Callable | None = None):
+    """:func:`hyperstep` for plain functions ``loss(weights, batch)`` and a rule's
+    ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
+    ``(hypergradient, new_weights, new_state, val_loss)``."""
+    ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
+    solve = solve or partial(neumann_series, terms=terms)
+    h, new_weights, new_state, _, loss = hyperstep(ops, tuple(weights), state, raw, train_batch, val_batch,
+                                                   solve=solve)
+    return h, new_weights, new_state, loss
+
+
+@register
+class Implicit(Estimator):
+    """A hyperparameter update at the last update of every window."""
+
+    name = "neumann"
+
+    def __init__(self, schedule):
+        super().__init__(schedule)
+        self.function = partial(hyperstep, solve=self.solver())
+
+    def solver(self) -> Callable:
+        return partial(neumann_series, terms=self.schedule.neumann_terms)
+
+    def step(self, execution, batch, val_batch, step, position, apply):
+        if position < self.schedule.update_interval:
+            return StepResult(execution.plain_step(batch, step).detach())
+        weights, state = execution.weights(), execution.state
+        result = execution.run(self.function, weights, state, execution.raw(), batch, val_batch)
+        hypergradient = execution.finish(result, weights, state, step, execution.slots.leaves())
+        return StepResult(result[3].detach(), result[4].detach(), apply(hypergradient))
+
+
+@register
+class ConjugateGradient(Implicit):
+    """:class:`Implicit` with ``neumann_terms`` conjugate-gradient iterations
+    for ``(I − Jᵀ) p = v`` (exact for SGD near a minimum; see
+    :func:`~onepass.core.solvers.conjugate_gradient`)."""
+
+    name = "cg"
+
+    def solver(self) -> Callable:
+        return partial(conjugate_gradient, iterations=self.schedule.neumann_terms,
+                       members=self.schedule.population)

@@ -1,0 +1,135 @@
+"""Diff-through-Opt: the exact hypergradient through the window's last updates.
+
+``dL_V/dλ`` is accumulated backwards through the last ``unroll_steps``
+updates of each window, ``w_k = u(w_{k-1}, s_{k-1}, ∇L_T(w_{k-1}), λ)``; the
+weights and state entering the first of them are constants. Each update
+contributes ``(∂u/∂λ)ᵀ`` of the cotangent reaching it, and passes back
+``(∂u/∂w)ᵀ c + ∇²L_T (∂u/∂g)ᵀ c`` to the weights and ``(∂u/∂s)ᵀ c`` to the
+state. Eager runs take the updates as they come and keep their
+linearisations; compiled populations take plain steps and replay the
+stretch at the window's end (:func:`replay`). Both call :func:`advance`
+and :func:`hypergradient`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch.utils._pytree import tree_map
+
+from ..execution import Ops, clone
+from . import Estimator, StepResult, register
+
+
+@dataclass
+class Link:
+    """One differentiated update: its rule's VJP and its loss's Hessian–vector product."""
+
+    vjp: Callable
+    hvp: Callable | None
+    loss: object
+
+
+def advance(ops, weights, state, raw, batch, first: bool):
+    """One update with its linearisation: ``(weights, state, link)``. The
+    first update's gradient is a constant (no Hessian–vector products)."""
+    gradient = ops.gradient(weights, batch, graph=not first)
+    update = ops.linear_update(weights, state, gradient.grads, raw)
+    return update.weights, update.state, Link(update.vjp, gradient.hvp, gradient.loss)
+
+
+def hypergradient(links: list[Link], v):
+    """Reverse accumulation of ``dL_V/dλ`` through ``links``, with ``v = ∂L_V/∂w_T``."""
+    ct_weights, ct_state, total = v, None, None
+    for k, link in enumerate(reversed(links)):
+        if k == len(links) - 1:            # the stretch's first update: its inputs are constants
+            (ct_raw,) = link.vjp(ct_weights, ct_state, wrt=("raw",))
+        else:
+            s_w, ct_state, s_g, ct_raw = link.vjp(ct_weights, ct_state, wrt=("weights", "state", "grads", "raw"))
+            ct_weights = tuple(a + b for a, b in zip(s_w, link.hvp(s_g)))
+        total = ct_raw if total is None else tree_map(lambda a, b: a + b, total, ct_raw)
+    return total
+
+
+def replay(ops, weights, state, raw, batches, val_batch):
+    """The whole stretch from its first weights: ``(hypergradient, weights, state,
+    last training loss, val_loss)``."""
+    links = []
+    for i, batch in enumerate(batches):
+        weights, state, link = advance(ops, weights, state, raw, batch, first=i == 0)
+        links.append(link)
+    v, val_loss = ops.val_gradient(weights, val_batch)
+    return hypergradient(links, v), weights, state, links[-1].loss, val_loss
+
+
+def unrolled_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batches,
+                           val_batch):
+    """:func:`replay` for plain functions ``loss(weights, batch)`` and a rule's
+    ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
+    ``(hypergradient, (weights, state), val_loss)``."""
+    ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
+    h, weights, state, _, loss = replay(ops, tuple(weights), state, raw, tuple(train_batches), val_batch)
+    return h, (weights, state), loss
+
+
+@register
+class Unroll(Estimator):
+    """Differentiates the last ``unroll_steps`` updates of every window."""
+
+    name = "unroll"
+
+    def __init__(self, schedule):
+        super().__init__(schedule)
+        self._stretch = None   # eager: the links so far; compiled: (start weights, state, batches)
+
+    def step(self, execution, batch, val_batch, step, position, apply):
+        interval, steps = self.schedule.update_interval, self.schedule.unroll_steps
+        if position <= interval - steps:
+            return StepResult(execution.plain_step(batch, step).detach())
+        first = position == interval - steps + 1
+        closes = position == interval
+        if execution.compile_steps:
+            return self._compiled_step(execution, batch, val_batch, step, first, closes, apply)
+        if first or self._stretch is None:
+            self._stretch = []
+        links = self._stretch
+        # Each link holds its own graph; the next update starts from the committed
+        # weights (a member that diverged keeps its last finite ones).
+        weights = execution.weights() if not links else tuple(p.detach() for p in execution.params)
+        state = execution.state
+        ops = execution.ops()
+        new_weights, new_state, link = advance(ops, weights, state, execution.raw(), batch, first=not links)
+        links.append(link)
+        if not closes:
+            execution.finish((None, new_weights, new_state, link.loss, None), weights, state, step, ())
+            return StepResult(link.loss.detach())
+        self._stretch = None
+        v, val_loss = ops.val_gradient(new_weights, val_batch)
+        result = (hypergradient(links, v), new_weights, new_state, link.loss, val_loss)
+        checked = execution.finish(result, weights, state, step, execution.slots.leaves())
+        return StepResult(link.loss.detach(), val_loss.detach(), apply(checked))
+
+    def _compiled_step(self, execution, batch, val_batch, step, first, closes, apply):
+        if first or self._stretch is None:  # plain steps update in place: keep copies
+            self._stretch = (clone(tuple(execution.params)), clone(execution.state), [])
+        weights, state, batches = self._stretch
+        batches.append(batch)
+        if not closes:
+            return StepResult(execution.plain_step(batch, step).detach())
+        self._stretch = None
+        frozen = execution.diverged.clone()
+        result = execution.run(replay, weights, state, execution.raw(), tuple(batches), val_batch)
+        if execution.any_diverged:  # the replay froze them from the stretch's start: keep where they stopped
+            weights_now = tuple(p.detach() for p in execution.params)
+            new_weights, new_state = execution.keep_members(frozen, weights_now, execution.state,
+                                                            result[1], result[2])
+            result = (result[0], new_weights, new_state, result[3], result[4])
+        checked = execution.finish(result, tuple(p.detach() for p in execution.params), execution.state,
+                                   step, execution.slots.leaves())
+        return StepResult(result[3].detach(), result[4].detach(), apply(checked))
+
+    def in_window(self) -> bool:
+        return self._stretch is not None
+
+    def reset(self) -> None:
+        self._stretch = None

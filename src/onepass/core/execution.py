@@ -1,0 +1,477 @@
+"""How a step is executed: the loss's part and the rule's part of every product.
+
+An estimator (:mod:`onepass.core.estimators`) sees one weight update
+``w_t = u(w_{t-1}, s_{t-1}, g, λ)`` with ``g = ∇L_T(w_{t-1})`` through two
+kinds of products, kept apart:
+
+* the **loss's part** (:meth:`Ops.gradient`, :meth:`Ops.val_gradient`): the
+  training gradient ``g``, the Hessian–vector products ``r ↦ ∇²L_T r`` and the
+  validation gradient ``v = ∇L_V(w_t)``. Only these depend on the data, so
+  in data-parallel training only these are averaged across ranks (``reduce``);
+* the **rule's part** (:meth:`Ops.linear_update`): vector–Jacobian products
+  through the update rule itself, with gradient clipping and the
+  hyperparameter transforms: ``(∂u/∂w)ᵀ``, ``(∂u/∂s)ᵀ``, ``(∂u/∂g)ᵀ``,
+  ``(∂u/∂λ)ᵀ``. Adam's update is not linear in ``g``, so this part must see
+  the averaged gradient, never be averaged itself.
+
+So ``Jᵀ s = (∂u/∂w)ᵀ s + ∇²L_T (∂u/∂g)ᵀ s``.
+
+:class:`Ops` computes both with ``torch.autograd`` (eager; on a module's own
+parameters when it is given them) or with ``torch.func`` (pure functions of
+their tensors, so that a whole estimator step can go through
+``torch.compile``). Eager vs compiled and one run vs a population of ``P``
+runs are choices made here and in :class:`Execution`; the estimators are
+written once against :class:`Ops`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from .hyperparameters import Slots, member_view
+from .rules import UpdateRule, clip_gradients
+
+Tensors = tuple[Tensor, ...]
+ALL = ("weights", "state", "grads", "raw")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or hypergradient was NaN or infinite; nothing was updated.
+
+    Attributes:
+        quantity: ``"training loss"``, ``"validation loss"`` or ``"hypergradient"``.
+        step: the 1-based index of the weight update that was refused.
+    """
+
+    def __init__(self, quantity: str, step: int):
+        super().__init__(f"non-finite {quantity} at update {step}; weights and hyperparameters "
+                         "were left as they were")
+        self.quantity = quantity
+        self.step = step
+
+
+@dataclass
+class Gradient:
+    """The loss's part at some weights: ``grads = ∇L_T``, the loss, and with a
+    graph ``hvp(r) = ∇²L_T r``."""
+
+    grads: Tensors
+    loss: Tensor
+    hvp: Callable[[Tensors], Tensors] | None = None
+
+
+@dataclass
+class LinearUpdate:
+    """One update ``(w_t, s_t) = u(w_{t-1}, s_{t-1}, g, λ)`` and its VJPs.
+
+    ``vjp(ct_weights, ct_state=None, wrt=...)`` returns the cotangents of the
+    inputs named in ``wrt`` (``"weights"``, ``"state"``, ``"grads"``, ``"raw"``),
+    in that order, as a tuple.
+    """
+
+    weights: Tensors
+    state: Any
+    vjp: Callable[..., tuple]
+
+
+def _total(loss: Tensor) -> Tensor:
+    """The scalar to differentiate: a population's per-member losses are summed
+    (member ``m``'s gradient is then its own loss's gradient)."""
+    return loss if loss.dim() == 0 else loss.sum()
+
+
+def _with_total(loss_fn: Callable, batch) -> Callable:
+    """``w ↦ (summed loss, loss)`` for ``torch.func.grad(..., has_aux=True)``."""
+    def total_and_loss(weights):
+        loss = loss_fn(weights, batch)
+        return _total(loss), loss
+    return total_and_loss
+
+
+def _mask(tensors: Tensors, frozen: Tensor | None) -> Tensors:
+    """``tensors`` with the slices of ``frozen`` population members zeroed."""
+    if frozen is None:
+        return tuple(tensors)
+    return tuple(torch.where(member_view(frozen, t.dim()), 0.0, t) for t in tensors)
+
+
+def _add(a: Tensors, b: Tensors) -> Tensors:
+    return tuple(x + y for x, y in zip(a, b))
+
+
+@dataclass
+class Ops:
+    """The products an estimator needs, by autograd (eager) or ``torch.func``.
+
+    Args:
+        loss: ``loss(weights, batch)`` → the training loss, a scalar or one value per member.
+        val_loss: the same for the validation loss (running statistics left alone).
+        update: ``update(weights, state, grads, raw) -> (weights, state)``: clipping,
+            the hyperparameter transforms and the rule, a pure function.
+        frozen: population members whose gradients are zeroed, or ``None``.
+        functional: use ``torch.func`` (compilable) instead of ``torch.autograd``.
+        reduce: applied to every vector of the loss's part (gradients,
+            Hessian–vector products, validation gradients); ``None`` for one process.
+    """
+
+    loss: Callable
+    val_loss: Callable
+    update: Callable
+    frozen: Tensor | None = None
+    functional: bool = False
+    reduce: Callable[[Tensors], Tensors] | None = None
+
+    @classmethod
+    def of_functions(cls, update: Callable, to_hyper: Callable, train_loss: Callable,
+                     val_loss: Callable | None = None) -> "Ops":
+        """``torch.func`` ops for plain functions ``loss(weights, batch)`` and a
+        rule's ``update(weights, state, grads, hyper)`` with ``to_hyper(raw)``
+        giving its natural values: how tests, ``vmap`` and other front ends
+        call an estimator directly."""
+        def rule(weights, state, grads, raw):
+            return update(weights, state, grads, to_hyper(raw))
+        return cls(train_loss, val_loss or train_loss, rule, functional=True)
+
+    def _reduced(self, tensors: Tensors) -> Tensors:
+        tensors = _mask(tensors, self.frozen)
+        return tuple(self.reduce(tensors)) if self.reduce is not None else tensors
+
+    # ---------------------------------------------------------- loss's part
+
+    def gradient(self, weights: Tensors, batch, graph: bool = False) -> Gradient:
+        """``∇L_T`` at ``weights``; with ``graph`` also ``r ↦ ∇²L_T r``."""
+        if self.functional:
+            def grads_of(w):
+                grads, loss = torch.func.grad(_with_total(self.loss, batch), has_aux=True)(w)
+                return self._reduced(grads), loss
+            if not graph:
+                grads, loss = grads_of(weights)
+                return Gradient(grads, loss)
+            grads, hvp_fn, loss = torch.func.vjp(grads_of, tuple(weights), has_aux=True)
+            return Gradient(grads, loss, lambda r: self._reduced(hvp_fn(tuple(r))[0]))
+        weights = _differentiable(weights)
+        with torch.enable_grad():
+            loss = self.loss(weights, batch)
+            grads = torch.autograd.grad(_total(loss), weights, create_graph=graph)
+            grads = self._reduced(grads)
+        if not graph:
+            return Gradient(grads, loss)
+
+        def hvp(r):
+            return self._reduced(torch.autograd.grad(grads, weights, tuple(r), retain_graph=True))
+        return Gradient(tuple(g.detach() for g in grads), loss, hvp)
+
+    def val_gradient(self, weights: Tensors, batch) -> tuple[Tensors, Tensor]:
+        """``(v, L_V)``: the validation gradient at ``weights`` (per member)."""
+        if self.functional:
+            v, loss = torch.func.grad(_with_total(self.val_loss, batch), has_aux=True)(tuple(weights))
+            return self._reduced(v), loss
+        weights = tuple(w.detach().requires_grad_() for w in weights)
+        with torch.enable_grad():
+            loss = self.val_loss(weights, batch)
+            v = torch.autograd.grad(_total(loss), weights)
+        return self._reduced(v), loss.detach()
+
+    # ---------------------------------------------------------- rule's part
+
+    def linear_update(self, weights: Tensors, state, grads: Tensors, raw) -> LinearUpdate:
+        """The update at ``(weights, state, grads, raw)`` with its vector–Jacobian products."""
+        if self.functional:
+            (new_weights, new_state), vjp_fn = torch.func.vjp(self.update, tuple(weights), state,
+                                                              tuple(grads), raw)
+
+            def vjp(ct_weights, ct_state=None, wrt=ALL):
+                if ct_state is None:
+                    ct_state = tree_map(torch.zeros_like, new_state)
+                out = dict(zip(ALL, vjp_fn((tuple(ct_weights), ct_state))))
+                return tuple(out[k] for k in wrt)
+            return LinearUpdate(new_weights, new_state, vjp)
+
+        inputs = {
+            "weights": tuple(w.detach().requires_grad_() for w in weights),
+            "state": tree_map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t, state),
+            "grads": tuple(g.detach().requires_grad_() for g in grads),
+            "raw": raw,
+        }
+        with torch.enable_grad():
+            new_weights, new_state = self.update(inputs["weights"], inputs["state"], inputs["grads"],
+                                                 inputs["raw"])
+        state_leaves, _ = tree_flatten(new_state)
+
+        def vjp(ct_weights, ct_state=None, wrt=ALL):
+            outputs, cotangents = list(new_weights), list(ct_weights)
+            if ct_state is not None:
+                for out, ct in zip(state_leaves, tree_flatten(ct_state)[0]):
+                    if out.requires_grad and ct is not None:
+                        outputs.append(out)
+                        cotangents.append(ct)
+            flat = [tree_flatten(inputs[k]) for k in wrt]
+            leaves = [leaf for f, _ in flat for leaf in f]
+            wanted = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf.requires_grad]
+            got = iter(torch.autograd.grad(outputs, wanted, cotangents, retain_graph=True, allow_unused=True))
+            results = []
+            for leaves_k, spec in flat:
+                filled = []
+                for leaf in leaves_k:
+                    if isinstance(leaf, Tensor) and leaf.requires_grad:
+                        g = next(got)
+                        filled.append(torch.zeros_like(leaf) if g is None else g)
+                    else:
+                        filled.append(torch.zeros_like(leaf) if isinstance(leaf, Tensor) else leaf)
+                results.append(tree_unflatten(filled, spec))
+            return tuple(results)
+        return LinearUpdate(new_weights, new_state, vjp)
+
+
+def _differentiable(weights: Sequence[Tensor]) -> Tensors:
+    """``weights`` themselves when they are leaves that require grad (a module's
+    parameters: the model is then called directly), else detached copies that do.
+    A graph built on parameters must be used before they are committed: the
+    commit swaps their storage."""
+    if all(w.is_leaf and w.requires_grad for w in weights):
+        return tuple(weights)
+    return tuple(w.detach().requires_grad_() for w in weights)
+
+
+class Execution:
+    """The weights, the rule's state and the gradients of one run or one population.
+
+    It knows how to take a plain step and how to run an estimator's step
+    function: eagerly with :class:`Ops` on autograd, or, with ``compile`` and a
+    population, as one ``torch.compile``\\ d ``torch.func`` function. Members of
+    a population whose loss or hypergradient is not finite are frozen here;
+    a single run raises :class:`NonFiniteError` instead.
+    """
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], batch_loss: Callable,
+                 rule: UpdateRule, slots: Slots, *, max_grad_norm: float | None,
+                 population: int | None, compile: bool):
+        self.model = model
+        self.params = params
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.names = [names[id(p)] for p in params]
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        self.batch_loss = batch_loss
+        self.rule = rule
+        self.slots = slots
+        self.max_grad_norm = max_grad_norm
+        self.population = population
+        with torch.no_grad():
+            self.state = rule.init(tuple(params))
+        self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
+        if population is not None:
+            self.diverged = torch.zeros(population, dtype=torch.bool, device=params[0].device)
+        self.any_diverged = False   # a Python bool: no sync per step
+        self.compile_steps = compile and population is not None
+        self._compiled: dict[Callable, Callable] = {}
+        self._compiled_gradient = self._compile_gradient() if compile else None
+        self._hyper_cache: dict | None = None
+        self._hyper_floats: dict | None = None
+
+    # ------------------------------------------------------------ losses
+
+    def forward_with(self, weights: Sequence[Tensor], keep_buffers: bool = False) -> Callable:
+        """Call the model with ``weights`` in place of its parameters. With
+        ``keep_buffers`` its running statistics are left untouched."""
+        if not keep_buffers and all(w is p for w, p in zip(weights, self.params)):
+            return self.model
+        tensors = dict(zip(self.names, weights))
+        if keep_buffers and self.buffer_names:
+            buffers = dict(self.model.named_buffers())
+            tensors.update({n: buffers[n].clone() for n in self.buffer_names})
+
+        def forward(*args, **kwargs):
+            return functional_call(self.model, tensors, args, kwargs)
+        return forward
+
+    def train_loss(self, weights, batch) -> Tensor:
+        return self.batch_loss(self.forward_with(weights), batch)
+
+    def val_loss(self, weights, batch) -> Tensor:
+        return self.batch_loss(self.forward_with(weights, keep_buffers=True), batch)
+
+    def clip(self, grads: Tensors) -> Tensors:
+        if self.max_grad_norm is None:
+            return tuple(grads)
+        return clip_gradients(grads, self.max_grad_norm, per_member=self.population is not None)
+
+    def rule_update(self, weights, state, grads, raw, fixed, frozen, skip):
+        """Clipping, the transforms and the rule: the update as a pure function."""
+        return self.rule.update(weights, state, self.clip(grads), self.slots.hyper(raw, fixed, frozen, skip))
+
+    # ------------------------------------------------------------ ops
+
+    def frozen(self) -> Tensor | None:
+        return self.diverged if self.any_diverged else None
+
+    def ops(self, functional: bool = False, fixed=None, frozen=None, skip=None) -> Ops:
+        fixed = self.slots.fixed if fixed is None else fixed
+        frozen = self.frozen() if frozen is None else frozen
+        skip = self.slots.zero_fixed() if skip is None else skip
+
+        def update(weights, state, grads, raw):
+            return self.rule_update(weights, state, grads, raw, fixed, frozen, skip)
+        return Ops(self.train_loss, self.val_loss, update, frozen, functional)
+
+    def raw(self):
+        """The raw hyperparameters as inputs of a step function: the leaves
+        themselves (eager) or detached copies (compiled)."""
+        return self.slots.detached_raw() if self.compile_steps else dict(self.slots.raw)
+
+    def weights(self) -> Tensors:
+        if self.compile_steps:
+            return tuple(p.detach() for p in self.params)
+        return tuple(self.params)
+
+    def run(self, fn: Callable, *args):
+        """``fn(ops, *args)``: eagerly, or as one compiled ``torch.func`` function
+        (compiled once per ``fn``; the fixed hyperparameters and frozen members are inputs)."""
+        if not self.compile_steps:
+            return fn(self.ops(), *args)
+        if fn not in self._compiled:
+            def pure(fixed, frozen, skip, *inputs):
+                return fn(self.ops(functional=True, fixed=fixed, frozen=frozen, skip=skip), *inputs)
+            self._compiled[fn] = torch.compile(pure, dynamic=False)
+        return self._compiled[fn](self.slots.fixed, self.diverged, self.slots.zero_fixed(), *args)
+
+    # ------------------------------------------------------------ plain steps
+
+    def gradient_now(self, batch, step: int) -> tuple[Tensor, Tensors]:
+        """``(loss, ∇L_T)`` at the current weights without a graph, checked
+        (frozen members' gradients zeroed); not clipped."""
+        if self._compiled_gradient is not None:
+            grads, loss = self._compiled_gradient(tuple(p.detach() for p in self.params), batch)
+        else:
+            gradient = self.ops().gradient(tuple(self.params), batch)
+            grads, loss = gradient.grads, gradient.loss
+        self.check_losses(loss, "training loss", step)
+        return loss, self.masked(grads)
+
+    def update_without_graph(self, grads: Tensors) -> None:
+        """Take the update in place (the rule's fast twin), outside any graph."""
+        grads = self.clip(grads)
+        with torch.no_grad():
+            if self.rule.update_in_place is not None:
+                self.state = self.rule.update_in_place(tuple(self.params), self.state, grads,
+                                                       self.hyper_in_place())
+            else:
+                self.commit(*self.rule.update(tuple(self.params), self.state, grads, self.hyper()))
+
+    def plain_step(self, batch, step: int) -> Tensor:
+        loss, grads = self.gradient_now(batch, step)
+        self.update_without_graph(grads)
+        return loss
+
+    def commit(self, new_weights, new_state) -> None:
+        """Make ``new_weights`` the parameters' values. The storage is swapped,
+        not written in place: graphs that saved the old weights stay valid."""
+        for p, w in zip(self.params, new_weights):
+            p.data = w.detach()
+        self.state = detach(new_state)
+
+    def hyper(self) -> dict:
+        """The rule's ``hyper`` mapping (no graph), cached until the values change."""
+        if self._hyper_cache is None:
+            with torch.no_grad():
+                self._hyper_cache = self.slots.hyper(self.slots.raw, self.slots.fixed, self.frozen(),
+                                                     self.slots.zero_fixed())
+        return self._hyper_cache
+
+    def hyper_in_place(self) -> dict:
+        """:meth:`hyper` with scalars as Python floats, for ``update_in_place``."""
+        if self._hyper_floats is None:
+            self._hyper_floats = {name: value.item() if isinstance(value, Tensor) else value
+                                  for name, value in self.hyper().items()}
+        return self._hyper_floats
+
+    def invalidate(self) -> None:
+        """The hyperparameters (or the frozen members) changed."""
+        self._hyper_cache = self._hyper_floats = None
+
+    # ------------------------------------------------------------ checks
+
+    def masked(self, tensors: Tensors) -> Tensors:
+        return _mask(tensors, self.frozen())
+
+    def check_losses(self, loss: Tensor, quantity: str, step: int) -> None:
+        """Single run: raise :class:`NonFiniteError`. Population: freeze the
+        members whose loss is not finite."""
+        if self.population is None:
+            if not torch.isfinite(loss):
+                raise NonFiniteError(quantity, step)
+            return
+        bad = ~torch.isfinite(loss)
+        if bad.any():
+            self._freeze(bad)
+
+    def check_hypergradient(self, hypergradient: Sequence, leaves: Sequence[Tensor], step: int) -> list[Tensor]:
+        """Missing entries become zeros; a non-finite one raises (single run)
+        or freezes its member, whose hypergradient is then zero."""
+        hypergradient = [torch.zeros_like(l) if g is None else g for l, g in zip(leaves, hypergradient)]
+        if self.population is None:
+            if not all(torch.isfinite(g).all() for g in hypergradient):
+                raise NonFiniteError("hypergradient", step)
+            return hypergradient
+        bad = torch.zeros_like(self.diverged)
+        for g in hypergradient:
+            bad = bad | ~torch.isfinite(g).reshape(self.population, -1).all(1)
+        if bad.any():
+            self._freeze(bad)
+        return list(self.masked(hypergradient))
+
+    def _freeze(self, members: Tensor) -> None:
+        self.diverged = self.diverged | members
+        self.any_diverged = True
+        self.invalidate()
+
+    def finish(self, result, weights_before: Tensors, state_before, step: int, leaves) -> list[Tensor]:
+        """Check and commit the outcome ``(hypergradient, weights, state, loss,
+        val_loss)`` of a differentiated step that started from ``weights_before``
+        (``hypergradient`` and ``val_loss`` may be ``None``); members that
+        diverged in it keep their weights. Returns the checked hypergradient,
+        in the order of ``leaves``."""
+        hypergradient, new_weights, new_state, loss, val_loss = result
+        frozen = self.diverged
+        self.check_losses(loss, "training loss", step)
+        if val_loss is not None:
+            self.check_losses(val_loss, "validation loss", step)
+        if hypergradient is not None:
+            hypergradient = self.check_hypergradient(self.slots.by_leaf(hypergradient), leaves, step)
+        if self.population is not None:
+            newly = self.diverged & ~frozen
+            if newly.any():
+                new_weights, new_state = self.keep_members(newly, weights_before, state_before,
+                                                           new_weights, new_state)
+        self.commit(new_weights, new_state)
+        return hypergradient
+
+    def keep_members(self, mask: Tensor, old_weights, old_state, new_weights, new_state):
+        """``(new_weights, new_state)`` with the members in ``mask`` taken from the old ones."""
+        def keep(old, new):
+            if isinstance(new, Tensor) and new.dim() > 0 and new.shape[0] == self.population:
+                return torch.where(member_view(mask, new.dim()), old, new)
+            return new
+        return (tuple(keep(o.detach(), n) for o, n in zip(old_weights, new_weights)),
+                tree_map(keep, detach(old_state), new_state))
+
+    # ------------------------------------------------------------ compiled gradient
+
+    def _compile_gradient(self) -> Callable:
+        """``(weights, batch) -> (grads, loss)`` through ``torch.compile``."""
+        def grads_and_loss(weights, batch):
+            gradient = Ops(self.train_loss, self.val_loss, None, None, functional=True).gradient(weights, batch)
+            return gradient.grads, gradient.loss
+        return torch.compile(grads_and_loss, dynamic=False)
+
+
+def detach(tree):
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, tree)
+
+
+def clone(tree):
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, Tensor) else t, tree)
