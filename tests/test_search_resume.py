@@ -133,6 +133,12 @@ def test_asha_study_continues_after_kill_9(uci_data_dir, tmp_path):
     assert check_continued(study, before, after, killed_at), "no trial continued from a checkpoint"
     assert "best trial" in done.stderr
 
+    # A finished study run again trains nothing.
+    stamps = {name: (study / name / "summary.json").read_bytes() for name in after}
+    rerun(args, tmp_path)
+    assert {name: (study / name / "summary.json").read_bytes() for name in after} == stamps
+    assert json.loads((study / "study.json").read_text())["completed"] == 5
+
 
 def test_pbt_study_continues_after_kill_9(uci_data_dir, tmp_path):
     study = tmp_path / "pbt"

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from onepass.sweep.executors import EXECUTORS, PopulationTask, RunResult, SingleTask
+from onepass.sweep.executors import EXECUTORS, PopulationTask, SingleTask
 from onepass.sweep.plan import (
-    MANIFEST, PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest,
-    run_is_done,
+    PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest, run_is_done,
 )
 
 DEFAULT_POPULATION_SIZE = 50
@@ -159,5 +158,5 @@ def run_sweep(
     return outcome
 
 
-__all__ = ["DEFAULT_POPULATION_SIZE", "EXECUTORS", "MANIFEST", "PAPER_ALGORITHMS", "RunResult",
-           "Sweep", "SweepError", "SweepOutcome", "make_tasks", "relative_cost", "run_sweep"]
+__all__ = ["DEFAULT_POPULATION_SIZE", "EXECUTORS", "PAPER_ALGORITHMS", "Sweep", "SweepError",
+           "SweepOutcome", "make_tasks", "relative_cost", "run_sweep"]

@@ -23,12 +23,11 @@ from onepass.sweep.executors.base import (
     Executor, PopulationTask, RunResult, SingleTask, execute_task,
 )
 from onepass.sweep.executors.local import LocalExecutor
-from onepass.sweep.executors.ray import RAY_HINT, RayExecutor, import_ray
-from onepass.sweep.executors.slurm import SLURM_HINT, SlurmExecutor, import_submitit
+from onepass.sweep.executors.ray import RayExecutor, import_ray
+from onepass.sweep.executors.slurm import SlurmExecutor, import_submitit
 
 EXECUTORS: dict[str, type] = {cls.name: cls for cls in (LocalExecutor, RayExecutor, SlurmExecutor)}
 """``--executor`` name → class."""
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PopulationTask", "RAY_HINT", "RayExecutor",
-           "RunResult", "SLURM_HINT", "SingleTask", "SlurmExecutor", "execute_task", "import_ray",
-           "import_submitit"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PopulationTask", "RayExecutor", "RunResult",
+           "SingleTask", "SlurmExecutor", "execute_task", "import_ray", "import_submitit"]
