@@ -349,13 +349,9 @@ def _sweep_common(args) -> dict:
 
 def _check_ray(args) -> None:
     """The optional extra of the chosen executor, or a one-line usage error."""
+    from onepass.sweep.executors import EXECUTORS
     try:
-        if args.executor == "ray":
-            from onepass.sweep.executors import import_ray
-            import_ray()
-        elif args.executor == "slurm":
-            from onepass.cluster.slurm import import_submitit
-            import_submitit()
+        EXECUTORS[args.executor].check_available()
     except ImportError as error:
         raise UsageError(str(error)) from None
 

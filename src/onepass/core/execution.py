@@ -37,7 +37,6 @@ from .hyperparameters import Slots, member_view
 from .rules import UpdateRule, clip_gradients
 
 Tensors = tuple[Tensor, ...]
-ALL = ("weights", "state", "grads", "raw")
 
 
 class NonFiniteError(FloatingPointError):
@@ -58,25 +57,31 @@ class NonFiniteError(FloatingPointError):
 @dataclass
 class Gradient:
     """The loss's part at some weights: ``grads = ∇L_T``, the loss, and with a
-    graph ``hvp(r) = ∇²L_T r``."""
+    graph ``hvp(r) = ∇²L_T r``. ``inputs``/``graph_grads`` are the autograd
+    leaves the gradient was taken at and the gradient with its graph."""
 
     grads: Tensors
     loss: Tensor
     hvp: Callable[[Tensors], Tensors] | None = None
+    inputs: Tensors | None = None
+    graph_grads: Tensors | None = None
 
 
 @dataclass
 class LinearUpdate:
-    """One update ``(w_t, s_t) = u(w_{t-1}, s_{t-1}, g, λ)`` and its VJPs.
+    """One update ``(w_t, s_t) = u(w_{t-1}, s_{t-1}, g(w_{t-1}), λ)`` and its adjoint.
 
-    ``vjp(ct_weights, ct_state=None, wrt=...)`` returns the cotangents of the
-    inputs named in ``wrt`` (``"weights"``, ``"state"``, ``"grads"``, ``"raw"``),
-    in that order, as a tuple.
+    ``backward(ct_weights, ct_state=None, wrt=("weights", "state", "raw"))``
+    returns, for the names in ``wrt`` in that order, the cotangents at the
+    update's inputs: for ``"weights"`` the total derivative
+    ``(∂u/∂w)ᵀ c + ∇²L_T (∂u/∂g)ᵀ c`` (through the gradient too, when the
+    gradient was taken with a graph), for ``"state"`` ``(∂u/∂s)ᵀ c``, for
+    ``"raw"`` ``(∂u/∂λ)ᵀ c`` with the structure of the raw hyperparameters.
     """
 
     weights: Tensors
     state: Any
-    vjp: Callable[..., tuple]
+    backward: Callable[..., tuple]
 
 
 def _total(loss: Tensor) -> Tensor:
@@ -164,7 +169,7 @@ class Ops:
 
         def hvp(r):
             return self._reduced(torch.autograd.grad(grads, weights, tuple(r), retain_graph=True))
-        return Gradient(tuple(g.detach() for g in grads), loss, hvp)
+        return Gradient(tuple(g.detach() for g in grads), loss, hvp, weights, grads)
 
     def val_gradient(self, weights: Tensors, batch) -> tuple[Tensors, Tensor]:
         """``(v, L_V)``: the validation gradient at ``weights`` (per member)."""
@@ -179,53 +184,80 @@ class Ops:
 
     # ---------------------------------------------------------- rule's part
 
-    def linear_update(self, weights: Tensors, state, grads: Tensors, raw) -> LinearUpdate:
-        """The update at ``(weights, state, grads, raw)`` with its vector–Jacobian products."""
+    def linear_update(self, weights: Tensors, state, gradient: Gradient, raw) -> LinearUpdate:
+        """The update at ``(weights, state, gradient.grads, raw)`` and its adjoint.
+
+        The rule's part is a VJP through the update alone; the loss's part,
+        ``∇²L_T (∂u/∂g)ᵀ c``, comes from ``gradient.hvp``, with ``reduce``
+        between the two. Eagerly and with nothing to reduce, autograd takes
+        both in one backward pass through the update and the gradient's graph.
+        """
         if self.functional:
-            (new_weights, new_state), vjp_fn = torch.func.vjp(self.update, tuple(weights), state,
-                                                              tuple(grads), raw)
-
-            def vjp(ct_weights, ct_state=None, wrt=ALL):
-                if ct_state is None:
-                    ct_state = tree_map(torch.zeros_like, new_state)
-                out = dict(zip(ALL, vjp_fn((tuple(ct_weights), ct_state))))
-                return tuple(out[k] for k in wrt)
-            return LinearUpdate(new_weights, new_state, vjp)
-
+            return self._functional_update(weights, state, gradient, raw)
+        fused = self.reduce is None and gradient.graph_grads is not None
         inputs = {
-            "weights": tuple(w.detach().requires_grad_() for w in weights),
+            "weights": gradient.inputs if fused else tuple(w.detach().requires_grad_() for w in weights),
             "state": tree_map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t, state),
-            "grads": tuple(g.detach().requires_grad_() for g in grads),
+            "grads": gradient.graph_grads if fused else tuple(g.detach().requires_grad_() for g in gradient.grads),
             "raw": raw,
         }
         with torch.enable_grad():
             new_weights, new_state = self.update(inputs["weights"], inputs["state"], inputs["grads"],
                                                  inputs["raw"])
-        state_leaves, _ = tree_flatten(new_state)
+        state_leaves = tree_flatten(new_state)[0]
 
-        def vjp(ct_weights, ct_state=None, wrt=ALL):
+        def adjoint(ct_weights, ct_state=None, wrt=("weights", "state", "raw")):
             outputs, cotangents = list(new_weights), list(ct_weights)
             if ct_state is not None:
                 for out, ct in zip(state_leaves, tree_flatten(ct_state)[0]):
                     if out.requires_grad and ct is not None:
                         outputs.append(out)
                         cotangents.append(ct)
-            flat = [tree_flatten(inputs[k]) for k in wrt]
-            leaves = [leaf for f, _ in flat for leaf in f]
-            wanted = [leaf for leaf in leaves if isinstance(leaf, Tensor) and leaf.requires_grad]
-            got = iter(torch.autograd.grad(outputs, wanted, cotangents, retain_graph=True, allow_unused=True))
-            results = []
-            for leaves_k, spec in flat:
-                filled = []
-                for leaf in leaves_k:
-                    if isinstance(leaf, Tensor) and leaf.requires_grad:
-                        g = next(got)
-                        filled.append(torch.zeros_like(leaf) if g is None else g)
-                    else:
-                        filled.append(torch.zeros_like(leaf) if isinstance(leaf, Tensor) else leaf)
-                results.append(tree_unflatten(filled, spec))
-            return tuple(results)
-        return LinearUpdate(new_weights, new_state, vjp)
+            split = "weights" in wrt and not fused
+            names = [k for k in wrt if k != "weights"] + (["weights", "grads"] if split else
+                                                        ["weights"] if "weights" in wrt else [])
+            got = dict(zip(names, _autograd_vjp(outputs, cotangents, [inputs[k] for k in names])))
+            if split:
+                if gradient.hvp is None:
+                    raise ValueError("the gradient entering this update was taken without a graph")
+                got["weights"] = _add(got["weights"], gradient.hvp(got["grads"]))
+            return tuple(got[k] for k in wrt)
+        return LinearUpdate(new_weights, new_state, adjoint)
+
+    def _functional_update(self, weights, state, gradient: Gradient, raw) -> LinearUpdate:
+        (new_weights, new_state), vjp_fn = torch.func.vjp(self.update, tuple(weights), state,
+                                                          tuple(gradient.grads), raw)
+
+        def adjoint(ct_weights, ct_state=None, wrt=("weights", "state", "raw")):
+            if ct_state is None:
+                ct_state = tree_map(torch.zeros_like, new_state)
+            s_w, s_s, s_g, s_r = vjp_fn((tuple(ct_weights), ct_state))
+            out = {"state": s_s, "raw": s_r}
+            if "weights" in wrt:
+                out["weights"] = _add(s_w, gradient.hvp(s_g))   # (∂u/∂w)ᵀ c + ∇²L_T (∂u/∂g)ᵀ c
+            return tuple(out[k] for k in wrt)
+        return LinearUpdate(new_weights, new_state, adjoint)
+
+
+def _autograd_vjp(outputs, cotangents, inputs: list) -> list:
+    """``torch.autograd.grad`` over pytrees of inputs; inputs that do not require
+    grad (or are unused) get zeros, non-tensors pass through."""
+    flat = [tree_flatten(tree) for tree in inputs]
+    wanted = [leaf for leaves, _ in flat for leaf in leaves
+              if isinstance(leaf, Tensor) and leaf.requires_grad]
+    got = iter(torch.autograd.grad(outputs, wanted, cotangents, retain_graph=True, allow_unused=True)
+               if wanted else ())
+    results = []
+    for leaves, spec in flat:
+        filled = []
+        for leaf in leaves:
+            if isinstance(leaf, Tensor) and leaf.requires_grad:
+                g = next(got)
+                filled.append(torch.zeros_like(leaf) if g is None else g)
+            else:
+                filled.append(torch.zeros_like(leaf) if isinstance(leaf, Tensor) else leaf)
+        results.append(tree_unflatten(filled, spec))
+    return results
 
 
 def _differentiable(weights: Sequence[Tensor]) -> Tensors:

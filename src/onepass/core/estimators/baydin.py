@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..execution import Ops, clone
-from . import Estimator, StepResult, register
+from ..execution import Gradient, Ops, clone
+from .base import Estimator, StepResult, register
 
 
 def paper_hypergradient(grads, previous_grads, slot_of, per_weight: bool, members: int | None):
@@ -37,8 +37,8 @@ def paper_hypergradient(grads, previous_grads, slot_of, per_weight: bool, member
 def exact_hypergradient(ops, weights, state, grads, raw, next_grads):
     """``(∂u/∂λ)ᵀ ∇L_T(w_t)`` through the update ``w_t = u(w_{t-1}, s, g, λ)``
     taken from ``(weights, state, grads)``."""
-    update = ops.linear_update(weights, state, grads, raw)
-    (hypergradient,) = update.vjp(tuple(next_grads), wrt=("raw",))
+    update = ops.linear_update(weights, state, Gradient(tuple(grads), None), raw)
+    (hypergradient,) = update.backward(tuple(next_grads), wrt=("raw",))
     return hypergradient
 
 

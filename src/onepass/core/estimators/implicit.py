@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..execution import Ops
 from ..solvers import conjugate_gradient, neumann_series
-from . import Estimator, StepResult, register
+from .base import Estimator, StepResult, register
 
 
 def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
@@ -27,17 +27,16 @@ def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
     # g = ∇L_T(w_{t-1}), with r ↦ ∇²L_T r                        (the loss's part)
     gradient = ops.gradient(weights, batch, graph=True)
     # w_t = u(w_{t-1}, s_{t-1}, g, λ), linearised                 (the rule's part)
-    update = ops.linear_update(weights, state, gradient.grads, raw)
+    update = ops.linear_update(weights, state, gradient, raw)
     # v = ∂L_V/∂w at w_t
     v, val_loss = ops.val_gradient(update.weights, val_batch)
 
     def transposed_jacobian(s):
         # Jᵀ s = (∂u/∂w)ᵀ s + ∇²L_T (∂u/∂g)ᵀ s
-        s_w, s_g = update.vjp(s, wrt=("weights", "grads"))
-        return tuple(a + b for a, b in zip(s_w, gradient.hvp(s_g)))
+        return update.backward(s, wrt=("weights",))[0]
 
-    p = solve(transposed_jacobian, v)                 # p ≈ (I − Jᵀ)^{-1} v
-    (hypergradient,) = update.vjp(p, wrt=("raw",))   # (∂u/∂λ)ᵀ p
+    p = solve(transposed_jacobian, v)                       # p ≈ (I − Jᵀ)^{-1} v
+    (hypergradient,) = update.backward(p, wrt=("raw",))     # (∂u/∂λ)ᵀ p
     return hypergradient, update.weights, update.state, gradient.loss, val_loss
 
 

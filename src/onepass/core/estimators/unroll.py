@@ -12,41 +12,28 @@ and :func:`hypergradient`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 from torch.utils._pytree import tree_map
 
 from ..execution import Ops, clone
-from . import Estimator, StepResult, register
-
-
-@dataclass
-class Link:
-    """One differentiated update: its rule's VJP and its loss's Hessian–vector product."""
-
-    vjp: Callable
-    hvp: Callable | None
-    loss: object
+from .base import Estimator, StepResult, register
 
 
 def advance(ops, weights, state, raw, batch, first: bool):
-    """One update with its linearisation: ``(weights, state, link)``. The
-    first update's gradient is a constant (no Hessian–vector products)."""
+    """One update with its linearisation (a
+    :class:`~onepass.core.execution.LinearUpdate`) and its training loss.
+    The first update's gradient is a constant (no Hessian–vector products)."""
     gradient = ops.gradient(weights, batch, graph=not first)
-    update = ops.linear_update(weights, state, gradient.grads, raw)
-    return update.weights, update.state, Link(update.vjp, gradient.hvp, gradient.loss)
+    return ops.linear_update(weights, state, gradient, raw), gradient.loss
 
 
-def hypergradient(links: list[Link], v):
-    """Reverse accumulation of ``dL_V/dλ`` through ``links``, with ``v = ∂L_V/∂w_T``."""
+def hypergradient(updates: list, v):
+    """Reverse accumulation of ``dL_V/dλ`` through ``updates``, with ``v = ∂L_V/∂w_T``."""
     ct_weights, ct_state, total = v, None, None
-    for k, link in enumerate(reversed(links)):
-        if k == len(links) - 1:            # the stretch's first update: its inputs are constants
-            (ct_raw,) = link.vjp(ct_weights, ct_state, wrt=("raw",))
-        else:
-            s_w, ct_state, s_g, ct_raw = link.vjp(ct_weights, ct_state, wrt=("weights", "state", "grads", "raw"))
-            ct_weights = tuple(a + b for a, b in zip(s_w, link.hvp(s_g)))
+    for k, update in enumerate(reversed(updates)):
+        if k == len(updates) - 1:            # the stretch's first update: its inputs are constants
+            (ct_raw,) = update.backward(ct_weights, ct_state, wrt=("raw",))
+        else:                                # c ← (∂u/∂w)ᵀ c + ∇²L_T (∂u/∂g)ᵀ c, and the state's
+            ct_weights, ct_state, ct_raw = update.backward(ct_weights, ct_state)
         total = ct_raw if total is None else tree_map(lambda a, b: a + b, total, ct_raw)
     return total
 
@@ -54,12 +41,13 @@ def hypergradient(links: list[Link], v):
 def replay(ops, weights, state, raw, batches, val_batch):
     """The whole stretch from its first weights: ``(hypergradient, weights, state,
     last training loss, val_loss)``."""
-    links = []
+    updates = []
     for i, batch in enumerate(batches):
-        weights, state, link = advance(ops, weights, state, raw, batch, first=i == 0)
-        links.append(link)
+        update, loss = advance(ops, weights, state, raw, batch, first=i == 0)
+        weights, state = update.weights, update.state
+        updates.append(update)
     v, val_loss = ops.val_gradient(weights, val_batch)
-    return hypergradient(links, v), weights, state, links[-1].loss, val_loss
+    return hypergradient(updates, v), weights, state, loss, val_loss
 
 
 def unrolled_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batches,
@@ -80,7 +68,7 @@ class Unroll(Estimator):
 
     def __init__(self, schedule):
         super().__init__(schedule)
-        self._stretch = None   # eager: the links so far; compiled: (start weights, state, batches)
+        self._stretch = None   # eager: the updates so far; compiled: (start weights, state, batches)
 
     def step(self, execution, batch, val_batch, step, position, apply):
         interval, steps = self.schedule.update_interval, self.schedule.unroll_steps
@@ -92,22 +80,22 @@ class Unroll(Estimator):
             return self._compiled_step(execution, batch, val_batch, step, first, closes, apply)
         if first or self._stretch is None:
             self._stretch = []
-        links = self._stretch
-        # Each link holds its own graph; the next update starts from the committed
+        updates = self._stretch
+        # Each update holds its own graph; the next one starts from the committed
         # weights (a member that diverged keeps its last finite ones).
-        weights = execution.weights() if not links else tuple(p.detach() for p in execution.params)
+        weights = execution.weights() if not updates else tuple(p.detach() for p in execution.params)
         state = execution.state
         ops = execution.ops()
-        new_weights, new_state, link = advance(ops, weights, state, execution.raw(), batch, first=not links)
-        links.append(link)
+        update, loss = advance(ops, weights, state, execution.raw(), batch, first=not updates)
+        updates.append(update)
         if not closes:
-            execution.finish((None, new_weights, new_state, link.loss, None), weights, state, step, ())
-            return StepResult(link.loss.detach())
+            execution.finish((None, update.weights, update.state, loss, None), weights, state, step, ())
+            return StepResult(loss.detach())
         self._stretch = None
-        v, val_loss = ops.val_gradient(new_weights, val_batch)
-        result = (hypergradient(links, v), new_weights, new_state, link.loss, val_loss)
+        v, val_loss = ops.val_gradient(update.weights, val_batch)
+        result = (hypergradient(updates, v), update.weights, update.state, loss, val_loss)
         checked = execution.finish(result, weights, state, step, execution.slots.leaves())
-        return StepResult(link.loss.detach(), val_loss.detach(), apply(checked))
+        return StepResult(loss.detach(), val_loss.detach(), apply(checked))
 
     def _compiled_step(self, execution, batch, val_batch, step, first, closes, apply):
         if first or self._stretch is None:  # plain steps update in place: keep copies
