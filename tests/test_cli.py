@@ -155,7 +155,7 @@ def test_every_rule_trains_from_a_config(uci_data_dir, tmp_path):
     for rule in ("adam", "adamw", "sgd_nesterov"):
         assert main(["train", "-c", "uci_energy", "ours_lr", "--data-dir", str(uci_data_dir),
                      "-l", str(tmp_path), "-n", rule, "--no-progress", "--set",
-                     f"algorithm.rule={rule}", "--set", "hyperparameters.beta1=0.8"
+                     f"training.rule={rule}", "--set", "hyperparameters.beta1=0.8"
                      if rule.startswith("adam") else "hyperparameters.momentum=0.5",
                      "--set", "training.steps=20", "--set", "logging.tensorboard=false"]) == 0
         summary = json.loads((tmp_path / rule / "summary.json").read_text())
@@ -166,7 +166,7 @@ def test_every_rule_trains_from_a_config(uci_data_dir, tmp_path):
 
 def test_a_hyperparameter_the_rule_lacks_is_one_line(tmp_path, capsys):
     bad = tmp_path / "adam.yaml"
-    bad.write_text("algorithm:\n  rule: sgd\nhyperparameters:\n  beta1: 0.9\n")
+    bad.write_text("training:\n  rule: sgd\nhyperparameters:\n  beta1: 0.9\n")
     assert main(["train", "-c", "uci_energy", "ours_lr", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "beta1" in err[0] and "'sgd'" in err[0]

@@ -42,7 +42,7 @@ def test_dataset_configs_follow_the_protocol(dataset):
                                  "validation_size": None, "bptt": 70}
     model = {k: config["model"][k] for k in ("kind", "hidden", "batch_norm")}
     assert model == {"kind": "mlp", "hidden": [50], "batch_norm": False}
-    assert config["training"] == {"steps": 4000, "batch_size": None, "loss": "mse",
+    assert config["training"] == {"rule": "sgd", "steps": 4000, "batch_size": None, "loss": "mse",
                                   "max_grad_norm": None, "compile": False}
     assert config["hyperparameters"] == {"lr": 1e-3, "momentum": 1 / (1 + math.exp(-0.5)),
                                          "weight_decay": 1e-16}

@@ -13,8 +13,9 @@ EXPECTED = {  # name: (N, hyperparameter steps, reset)
 }
 
 
-@pytest.mark.parametrize("name", EXTRA_ALGORITHMS)
+@pytest.mark.parametrize("name", EXPECTED)
 def test_long_dto_configs_follow_the_protocol(name):
+    assert name in EXTRA_ALGORITHMS
     config = load_config(["uci_energy", name])
     algo = config["algorithm"]
     n, hyper_steps, reset = EXPECTED[name]

@@ -12,7 +12,7 @@ def config(*overrides):
 
 
 def test_tuner_from_config_passes_every_training_option(uci_data_dir):
-    c = config("training.max_grad_norm=0.5", "algorithm.rule=adamw")
+    c = config("training.max_grad_norm=0.5", "training.rule=adamw")
     task = make_task(c, uci_data_dir, "cpu")
     tuner = tuner_from_config(c, task.build_model(), task.tuner_loss())
     assert tuner.rule.name == "adamw" and tuner.update_interval == 10

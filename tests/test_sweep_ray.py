@@ -39,7 +39,7 @@ def test_ray_executor_runs_a_tiny_sweep(local_ray, uci_data_dir, tmp_path):
     for key, run in on_ray.items():
         assert run.status == "finished"
         assert run.final["test_loss"] == pytest.approx(local[key].final["test_loss"], rel=1e-4)
-        assert run.summary["run_dir"] == str(run.path)          # not the worker's temporary folder
+        assert run.record.run_dir == str(run.path)          # not the worker's temporary folder
         assert (run.path / "metrics.csv").is_file() and (run.path / "config.yaml").is_file()
     # a finished Ray sweep is skipped when run again
     summary = tmp_path / "ray" / "random" / "init_000" / "summary.json"

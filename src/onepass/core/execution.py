@@ -304,6 +304,7 @@ class Execution:
         self._compiled_gradient = self._compile_gradient() if compile else None
         self._hyper_cache: dict | None = None
         self._hyper_floats: dict | None = None
+        self._ops: Ops | None = None
 
     # ------------------------------------------------------------ losses
 
@@ -342,6 +343,13 @@ class Execution:
         return self.diverged if self.any_diverged else None
 
     def ops(self, functional: bool = False, fixed=None, frozen=None, skip=None) -> Ops:
+        """:class:`Ops` for the current hyperparameters and frozen members (the
+        eager ones are cached until :meth:`invalidate`)."""
+        if not functional and fixed is None and frozen is None and skip is None:
+            if self._ops is None:
+                self._ops = self.ops(functional=False, fixed=self.slots.fixed, frozen=self.frozen(),
+                                     skip=self.slots.zero_fixed())
+            return self._ops
         fixed = self.slots.fixed if fixed is None else fixed
         frozen = self.frozen() if frozen is None else frozen
         skip = self.slots.zero_fixed() if skip is None else skip
@@ -423,7 +431,7 @@ class Execution:
 
     def invalidate(self) -> None:
         """The hyperparameters (or the frozen members) changed."""
-        self._hyper_cache = self._hyper_floats = None
+        self._hyper_cache = self._hyper_floats = self._ops = None
 
     # ------------------------------------------------------------ checks
 

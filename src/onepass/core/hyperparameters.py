@@ -152,6 +152,7 @@ class Slots:
             else:
                 self.fixed[name] = natural
         self.tuned = tuple(n for n in self.names if n in self.raw)
+        self._zero_fixed: frozenset | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -183,8 +184,10 @@ class Slots:
     def zero_fixed(self) -> frozenset:
         """Fixed momentum / weight decay that are exactly zero: the rule skips
         their terms, as ``torch.optim`` does."""
-        return frozenset(name for name in ("momentum", "weight_decay") if name in self.fixed
-                         and all(not t.any() for t in self.fixed[name]))
+        if self._zero_fixed is None:
+            self._zero_fixed = frozenset(name for name in ("momentum", "weight_decay") if name in self.fixed
+                                         and all(not t.any() for t in self.fixed[name]))
+        return self._zero_fixed
 
     def hyper(self, raw: Mapping, fixed: Mapping, frozen: Tensor | None, skip: frozenset) -> dict:
         """The rule's ``hyper`` mapping from raw leaves and fixed natural values:
@@ -229,6 +232,7 @@ class Slots:
     def set(self, name: str, value) -> None:
         """Overwrite every slot of ``name`` (natural units; per member in a population)."""
         value = self.member_values(name, value)
+        self._zero_fixed = None
         with torch.no_grad():
             for t in self.raw.get(name, []) + self.fixed.get(name, []):
                 new = self.slot_tensor(value, t.shape, t)
@@ -254,6 +258,7 @@ class Slots:
         if set(state.get("raw", {})) != set(self.raw):
             raise ValueError(f"checkpoint tunes {sorted(state.get('raw', {}))} but this tuner tunes "
                              f"{sorted(self.raw)}")
+        self._zero_fixed = None
         with torch.no_grad():
             for store, key in ((self.raw, "raw"), (self.fixed, "fixed")):
                 for name, tensors in store.items():

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import yaml
 
+from onepass.core.estimators import ESTIMATORS
 from onepass.core.hyperparameters import TRANSFORMS, closest
 from onepass.core.rules import RULES
 from onepass.data.uci import UCI_DATASETS
@@ -59,11 +60,12 @@ DATASET_MODELS = {"uci": ("mlp",), "fashion_mnist": ("mlp",), "penn_treebank": (
 DATASET_LOSS = {"uci": "mse", "fashion_mnist": "cross_entropy", "penn_treebank": "cross_entropy",
                 "cifar10": "cross_entropy"}
 
-METHODS = ("none", "neumann", "unroll", "baydin", "baydin_exact")
-BAYDIN_METHODS = ("baydin", "baydin_exact")
+METHODS = ("none", *ESTIMATORS)
+"""``none`` (fixed hyperparameters) and every registered estimator."""
+BAYDIN_METHODS = tuple(name for name, estimator in ESTIMATORS.items() if estimator.tunable == ("lr",))
 HYPERPARAMETERS = tuple(dict.fromkeys(name for rule in RULES.values() for name in rule.defaults))
 """Every hyperparameter name of some update rule (:data:`onepass.core.rules.RULES`); a
-config's ``hyperparameters`` section holds those of its ``algorithm.rule``."""
+config's ``hyperparameters`` section holds those of its ``training.rule``."""
 RANDOM_INIT = ("lr", "weight_decay", "momentum")
 """What ``--random-init`` draws (for the names the rule has)."""
 LR_CLIP = (1e-10, 1.0)
@@ -170,6 +172,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        check=_at_least(1)),
     },
     "training": {
+        "rule": Field("str", "sgd", "weight-update rule (its hyperparameters make the "
+                      "hyperparameters section)", choices=tuple(RULES)),
         "steps": Field("int", 4000, "weight updates", check=_at_least(1)),
         "batch_size": Field("int", None, "training batch size (null: full batch)", nullable=True,
                             check=_at_least(1)),
@@ -193,8 +197,6 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "tune": Field("str_list", [], "hyperparameters to tune", check=_tunable),
         "granularity": Field("str_map", {}, "per tuned name: scalar, tensor or weight",
                              check=_granularity),
-        "rule": Field("str", "sgd", "weight-update rule (its hyperparameters make the "
-                      "hyperparameters section)", choices=tuple(RULES)),
         "neumann_terms": Field("int", 5, "Neumann series terms K", check=_at_least(1)),
         "unroll_steps": Field("int", 5, "updates differentiated through (unroll)", check=_at_least(1)),
         "update_interval": Field("int", 10, "weight updates per hyperparameter update",
@@ -468,8 +470,8 @@ def load_config(
     if random_init is not None:
         source = f"--random-init {random_init}"
         drawn = draw_random_initialisation(random_init)
-        rules = [value for path, value in overrides if tuple(path) == ("algorithm", "rule")]
-        rule = (rules or [layers.get(("algorithm", "rule")) or SCHEMA["algorithm"]["rule"].default])[-1]
+        rules = [value for path, value in overrides if tuple(path) == ("training", "rule")]
+        rule = (rules or [layers.get(("training", "rule")) or SCHEMA["training"]["rule"].default])[-1]
         for key in (k for k in RANDOM_INIT if k in RULES.get(rule, RULES["sgd"]).defaults):
             layers.set(("hyperparameters", key), drawn[key], source)
         if layers.get(("algorithm", "lr_multiplier")) is not None:
@@ -506,7 +508,7 @@ def _resolve(layers: _Layers) -> dict:
                 value = list(spec.default) if isinstance(spec.default, list) else (
                     dict(spec.default) if isinstance(spec.default, dict) else spec.default)
             out[head][key] = _coerce(value, spec, f"{head}.{key}", source)
-    rule = out["algorithm"]["rule"]
+    rule = out["training"]["rule"]
     defaults = hyperparameter_defaults(rule)
     for key, spec in SCHEMA["hyperparameters"].items():
         path = ("hyperparameters", key)
@@ -563,9 +565,9 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
         raise fail("algorithm.tune", f"may only contain 'lr' for method {method!r}, got {tune!r}")
     for name in tune:
         if name not in hyper:
-            raise fail("algorithm.tune", f"names {name!r}, which rule {algo['rule']!r} does not "
-                       f"have{closest(name, hyper)} (it has: {', '.join(hyper)})")
-    if method in ("neumann", "unroll") and algo["validation"] == "merged":
+            raise fail("algorithm.tune", f"names {name!r}, which rule {config['training']['rule']!r} "
+                       f"does not have{closest(name, hyper)} (it has: {', '.join(hyper)})")
+    if method != "none" and ESTIMATORS[method].validation and algo["validation"] == "merged":
         raise fail("algorithm.validation", f"must be 'split' for method {method!r}: its "
                    "hypergradient needs a validation set")
     if algo["full_validation"] and algo["validation"] == "merged":

@@ -63,7 +63,7 @@ def tuner_from_config(config: Mapping, model: torch.nn.Module, loss: Mapping[str
         population = len(members)
     method = algo["method"]
     return Tuner(
-        model, **loss, rule=algo["rule"], hyperparameters=hyperparameters,
+        model, **loss, rule=training["rule"], hyperparameters=hyperparameters,
         tune=tuple(algo["tune"]), granularity=dict(algo["granularity"]) or None,
         method="neumann" if method == "none" else method, neumann_terms=algo["neumann_terms"],
         unroll_steps=algo["unroll_steps"], update_interval=algo["update_interval"],
