@@ -31,12 +31,43 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .hyperparameters import Slots, member_view
 from .rules import UpdateRule, clip_gradients
 
 Tensors = tuple[Tensor, ...]
+
+
+# Small trees of tensors (weights, rule states, raw hyperparameters): dicts,
+# tuples and lists. Written out because torch's generic pytree costs ~10% of
+# an eager unrolled step on the paper's small models.
+
+def tree_map(fn: Callable, *trees):
+    """``fn`` over the leaves of trees of the same structure."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: tree_map(fn, *(t[k] for t in trees)) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(tree_map(fn, *parts) for parts in zip(*trees))
+    return fn(*trees)
+
+
+def tree_leaves(tree) -> list:
+    """The leaves of ``tree``, in :func:`tree_map`'s order."""
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in tree_leaves(v)]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for v in tree for leaf in tree_leaves(v)]
+    return [tree]
+
+
+def tree_rebuild(tree, leaves):
+    """``tree``'s structure holding ``leaves`` (an iterator), in :func:`tree_leaves`'s order."""
+    if isinstance(tree, dict):
+        return {k: tree_rebuild(v, leaves) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(tree_rebuild(v, leaves) for v in tree)
+    return next(leaves)
 
 
 class NonFiniteError(FloatingPointError):
@@ -82,6 +113,9 @@ class LinearUpdate:
     weights: Tensors
     state: Any
     backward: Callable[..., tuple]
+    connected: bool = False
+    """Its inputs carry the graph of earlier updates (eager autograd, nothing to
+    reduce): a backward pass to ``"raw"`` then runs through all of them."""
 
 
 def _total(loss: Tensor) -> Tensor:
@@ -197,19 +231,19 @@ class Ops:
         fused = self.reduce is None and gradient.graph_grads is not None
         inputs = {
             "weights": gradient.inputs if fused else tuple(w.detach().requires_grad_() for w in weights),
-            "state": tree_map(lambda t: t.detach().requires_grad_() if t.is_floating_point() else t, state),
+            "state": tree_map(_differentiable_state if fused else _fresh_state, state),
             "grads": gradient.graph_grads if fused else tuple(g.detach().requires_grad_() for g in gradient.grads),
             "raw": raw,
         }
         with torch.enable_grad():
             new_weights, new_state = self.update(inputs["weights"], inputs["state"], inputs["grads"],
                                                  inputs["raw"])
-        state_leaves = tree_flatten(new_state)[0]
+        state_leaves = tree_leaves(new_state)
 
         def adjoint(ct_weights, ct_state=None, wrt=("weights", "state", "raw")):
             outputs, cotangents = list(new_weights), list(ct_weights)
             if ct_state is not None:
-                for out, ct in zip(state_leaves, tree_flatten(ct_state)[0]):
+                for out, ct in zip(state_leaves, tree_leaves(ct_state)):
                     if out.requires_grad and ct is not None:
                         outputs.append(out)
                         cotangents.append(ct)
@@ -222,7 +256,14 @@ class Ops:
                     raise ValueError("the gradient entering this update was taken without a graph")
                 got["weights"] = _add(got["weights"], gradient.hvp(got["grads"]))
             return tuple(got[k] for k in wrt)
-        return LinearUpdate(new_weights, new_state, adjoint)
+        connected = fused and any(w.grad_fn is not None for w in inputs["weights"])
+        return LinearUpdate(new_weights, new_state, adjoint, connected)
+
+    @property
+    def chains(self) -> bool:
+        """Whether updates may take the previous update's outputs with their graph
+        (eager autograd with nothing to reduce): see :attr:`LinearUpdate.connected`."""
+        return not self.functional and self.reduce is None
 
     def _functional_update(self, weights, state, gradient: Gradient, raw) -> LinearUpdate:
         (new_weights, new_state), vjp_fn = torch.func.vjp(self.update, tuple(weights), state,
@@ -240,34 +281,42 @@ class Ops:
 
 
 def _autograd_vjp(outputs, cotangents, inputs: list) -> list:
-    """``torch.autograd.grad`` over pytrees of inputs; inputs that do not require
+    """``torch.autograd.grad`` over trees of inputs; inputs that do not require
     grad (or are unused) get zeros, non-tensors pass through."""
-    flat = [tree_flatten(tree) for tree in inputs]
-    wanted = [leaf for leaves, _ in flat for leaf in leaves
-              if isinstance(leaf, Tensor) and leaf.requires_grad]
-    got = iter(torch.autograd.grad(outputs, wanted, cotangents, retain_graph=True, allow_unused=True)
-               if wanted else ())
+    def wanted(leaf):
+        return isinstance(leaf, Tensor) and leaf.requires_grad
+    flat = [tree_leaves(tree) for tree in inputs]
+    targets = [leaf for leaves in flat for leaf in leaves if wanted(leaf)]
+    got = iter(torch.autograd.grad(outputs, targets, cotangents, retain_graph=True, allow_unused=True)
+               if targets else ())
     results = []
-    for leaves, spec in flat:
+    for tree, leaves in zip(inputs, flat):
         filled = []
         for leaf in leaves:
-            if isinstance(leaf, Tensor) and leaf.requires_grad:
-                g = next(got)
-                filled.append(torch.zeros_like(leaf) if g is None else g)
-            else:
-                filled.append(torch.zeros_like(leaf) if isinstance(leaf, Tensor) else leaf)
-        results.append(tree_unflatten(filled, spec))
+            g = next(got) if wanted(leaf) else None
+            filled.append(leaf if not isinstance(leaf, Tensor) else torch.zeros_like(leaf) if g is None else g)
+        results.append(tree_rebuild(tree, iter(filled)))
     return results
 
 
 def _differentiable(weights: Sequence[Tensor]) -> Tensors:
-    """``weights`` themselves when they are leaves that require grad (a module's
-    parameters: the model is then called directly), else detached copies that do.
-    A graph built on parameters must be used before they are committed: the
-    commit swaps their storage."""
-    if all(w.is_leaf and w.requires_grad for w in weights):
+    """``weights`` themselves when they require grad (a module's parameters: the
+    model is then called directly; or an earlier update's outputs, whose graph
+    is kept), else detached copies that do. A graph built on parameters must be
+    used before they are committed: the commit swaps their storage."""
+    if all(w.requires_grad for w in weights):
         return tuple(weights)
     return tuple(w.detach().requires_grad_() for w in weights)
+
+
+def _fresh_state(t):
+    """A rule-state entry as a new leaf of the graph (floating point only)."""
+    return t.detach().requires_grad_() if isinstance(t, Tensor) and t.is_floating_point() else t
+
+
+def _differentiable_state(t):
+    """Like :func:`_fresh_state`, but an entry that carries an earlier update's graph stays connected."""
+    return t if isinstance(t, Tensor) and t.requires_grad else _fresh_state(t)
 
 
 class Execution:

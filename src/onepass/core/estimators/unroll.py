@@ -12,9 +12,7 @@ and :func:`hypergradient`.
 """
 from __future__ import annotations
 
-from torch.utils._pytree import tree_map
-
-from ..execution import Ops, clone
+from ..execution import Ops, clone, tree_map
 from .base import Estimator, StepResult, register
 
 
@@ -28,6 +26,8 @@ def advance(ops, weights, state, raw, batch, first: bool):
 
 def hypergradient(updates: list, v):
     """Reverse accumulation of ``dL_V/dλ`` through ``updates``, with ``v = ∂L_V/∂w_T``."""
+    if updates[-1].connected:   # one graph through the stretch: autograd runs the loop below
+        return updates[-1].backward(v, wrt=("raw",))[0]
     ct_weights, ct_state, total = v, None, None
     for k, update in enumerate(reversed(updates)):
         if k == len(updates) - 1:            # the stretch's first update: its inputs are constants
@@ -81,20 +81,22 @@ class Unroll(Estimator):
         if first or self._stretch is None:
             self._stretch = []
         updates = self._stretch
-        # Each update holds its own graph; the next one starts from the committed
-        # weights (a member that diverged keeps its last finite ones).
-        weights = execution.weights() if not updates else tuple(p.detach() for p in execution.params)
-        state = execution.state
         ops = execution.ops()
+        if not updates:
+            weights, state = execution.weights(), execution.state
+        elif ops.chains and execution.population is None:   # one graph through the stretch
+            weights, state = updates[-1].weights, updates[-1].state
+        else:   # each update its own graph, from the committed weights (a diverged member keeps its last finite ones)
+            weights, state = tuple(p.detach() for p in execution.params), execution.state
         update, loss = advance(ops, weights, state, execution.raw(), batch, first=not updates)
-        updates.append(update)
         if not closes:
             execution.finish((None, update.weights, update.state, loss, None), weights, state, step, ())
+            updates.append(update)   # only once it is taken: a refused update is not part of the stretch
             return StepResult(loss.detach())
-        self._stretch = None
         v, val_loss = ops.val_gradient(update.weights, val_batch)
-        result = (hypergradient(updates, v), update.weights, update.state, loss, val_loss)
+        result = (hypergradient(updates + [update], v), update.weights, update.state, loss, val_loss)
         checked = execution.finish(result, weights, state, step, execution.slots.leaves())
+        self._stretch = None
         return StepResult(loss.detach(), val_loss.detach(), apply(checked))
 
     def _compiled_step(self, execution, batch, val_batch, step, first, closes, apply):
