@@ -68,7 +68,7 @@ def test_a_dead_job_reports_failed_runs(tmp_path):
 def test_onepass_sweep_runs_through_the_slurm_executor(uci_data_dir, tmp_path):
     """``run_sweep(executor="slurm")`` submits through submitit (its local cluster here)
     and leaves the same run folders as a local sweep."""
-    from onepass.experiment.logging import read_summary
+    from onepass.experiment.record import read_record
     from onepass.sweep import run_sweep
 
     outcome = run_sweep("uci_energy", ["random", "ours_lr"], 2, tmp_path / "sweep", steps=20,
@@ -77,5 +77,5 @@ def test_onepass_sweep_runs_through_the_slurm_executor(uci_data_dir, tmp_path):
     assert outcome.counts == {"finished": 4}
     for algorithm in ("random", "ours_lr"):
         for i in range(2):
-            summary = read_summary(tmp_path / "sweep" / algorithm / f"init_{i:03d}")
-            assert summary["status"] == "finished" and summary["steps"] == 20
+            record = read_record(tmp_path / "sweep" / algorithm / f"init_{i:03d}")
+            assert record.status == "finished" and record.steps == 20 and record.init_index == i

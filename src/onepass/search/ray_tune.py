@@ -64,10 +64,10 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from onepass.experiment.logging import atomic_write_bytes, read_summary
+from onepass.experiment.record import RunRecord, atomic_write_bytes, find_record
 from onepass.search import require
 from onepass.search.trainable import (
-    BASES, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, score, trial_config,
+    BASES, DIVERGED_SCORE, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, score, trial_config,
 )
 
 STUDY = "study.json"
@@ -134,7 +134,8 @@ def _trainable_class():
 
         def save_checkpoint(self, checkpoint_dir):
             if self.finished is not None:
-                torch.save({"finished": self.finished}, os.path.join(checkpoint_dir, STATE_FILE))
+                torch.save({"finished": self.finished.to_dict()},
+                           os.path.join(checkpoint_dir, STATE_FILE))
                 return None
             state = self._open().state()
             state["trial_id"] = self.trial_id
@@ -152,7 +153,7 @@ def _trainable_class():
             else:
                 state = torch.load(os.path.join(checkpoint, STATE_FILE), weights_only=False)
             if self.finished is None and "finished" in state:
-                self.finished = state["finished"]
+                self.finished = RunRecord.from_dict(state["finished"], "a trial checkpoint")
             if self.finished is not None:
                 return  # never reopen (and so overwrite) a finished trial's folder
             donor = state["trial_id"]
@@ -199,8 +200,8 @@ def _trainable_class():
             if session is None:
                 return
             self.session = None
-            on_disk = read_summary(self.run_dir) or {}
-            if on_disk.get("session") not in (None, self.token):
+            on_disk = find_record(self.run_dir)
+            if on_disk is not None and on_disk.session not in (None, self.token):
                 return  # a newer actor of this trial owns the folder now
             if not final:  # paused: keep status "running" with the progress so far
                 session.logger.close()
@@ -215,25 +216,32 @@ def _trainable_class():
     return OnepassTrainable
 
 
-def _finished_before(run_dir: Path, trial_id: str, method: str) -> dict | None:
-    """The final summary of ``trial_id``'s run folder if this trial already
+def _finished_before(run_dir: Path, trial_id: str, method: str) -> RunRecord | None:
+    """The final record of ``trial_id``'s run folder if this trial already
     ended (a PBT trial whose actor stopped while paused has ``stopped_early``
     and is not over); else ``None``."""
-    summary = read_summary(run_dir) or {}
-    search = summary.get("search") or {}
-    if (summary.get("status") not in FINAL or search.get("trial_id") != trial_id
+    record = find_record(run_dir)
+    if record is None:
+        return None
+    search = record.search or {}
+    if (record.status not in FINAL or search.get("trial_id") != trial_id
             or "finished_at_study_s" not in search):
         return None
-    if method == "pbt" and summary.get("stopped_early"):
+    if method == "pbt" and record.stopped_early:
         return None
-    return summary
+    return record
 
 
-def _final_result(summary: Mapping) -> dict:
-    """The last report of a trial that finished before, from its summary."""
-    final = summary.get("final") or {}
-    result = {"val_loss": score(summary), "step": int(summary.get("steps") or 0), "done": True,
-              "trial_wall_time_s": summary.get("wall_time_s") or 0.0}
+def _record_score(record: RunRecord) -> float:
+    """:func:`~onepass.search.trainable.score` of a run record."""
+    return score(record.final.get("val_loss")) if record.status == "finished" else DIVERGED_SCORE
+
+
+def _final_result(record: RunRecord) -> dict:
+    """The last report of a trial that finished before, from its record."""
+    final = record.final
+    result = {"val_loss": _record_score(record), "step": int(record.steps or 0), "done": True,
+              "trial_wall_time_s": record.wall_time_s or 0.0}
     for key in ("train_loss", "test_loss", "test_loss_unnormalised"):
         if final.get(key) is not None:
             result[key] = final[key]
@@ -414,18 +422,18 @@ def collect_study(root: Path, *, method: str, settings: Mapping, elapsed_s: floa
     """Read the trials' run folders into a study record (best = lowest final validation loss)."""
     trials = []
     for folder in sorted(Path(root).glob("trial_*")):
-        summary = read_summary(folder)
-        if summary is None:
+        record = find_record(folder)
+        if record is None:
             continue
-        final = summary.get("final") or {}
-        trials.append({"run_dir": folder.name, "status": summary.get("status"),
-                       "steps": summary.get("steps"), "score": score(summary),
+        final = record.final
+        trials.append({"run_dir": folder.name, "status": record.status,
+                       "steps": record.steps, "score": _record_score(record),
                        "val_loss": final.get("val_loss"), "test_loss": final.get("test_loss"),
                        "test_loss_unnormalised": final.get("test_loss_unnormalised"),
-                       "wall_time_s": summary.get("wall_time_s"),
-                       "stopped_early": summary.get("stopped_early"),
-                       "exploits": sum(1 for e in summary.get("events", [])
-                                       if e.get("event") == "exploit")})
+                       "wall_time_s": record.wall_time_s,
+                       "stopped_early": record.stopped_early,
+                       "exploits": sum(1 for e in record.events
+                                       if isinstance(e, Mapping) and e.get("event") == "exploit")})
     best = min(trials, key=lambda t: t["score"]) if trials else None
     return {"settings": dict(settings), "method": method, "trials": trials, "best": best,
             "completed": len(trials), "elapsed_s": elapsed_s,

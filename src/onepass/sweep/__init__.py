@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from onepass.experiment.record import find_record
 from onepass.sweep.executors import EXECUTORS, PopulationTask, SingleTask
 from onepass.sweep.plan import (
     PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest, run_is_done,
@@ -150,10 +151,9 @@ def run_sweep(
         finally:
             bar.close()
         total: Counter = Counter()
-        from onepass.experiment.logging import read_summary
         for spec in specs:
-            summary = read_summary(spec.run_dir)
-            total[(summary or {}).get("status", "missing")] += 1
+            record = find_record(spec.run_dir)
+            total["missing" if record is None else record.status] += 1
         outcome.counts = dict(sorted(total.items()))
     return outcome
 

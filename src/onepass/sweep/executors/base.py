@@ -7,11 +7,14 @@ returns one :class:`RunResult` per run; an :class:`Executor` only decides where.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar, Iterator, Mapping, Protocol, Sequence
 
-from onepass.sweep.plan import RunSpec, add_init_index, clear_run_dir, run_is_done
+from onepass.experiment.record import RunRecord, find_record, write_record
+from onepass.sweep.plan import RunSpec, clear_run_dir, run_is_done
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,22 @@ class Executor(Protocol):
         ...
 
 
+def import_extra(module: str, hint: str):
+    """``module`` imported, or :class:`ImportError` with ``hint`` (one line: how
+    to install the extra an executor needs)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(hint) from None
+
+
 # ------------------------------------------------------------ the work itself
 
 def execute_task(task, data_dir=None, device="cpu") -> list[RunResult]:
     """Run ``task`` here; every run folder ends with a final ``summary.json``
-    holding ``init_index`` (unless the process is killed)."""
+    holding ``init_index`` (unless the process is killed). The index is part of
+    each record from its first write; a run that never started gets a ``failed``
+    record of its own."""
     for spec in task.specs:
         clear_run_dir(spec.run_dir)
     if isinstance(task, PopulationTask):
@@ -81,13 +95,13 @@ def task_done(task) -> bool:
 
 
 def done_results(task) -> list[RunResult]:
-    """The results of a task whose runs are done, read from their folders."""
-    from onepass.experiment.logging import read_summary
+    """The results of a task whose runs are done, read from their records."""
     out = []
     for spec in task.specs:
-        summary = read_summary(spec.run_dir) or {}
-        out.append(RunResult(spec.algorithm, spec.init_index, summary.get("status", "finished"),
-                             summary.get("error")))
+        record = find_record(spec.run_dir)
+        out.append(RunResult(spec.algorithm, spec.init_index,
+                             "finished" if record is None else record.status,
+                             None if record is None else record.error))
     return out
 
 
@@ -96,24 +110,34 @@ def failed_results(task, message: str) -> list[RunResult]:
     return [RunResult(s.algorithm, s.init_index, "failed", message) for s in task.specs]
 
 
+def _record_unstarted_failure(spec: RunSpec, message: str) -> None:
+    """Give ``spec``'s folder a ``failed`` record when the run left none, or
+    only its ``running`` one (it died before its loop could record the end).
+    A final record (``finished``, ``diverged``, ``failed``, ``interrupted``)
+    written by the run itself is left as it is."""
+    record = find_record(spec.run_dir)
+    if record is not None and record.status != "running":
+        return
+    write_record(spec.run_dir, RunRecord(
+        status="failed", algorithm=spec.algorithm,
+        dataset=spec.config.get("dataset", {}).get("name", "unknown"), seed=spec.config.get("seed"),
+        steps_planned=spec.config.get("training", {}).get("steps"),
+        init_index=spec.init_index, run_dir=str(spec.run_dir), error=message,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+
 def _execute_single(spec: RunSpec, data_dir, device) -> RunResult:
     from onepass.experiment.run import run_training
 
     try:
         summary = run_training(spec.config, spec.run_dir, data_dir=data_dir, device=device,
-                               progress=False)
+                               progress=False, record_fields={"init_index": spec.init_index})
     except KeyboardInterrupt:
-        add_init_index(spec.run_dir, spec.init_index)
-        raise
-    except Exception as error:  # recorded as failed by run_training (or never started)
-        summary = add_init_index(spec.run_dir, spec.init_index)
-        if summary is None or summary.get("status") in (None, "running"):
-            from onepass.experiment.logging import write_summary
-            write_summary(spec.run_dir, {"status": "failed", "algorithm": spec.algorithm,
-                                         "init_index": spec.init_index,
-                                         "error": f"{type(error).__name__}: {error}"})
-        return RunResult(spec.algorithm, spec.init_index, "failed", f"{type(error).__name__}: {error}")
-    add_init_index(spec.run_dir, spec.init_index)
+        raise  # recorded as interrupted by run_training (or never started: redone on resume)
+    except Exception as error:  # recorded as failed by run_training, or never started
+        message = f"{type(error).__name__}: {error}"
+        _record_unstarted_failure(spec, message)
+        return RunResult(spec.algorithm, spec.init_index, "failed", message)
     return RunResult(spec.algorithm, spec.init_index, summary["status"], summary.get("error"))
 
 
@@ -127,18 +151,14 @@ def _execute_population(task: PopulationTask, data_dir, device) -> list[RunResul
                                      extra_summary=[{"init_index": s.init_index} for s in specs])
     except KeyboardInterrupt:
         raise
-    except Exception as error:
-        from onepass.experiment.logging import read_summary, write_summary
+    except Exception as error:  # members recorded as failed by train_population, or never started
         message = f"{type(error).__name__}: {error}"
         for s in specs:
-            summary = read_summary(s.run_dir) or {"algorithm": s.algorithm}
-            if summary.get("status") not in ("finished", "diverged", "failed"):
-                summary.update(status="failed", error=message, init_index=s.init_index)
-                write_summary(s.run_dir, summary)
+            _record_unstarted_failure(s, message)
         return failed_results(task, message)
     return [RunResult(s.algorithm, s.init_index, summary["status"], summary.get("error"))
             for s, summary in zip(specs, summaries)]
 
 
 __all__ = ["Executor", "PopulationTask", "RunResult", "SingleTask", "done_results",
-           "execute_task", "failed_results", "task_done"]
+           "execute_task", "failed_results", "import_extra", "task_done"]

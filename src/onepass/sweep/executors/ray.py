@@ -2,20 +2,20 @@
 
 One Ray task per sweep task (``num_cpus=1``). The worker trains into a
 temporary folder and ships the run folders back as bytes; the driver writes
-them under the log root, ``summary.json`` last, so the cluster needs no shared
-filesystem (the dataset must exist under ``data_dir`` on every node). A worker
+them under the log root, the run record (``summary.json``, naming the real run
+folder) last, so the cluster needs no shared filesystem (the dataset must exist under ``data_dir`` on every node). A worker
 that dies reports its runs ``failed``; interrupting the driver cancels the
 Ray tasks still running.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import ClassVar, Iterator, Mapping, Sequence
 
+from onepass.experiment.record import SUMMARY, RunRecord, atomic_write_bytes, find_record, write_record
 from onepass.sweep.executors.base import (
-    PopulationTask, RunResult, SingleTask, execute_task, failed_results,
+    PopulationTask, RunResult, SingleTask, execute_task, failed_results, import_extra,
 )
 from onepass.sweep.plan import RunSpec, SweepError, clear_run_dir
 
@@ -24,11 +24,7 @@ RAY_HINT = "the ray executor needs Ray: pip install 'onepass[ray]'"
 
 def import_ray():
     """``ray``, or :class:`ImportError` with the install hint."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(RAY_HINT) from None
-    return ray
+    return import_extra("ray", RAY_HINT)
 
 
 class RayExecutor:
@@ -68,20 +64,22 @@ class RayExecutor:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
                     try:
-                        results, files = ray.get(ref)
+                        results, files, records = ray.get(ref)
                     except Exception as error:  # the worker died or Ray failed: rerun on resume
                         message = f"ray: {type(error).__name__}: {' '.join(str(error).split())[:500]}"
                         yield failed_results(task_of[ref], message)
                         continue
-                    _write_shipped(files)
+                    _write_shipped(files, records)
                     yield results
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
 
 
-def _ray_execute(task, data_dir, device) -> tuple[list[RunResult], dict[str, dict[str, bytes]]]:
-    """On a Ray worker: train into a temporary folder, return results and files."""
+def _ray_execute(task, data_dir, device
+                 ) -> tuple[list[RunResult], dict[str, dict[str, bytes]], dict[str, RunRecord]]:
+    """On a Ray worker: train into a temporary folder; return the results, each
+    run folder's files but its record, and its record (naming the real run folder)."""
     import torch
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="onepass-sweep-") as tmp:
@@ -90,28 +88,29 @@ def _ray_execute(task, data_dir, device) -> tuple[list[RunResult], dict[str, dic
             moved.append(RunSpec(spec.algorithm, spec.init_index, spec.config, Path(tmp) / str(k)))
         local = PopulationTask(moved) if isinstance(task, PopulationTask) else SingleTask(moved[0])
         results = execute_task(local, data_dir, device)
-        files = {}
+        files, records = {}, {}
         for spec, local_spec in zip(task.specs, moved):
             contents = {str(p.relative_to(local_spec.run_dir)): p.read_bytes()
                         for p in sorted(local_spec.run_dir.rglob("*")) if p.is_file()}
-            if "summary.json" in contents:  # name the real run folder, not the temporary one
-                summary = json.loads(contents["summary.json"])
-                summary["run_dir"] = str(spec.run_dir)
-                contents["summary.json"] = (json.dumps(summary, indent=2) + "\n").encode()
+            record = find_record(local_spec.run_dir)
+            if record is not None:
+                del contents[SUMMARY]
+                records[str(spec.run_dir)] = record.replace(run_dir=str(spec.run_dir))
             files[str(spec.run_dir)] = contents
-    return results, files
+    return results, files, records
 
 
-def _write_shipped(files: dict[str, dict[str, bytes]]) -> None:
-    from onepass.experiment.logging import SUMMARY, atomic_write_bytes
-
-    for run_dir, contents in files.items():
-        run_dir = Path(run_dir)
+def _write_shipped(files: dict[str, dict[str, bytes]], records: dict[str, RunRecord]) -> None:
+    """Write shipped run folders under the log root, each record last."""
+    for key, contents in files.items():
+        run_dir = Path(key)
         clear_run_dir(run_dir)
         for name, data in contents.items():
             if name != SUMMARY:
                 atomic_write_bytes(run_dir / name, data)
-        if SUMMARY in contents:
+        if key in records:
+            write_record(run_dir, records[key])
+        elif SUMMARY in contents:  # a file the worker could not read as a record: as it was
             atomic_write_bytes(run_dir / SUMMARY, contents[SUMMARY])
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from onepass.sweep.executors.base import (
-    RunResult, done_results, execute_task, failed_results, task_done,
+    RunResult, done_results, execute_task, failed_results, import_extra, task_done,
 )
 
 SLURM_HINT = "the slurm executor needs submitit: pip install 'onepass[slurm]'"
@@ -42,11 +42,7 @@ SLURM_HINT = "the slurm executor needs submitit: pip install 'onepass[slurm]'"
 
 def import_submitit():
     """``submitit``, or :class:`ImportError` with the install hint (one line)."""
-    try:
-        import submitit
-    except ImportError:
-        raise ImportError(SLURM_HINT) from None
-    return submitit
+    return import_extra("submitit", SLURM_HINT)
 
 
 def run_chunk(tasks: Sequence, data_dir=None, device: str = "cpu", threads: int = 1
