@@ -21,9 +21,7 @@ import torch
 
 from onepass.experiment.config import dump_config
 from onepass.experiment.events import EventWriter
-from onepass.experiment.record import (  # noqa: F401  (read_summary, write_summary, SUMMARY:
-    SUMMARY, atomic_write_bytes, read_summary, write_summary,  # for modules not yet on records)
-)
+from onepass.experiment.record import atomic_write_bytes
 
 METRICS = "metrics.csv"
 CONFIG = "config.yaml"

@@ -267,25 +267,6 @@ def find_record(run_dir: str | os.PathLike) -> RunRecord | None:
         return None
 
 
-# ------------------------------------------ for modules not yet moved to records
-
-def read_summary(run_dir: str | os.PathLike) -> dict | None:
-    """:func:`find_record` as a JSON object (``None`` when there is none): the
-    reader of modules that still index the record as a dict; prefer :func:`find_record`."""
-    record = find_record(run_dir)
-    return None if record is None else record.to_dict()
-
-
-def write_summary(run_dir: str | os.PathLike, summary: Mapping) -> Path:
-    """Write a record given as a JSON object (checked against the current schema:
-    an unknown key is refused); prefer :func:`write_record`."""
-    data = {k: v for k, v in summary.items() if k != "clock"} if \
-        summary.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION else dict(summary)
-    data["schema_version"] = SCHEMA_VERSION
-    write_record(run_dir, RunRecord.from_dict(data, str(record_path(run_dir))))
-    return record_path(run_dir)
-
-
 __all__ = ["CLOCK", "LEGACY_CLOCK", "RecordError", "RecordVersionError", "RunRecord",
            "SCHEMA_VERSION", "SITUATIONAL", "STATUSES", "SUMMARY", "atomic_write_bytes", "find_record",
-           "read_record", "read_summary", "record_path", "write_record", "write_summary"]
+           "read_record", "record_path", "write_record"]
