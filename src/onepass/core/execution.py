@@ -218,20 +218,24 @@ class Ops:
 
     # ---------------------------------------------------------- rule's part
 
-    def linear_update(self, weights: Tensors, state, gradient: Gradient, raw) -> LinearUpdate:
+    def linear_update(self, weights: Tensors, state, gradient: Gradient, raw,
+                      state_cotangents: bool = True) -> LinearUpdate:
         """The update at ``(weights, state, gradient.grads, raw)`` and its adjoint.
 
         The rule's part is a VJP through the update alone; the loss's part,
         ``∇²L_T (∂u/∂g)ᵀ c``, comes from ``gradient.hvp``, with ``reduce``
         between the two. Eagerly and with nothing to reduce, autograd takes
         both in one backward pass through the update and the gradient's graph.
+        Without ``state_cotangents`` the state entering the update is a
+        constant (the implicit estimator), and ``"state"`` may not be asked for.
         """
         if self.functional:
             return self._functional_update(weights, state, gradient, raw)
         fused = self.reduce is None and gradient.graph_grads is not None
         inputs = {
             "weights": gradient.inputs if fused else tuple(w.detach().requires_grad_() for w in weights),
-            "state": tree_map(_differentiable_state if fused else _fresh_state, state),
+            "state": (tree_map(_differentiable_state if fused else _fresh_state, state)
+                      if state_cotangents else state),
             "grads": gradient.graph_grads if fused else tuple(g.detach().requires_grad_() for g in gradient.grads),
             "raw": raw,
         }
@@ -239,6 +243,7 @@ class Ops:
             new_weights, new_state = self.update(inputs["weights"], inputs["state"], inputs["grads"],
                                                  inputs["raw"])
         state_leaves = tree_leaves(new_state)
+        plans: dict[tuple, _VJPPlan] = {}
 
         def adjoint(ct_weights, ct_state=None, wrt=("weights", "state", "raw")):
             outputs, cotangents = list(new_weights), list(ct_weights)
@@ -250,7 +255,10 @@ class Ops:
             split = "weights" in wrt and not fused
             names = [k for k in wrt if k != "weights"] + (["weights", "grads"] if split else
                                                         ["weights"] if "weights" in wrt else [])
-            got = dict(zip(names, _autograd_vjp(outputs, cotangents, [inputs[k] for k in names])))
+            key = tuple(names)
+            if key not in plans:
+                plans[key] = _VJPPlan([inputs[k] for k in names])
+            got = dict(zip(names, plans[key](outputs, cotangents)))
             if split:
                 if gradient.hvp is None:
                     raise ValueError("the gradient entering this update was taken without a graph")
@@ -280,23 +288,30 @@ class Ops:
         return LinearUpdate(new_weights, new_state, adjoint)
 
 
-def _autograd_vjp(outputs, cotangents, inputs: list) -> list:
-    """``torch.autograd.grad`` over trees of inputs; inputs that do not require
-    grad (or are unused) get zeros, non-tensors pass through."""
-    def wanted(leaf):
-        return isinstance(leaf, Tensor) and leaf.requires_grad
-    flat = [tree_leaves(tree) for tree in inputs]
-    targets = [leaf for leaves in flat for leaf in leaves if wanted(leaf)]
-    got = iter(torch.autograd.grad(outputs, targets, cotangents, retain_graph=True, allow_unused=True)
-               if targets else ())
-    results = []
-    for tree, leaves in zip(inputs, flat):
-        filled = []
-        for leaf in leaves:
-            g = next(got) if wanted(leaf) else None
-            filled.append(leaf if not isinstance(leaf, Tensor) else torch.zeros_like(leaf) if g is None else g)
-        results.append(tree_rebuild(tree, iter(filled)))
-    return results
+class _VJPPlan:
+    """``torch.autograd.grad`` into trees of inputs, flattened once: inputs that
+    do not require grad (or are unused) get zeros, non-tensors pass through."""
+
+    def __init__(self, inputs: list):
+        self.trees = inputs
+        self.flat = [tree_leaves(tree) for tree in inputs]
+        self.targets = [leaf for leaves in self.flat for leaf in leaves
+                        if isinstance(leaf, Tensor) and leaf.requires_grad]
+
+    def __call__(self, outputs, cotangents) -> list:
+        got = iter(torch.autograd.grad(outputs, self.targets, cotangents, retain_graph=True,
+                                       allow_unused=True) if self.targets else ())
+        results = []
+        for tree, leaves in zip(self.trees, self.flat):
+            filled = []
+            for leaf in leaves:
+                if not isinstance(leaf, Tensor):
+                    filled.append(leaf)
+                    continue
+                g = next(got) if leaf.requires_grad else None
+                filled.append(torch.zeros_like(leaf) if g is None else g)
+            results.append(tree_rebuild(tree, iter(filled)))
+        return results
 
 
 def _differentiable(weights: Sequence[Tensor]) -> Tensors:

@@ -37,7 +37,7 @@ def paper_hypergradient(grads, previous_grads, slot_of, per_weight: bool, member
 def exact_hypergradient(ops, weights, state, grads, raw, next_grads):
     """``(∂u/∂λ)ᵀ ∇L_T(w_t)`` through the update ``w_t = u(w_{t-1}, s, g, λ)``
     taken from ``(weights, state, grads)``."""
-    update = ops.linear_update(weights, state, Gradient(tuple(grads), None), raw)
+    update = ops.linear_update(weights, state, Gradient(tuple(grads), None), raw, state_cotangents=False)
     (hypergradient,) = update.backward(tuple(next_grads), wrt=("raw",))
     return hypergradient
 

@@ -27,7 +27,7 @@ def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
     # g = ∇L_T(w_{t-1}), with r ↦ ∇²L_T r                        (the loss's part)
     gradient = ops.gradient(weights, batch, graph=True)
     # w_t = u(w_{t-1}, s_{t-1}, g, λ), linearised                 (the rule's part)
-    update = ops.linear_update(weights, state, gradient, raw)
+    update = ops.linear_update(weights, state, gradient, raw, state_cotangents=False)
     # v = ∂L_V/∂w at w_t
     v, val_loss = ops.val_gradient(update.weights, val_batch)
 
