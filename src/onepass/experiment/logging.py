@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import platform
 import time
@@ -21,7 +20,7 @@ import torch
 
 from onepass.experiment.config import dump_config
 from onepass.experiment.events import EventWriter
-from onepass.experiment.record import atomic_write_bytes
+from onepass.experiment.record import atomic_write_bytes, json_safe
 
 METRICS = "metrics.csv"
 CONFIG = "config.yaml"
@@ -55,15 +54,8 @@ def versions() -> dict[str, str]:
 
 
 def _json_safe(tree):
-    if isinstance(tree, Mapping):
-        return {str(k): _json_safe(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_json_safe(v) for v in tree]
-    if isinstance(tree, float) and not math.isfinite(tree):
-        return None
-    if isinstance(tree, torch.Tensor):
-        return _json_safe(tree.tolist())
-    return tree
+    """:func:`~onepass.experiment.record.json_safe`, with tensors as lists."""
+    return json_safe(tree, lambda t: t.tolist() if isinstance(t, torch.Tensor) else t)
 
 
 # ---------------------------------------------------------- hyperparameters

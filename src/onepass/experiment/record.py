@@ -126,7 +126,7 @@ class RunRecord:
         for name in SITUATIONAL:
             if data[name] in (None, []):
                 del data[name]
-        return _json_safe(data)
+        return json_safe(data)
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "<record>") -> "RunRecord":
@@ -187,13 +187,19 @@ def _kind_name(kind) -> str:
                         list: "a list", bool: "true or false"}[k] for k in kinds)
 
 
-def _json_safe(tree):
+def json_safe(tree, leaf=None):
+    """``tree`` with string keys, lists for tuples and ``None`` for non-finite
+    floats; ``leaf`` (if given) first converts other leaves (e.g. tensors)."""
     if isinstance(tree, Mapping):
-        return {str(k): _json_safe(v) for k, v in tree.items()}
+        return {str(k): json_safe(v, leaf) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return [_json_safe(v) for v in tree]
+        return [json_safe(v, leaf) for v in tree]
     if isinstance(tree, float) and not math.isfinite(tree):
         return None
+    if leaf is not None:
+        converted = leaf(tree)
+        if converted is not tree:
+            return json_safe(converted, leaf)
     return tree
 
 
@@ -269,4 +275,4 @@ def find_record(run_dir: str | os.PathLike) -> RunRecord | None:
 
 __all__ = ["CLOCK", "LEGACY_CLOCK", "RecordError", "RecordVersionError", "RunRecord",
            "SCHEMA_VERSION", "SITUATIONAL", "STATUSES", "SUMMARY", "atomic_write_bytes", "find_record",
-           "read_record", "record_path", "write_record"]
+           "json_safe", "read_record", "record_path", "write_record"]

@@ -28,11 +28,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from onepass.experiment import algorithms
 from onepass.experiment.config import find_config, load_config
-from onepass.experiment.record import atomic_write_bytes, find_record, write_record
+from onepass.experiment.record import atomic_write_bytes, find_record
 
 MANIFEST = "sweep.json"
 MANIFEST_FORMAT = 1
@@ -193,17 +193,9 @@ def _jsonable(value):
 # -------------------------------------------------------------- run state
 
 def run_is_done(spec: RunSpec) -> bool:
-    """Whether ``spec``'s folder holds a final record (``finished`` or ``diverged``).
-
-    A final record without ``init_index`` (a run that was not told its index)
-    gets it here, through the record schema.
-    """
+    """Whether ``spec``'s folder holds a final record (``finished`` or ``diverged``)."""
     record = find_record(spec.run_dir)
-    if record is None or record.status not in DONE_STATUSES:
-        return False
-    if record.init_index != spec.init_index:
-        write_record(spec.run_dir, record.replace(init_index=spec.init_index))
-    return True
+    return record is not None and record.status in DONE_STATUSES
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -212,20 +204,6 @@ def clear_run_dir(run_dir: Path) -> None:
     if run_dir.is_dir():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def add_init_index(run_dir: Path, init_index: int, extra: Mapping[str, Any] | None = None) -> dict | None:
-    """Record ``init_index`` (and other record fields ``extra``) in a run's record,
-    through the schema; nothing is written when the record holds them already.
-    Returns the record as a JSON object (``None`` when the folder has none)."""
-    record = find_record(run_dir)
-    if record is None:
-        return None
-    changes = {"init_index": init_index, **(extra or {})}
-    if any(getattr(record, k) != v for k, v in changes.items()):
-        record = record.replace(**changes)
-        write_record(run_dir, record)
-    return record.to_dict()
 
 
 # ------------------------------------------------------------------ lock
@@ -269,5 +247,5 @@ def dataset_config_name(name: str) -> str:
 
 
 __all__ = ["DONE_STATUSES", "MANIFEST", "PAPER_ALGORITHMS", "RootLock", "RunSpec", "Sweep",
-           "SweepError", "add_init_index", "check_or_write_manifest", "clear_run_dir",
+           "SweepError", "check_or_write_manifest", "clear_run_dir",
            "run_is_done"]

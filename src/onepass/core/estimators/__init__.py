@@ -17,6 +17,6 @@ new file here that subclasses :class:`Estimator` and decorates it with
 =================  ==============================================================
 """
 from .base import ESTIMATORS, Estimator, Schedule, StepResult, register
-from . import baydin, implicit, unroll  # noqa: E402,F401,I001  (each registers itself)
+from . import baydin, implicit, unroll  # noqa: F401  (each registers itself)
 
 __all__ = ["ESTIMATORS", "Estimator", "Schedule", "StepResult", "register"]
