@@ -96,8 +96,10 @@ def check_continued(study, before, after, killed_at):
         if name not in before or closed(before[name]):
             continue
         started = summary["search"]["study_started_at"]
+        # Its own restores: a PBT exploit copies the donor's events (the donor's restores) too.
         late = [e for e in summary.get("events", [])
-                if e["event"] == "restore" and started + e["at_study_s"] > killed_at]
+                if e["event"] == "restore" and e.get("donor_run_dir") == name
+                and started + e["at_study_s"] > killed_at]
         if late:
             assert 0 < late[0]["step"] <= before[name]["steps"], (name, late[0])
             restored.append((name, late[0]["step"]))

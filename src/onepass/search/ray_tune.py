@@ -47,7 +47,10 @@ checkpoint Ray's saved experiment state names (from the start if none), and
 trials not yet started start. Ray saves that state every 10 s or more
 (``TUNE_GLOBAL_CHECKPOINT_S`` sets the period); a trial whose run folder
 says it finished after Ray's last save is closed at once without training
-again. Other settings in the same folder are refused. The schedulers restart
+again. Ray copies its state files into its folder in place, so a driver
+killed during a copy can leave one truncated: the driver keeps a copy of each
+once complete (``_ray/<method>/.onepass_kept_state/``) and a rerun puts it
+back before restoring. Other settings in the same folder are refused. The schedulers restart
 from the state Ray pickled when the study began, so their decisions after a
 resume may differ from those of an uninterrupted study; synchronous PBT
 (``synch=True``) can stall after a restore in the Ray releases that lack
@@ -74,6 +77,10 @@ STUDY = "study.json"
 STATE_FILE = "state.pt"
 STATIC = "_onepass"
 FINAL = ("finished", "diverged")
+KEPT_STATE = ".onepass_kept_state"
+"""Folder (in Ray's experiment folder) with the last complete copy of each of Ray's state files."""
+STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json")
+"""Ray's driver state files, read by ``Tuner.restore`` (the newest of each kind)."""
 
 
 def _trainable_class():
@@ -86,10 +93,13 @@ def _trainable_class():
         def setup(self, config):
             torch.set_num_threads(1)
             static = config[STATIC]
+            # Ray sets the next trial's id before reset_config, whose _release
+            # still closes this one's folder: record the id this setup is for.
+            self.own_trial_id = self.trial_id
             self.static = static
             self.token = secrets.token_hex(8)
-            index = self.trial_id.rsplit("_", 1)[-1]
-            name = f"trial_{int(index):03d}" if index.isdigit() else f"trial_{self.trial_id}"
+            index = self.own_trial_id.rsplit("_", 1)[-1]
+            name = f"trial_{int(index):03d}" if index.isdigit() else f"trial_{self.own_trial_id}"
             self.run_dir = Path(static["root"]) / name
             hyper = {k: float(config[k]) for k in SEARCH_SPACE}
             cfg = trial_config(static["dataset"], static["base"], hyper, name=static["method"],
@@ -101,7 +111,7 @@ def _trainable_class():
             self._trial_config, self.session = cfg, None
             # A trial that finished before the driver died, after Ray's last
             # saved experiment state: report its end, train nothing.
-            self.finished = _finished_before(self.run_dir, self.trial_id, static["method"])
+            self.finished = _finished_before(self.run_dir, self.own_trial_id, static["method"])
 
         def _open(self):
             if self.session is None:
@@ -113,7 +123,7 @@ def _trainable_class():
 
         def _search_info(self) -> dict:
             return {"method": self.static["method"], "study": self.static["root"],
-                    "trial_id": self.trial_id, "base": self.static["base"],
+                    "trial_id": self.own_trial_id, "base": self.static["base"],
                     "study_started_at": self.static["started_at"],
                     "started_at_study_s": time.time() - self.static["started_at"]}
 
@@ -138,7 +148,7 @@ def _trainable_class():
                            os.path.join(checkpoint_dir, STATE_FILE))
                 return None
             state = self._open().state()
-            state["trial_id"] = self.trial_id
+            state["trial_id"] = self.own_trial_id
             state["trial_config"] = {k: float(self.config[k]) for k in SEARCH_SPACE}
             torch.save(state, os.path.join(checkpoint_dir, STATE_FILE))
             if self.static["keep_checkpoints"]:
@@ -157,7 +167,7 @@ def _trainable_class():
             if self.finished is not None:
                 return  # never reopen (and so overwrite) a finished trial's folder
             donor = state["trial_id"]
-            note = {"event": "exploit" if donor != self.trial_id else "restore",
+            note = {"event": "exploit" if donor != self.own_trial_id else "restore",
                     "step": int(state["steps"]), "donor": donor,
                     "donor_run_dir": Path(state["run_dir"]).name,
                     "at_study_s": time.time() - self.static["started_at"]}
@@ -214,6 +224,75 @@ def _trainable_class():
             session.close()
 
     return OnepassTrainable
+
+
+def _state_keeper(experiment: Path):
+    """A Tune callback (run in the driver) that keeps a copy of each of Ray's
+    state files once it is complete: Ray copies them into ``experiment`` in
+    place, so a driver killed during that copy leaves a truncated (often
+    empty) file, which ``Tuner.restore`` cannot read; it then silently starts
+    the experiment over without the ``param_space``. :func:`_repair_state`
+    puts the kept copy back before restoring."""
+    tune = require("ray.tune", "ray")
+
+    class KeepExperimentState(tune.Callback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_step_end(self, iteration, trials, **info):
+            _keep_state(experiment, self.seen)
+
+        def on_experiment_end(self, trials, **info):
+            _keep_state(experiment, self.seen)
+
+    return KeepExperimentState()
+
+
+def _load_state_file(path: Path, data: bytes | None = None) -> bool:
+    """Whether ``path`` (or ``data``, its content) is a complete state file."""
+    try:
+        data = path.read_bytes() if data is None else data
+        if path.name.startswith("experiment_state-"):
+            json.loads(data)
+        else:
+            from ray import cloudpickle
+            cloudpickle.loads(data)
+        return True
+    except Exception:  # noqa: BLE001  (truncated, empty, gone: not complete)
+        return False
+
+
+def _keep_state(experiment: Path, seen: dict) -> None:
+    for pattern in STATE_FILES:
+        files = sorted(experiment.glob(pattern))
+        if not files:
+            continue
+        newest = files[-1]
+        try:
+            stat = newest.stat()
+            data = newest.read_bytes()
+        except OSError:
+            continue
+        key = (newest.name, stat.st_mtime_ns, stat.st_size)
+        if seen.get(pattern) == key or not _load_state_file(newest, data):
+            continue  # unchanged, or Ray is still copying it
+        atomic_write_bytes(experiment / KEPT_STATE / newest.name, data)
+        seen[pattern] = key
+
+
+def _repair_state(experiment: Path) -> None:
+    """Before a restore: replace each incomplete state file among the newest
+    of its kind by its kept copy, or remove it when there is none (Ray then
+    reads the previous session's file)."""
+    for pattern in STATE_FILES:
+        for path in sorted(experiment.glob(pattern), reverse=True):
+            if _load_state_file(path):
+                break
+            kept = experiment / KEPT_STATE / path.name
+            if kept.is_file() and _load_state_file(kept):
+                atomic_write_bytes(path, kept.read_bytes())
+                break
+            path.unlink()
 
 
 def _finished_before(run_dir: Path, trial_id: str, method: str) -> RunRecord | None:
@@ -352,6 +431,8 @@ def run_ray_search(
         raise ValueError(f"{root} holds a study with other settings ({previous.get('settings')}); "
                          "choose another folder")
     experiment = root / "_ray" / method
+    if previous is not None and experiment.is_dir():
+        _repair_state(experiment)
     resume = previous is not None and _restorable(experiment)
     if previous is not None and not resume:
         shutil.rmtree(experiment, ignore_errors=True)  # died before Ray saved a state: start over
@@ -398,7 +479,8 @@ def run_ray_search(
                                             reuse_actors=True),
                 run_config=tune.RunConfig(name=method, storage_path=str(experiment.parent),
                                           checkpoint_config=checkpoint_config, verbose=verbose,
-                                          stop={"done": True}))
+                                          stop={"done": True},
+                                          callbacks=[_state_keeper(experiment)]))
             log(f"{method}: {num_samples} trials of at most {max_steps} updates, base {base}, "
                 f"run folders under {root}")
         grid = tuner.fit()
