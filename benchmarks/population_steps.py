@@ -22,7 +22,8 @@ METHODS = {
     "ours_lr_momentum": dict(tune=("lr", "momentum", "weight_decay")),
     "ours_hdlr_momentum": dict(tune=("lr", "momentum", "weight_decay"), granularity={"lr": "weight"}),
     "diff_through_opt": dict(tune=("lr", "momentum", "weight_decay"), method="unroll"),
-    "baydin": dict(tune=("lr",), method="baydin", hyper_optimizer="sgd"),
+    "baydin": dict(tune=("lr",), method="baydin"),
+    "baydin_exact": dict(tune=("lr",), method="baydin_exact"),
 }
 
 

@@ -107,7 +107,7 @@ def _worker_seconds(runs) -> dict[str, float]:
     time is its longest member's (diverged members stop their clocks early)."""
     chunks: dict[tuple, float] = {}
     for run in runs:
-        population = run.summary.get("population")
+        population = run.record.population
         key = (run.algorithm, run.name if population is None
                else (run.init_index - population["member"]))
         chunks[key] = max(chunks.get(key, 0.0), run.wall_time_s or 0.0)
