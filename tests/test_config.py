@@ -182,3 +182,8 @@ def test_random_init_layer_sits_between_files_and_set():
     stepped = load_config(["uci_energy", "random_stepped_lr"], random_init=11)
     assert stepped["algorithm"]["lr_multiplier"] == drawn["lr_multiplier"]
     assert stepped["hyperparameters"]["lr"] == drawn["lr"]
+
+
+def test_a_moved_key_names_its_new_place():
+    with pytest.raises(ConfigError, match=r"algorithm.rule is now training.rule"):
+        load_config(["uci_energy", "random"], ["algorithm.rule=adam"])

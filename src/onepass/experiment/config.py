@@ -298,6 +298,10 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
 
 # ---------------------------------------------------------------- checking
 
+MOVED = {("algorithm", "rule"): "training.rule"}
+"""Keys that moved: an old config gets their new place in its error."""
+
+
 def _did_you_mean(name, choices) -> str:
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
@@ -326,6 +330,8 @@ def _field(path: Sequence[str], source: str) -> Field:
         raise ConfigError(f"{source}: unknown hyperparameter {path[1]!r}"
                           f"{closest(str(path[1]), HYPERPARAMETERS)} (the rules have: "
                           f"{', '.join(HYPERPARAMETERS)})")
+    if (head, path[1]) in MOVED:
+        raise ConfigError(f"{source}: {head}.{path[1]} is now {MOVED[head, path[1]]}")
     if path[1] not in section:
         raise _unknown_key(path[1], f"in section {head!r}: ", list(section), source)
     if len(path) > 2 and section[path[1]].kind != "str_map":
