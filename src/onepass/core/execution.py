@@ -406,18 +406,14 @@ class Execution:
     def frozen(self) -> Tensor | None:
         return self.diverged if self.any_diverged else None
 
-    def ops(self, functional: bool = False, fixed=None, frozen=None, skip=None) -> Ops:
-        """:class:`Ops` for the current hyperparameters and frozen members (the
-        eager ones are cached until :meth:`invalidate`)."""
-        if not functional and fixed is None and frozen is None and skip is None:
-            if self._ops is None:
-                self._ops = self.ops(functional=False, fixed=self.slots.fixed, frozen=self.frozen(),
-                                     skip=self.slots.zero_fixed())
-            return self._ops
-        fixed = self.slots.fixed if fixed is None else fixed
-        frozen = self.frozen() if frozen is None else frozen
-        skip = self.slots.zero_fixed() if skip is None else skip
+    def ops(self) -> Ops:
+        """Eager :class:`Ops` for the current hyperparameters and frozen members,
+        cached until :meth:`invalidate`."""
+        if self._ops is None:
+            self._ops = self._ops_for(False, self.slots.fixed, self.frozen(), self.slots.zero_fixed())
+        return self._ops
 
+    def _ops_for(self, functional: bool, fixed, frozen, skip) -> Ops:
         def update(weights, state, grads, raw):
             return self.rule_update(weights, state, grads, raw, fixed, frozen, skip)
         return Ops(self.train_loss, self.val_loss, update, frozen, functional)
@@ -439,7 +435,7 @@ class Execution:
             return fn(self.ops(), *args)
         if fn not in self._compiled:
             def pure(fixed, frozen, skip, *inputs):
-                return fn(self.ops(functional=True, fixed=fixed, frozen=frozen, skip=skip), *inputs)
+                return fn(self._ops_for(True, fixed, frozen, skip), *inputs)
             self._compiled[fn] = torch.compile(pure, dynamic=False)
         return self._compiled[fn](self.slots.fixed, self.diverged, self.slots.zero_fixed(), *args)
 

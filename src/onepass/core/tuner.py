@@ -210,7 +210,7 @@ class Tuner:
                 not isinstance(self._hyper_optimizer, torch.optim.SGD):
             raise ValueError("hyper_space='natural' takes plain SGD steps: use hyper_optimizer='sgd'")
 
-        self._execution = Execution(model, params, self._batch_loss_of(loss_fn, batch_loss), self.rule,
+        self._execution = Execution(model, params, batch_loss or default_batch_loss(loss_fn), self.rule,
                                     self.slots, max_grad_norm=max_grad_norm, population=population,
                                     compile=compile)
         self._estimator = estimator(Schedule(self.update_interval, neumann_terms, unroll_steps, population))
@@ -222,10 +222,6 @@ class Tuner:
                              "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
         self.steps_taken = 0
         self._input_shapes: list | None = None
-
-    @staticmethod
-    def _batch_loss_of(loss_fn, batch_loss) -> Callable:
-        return batch_loss or default_batch_loss(loss_fn)
 
     # ----------------------------------------------------------------- public
 
