@@ -108,8 +108,10 @@ def check_continued(study, before, after, killed_at):
 
 def test_asha_study_continues_after_kill_9(uci_data_dir, tmp_path):
     study = tmp_path / "asha"
-    args = command("asha", tmp_path, uci_data_dir, "--num-samples", "5", "--max-steps", "60",
-                   "--grace-period", "20", "--reduction-factor", "2", "--cpus-per-trial", "2")
+    # Trials long enough (200 updates) that on a quiet machine the study is still
+    # running when the condition below is first seen.
+    args = command("asha", tmp_path, uci_data_dir, "--num-samples", "5", "--max-steps", "200",
+                   "--grace-period", "60", "--reduction-factor", "2", "--cpus-per-trial", "2")
 
     def ready(seen):  # two trials over, and one past its first checkpoints
         return (sum(closed(s) for s in seen.values()) >= 2
