@@ -399,7 +399,12 @@ class Execution:
 
     def rule_update(self, weights, state, grads, raw, fixed, frozen, skip):
         """Clipping, the transforms and the rule: the update as a pure function."""
-        return self.rule.update(weights, state, self.clip(grads), self.slots.hyper(raw, fixed, frozen, skip))
+        return self.rule.update(weights, state, self.clip(grads), self.hyper_of(raw, fixed, frozen, skip))
+
+    def hyper_of(self, raw, fixed, frozen, skip) -> dict:
+        """The rule's ``hyper`` mapping (:meth:`Slots.hyper`); front ends that
+        scale a value (a learning-rate schedule) override this one place."""
+        return self.slots.hyper(raw, fixed, frozen, skip)
 
     # ------------------------------------------------------------ ops
 
@@ -469,17 +474,18 @@ class Execution:
 
     def commit(self, new_weights, new_state) -> None:
         """Make ``new_weights`` the parameters' values. The storage is swapped,
-        not written in place: graphs that saved the old weights stay valid."""
+        not written in place, but a graph that saved a parameter itself (a
+        leaf) reads its new value: use such graphs before committing."""
         for p, w in zip(self.params, new_weights):
-            p.data = w.detach()
+            p.data = w.detach().to(p.dtype)   # float32 hyperparameters promote low-precision weights
         self.state = detach(new_state)
 
     def hyper(self) -> dict:
         """The rule's ``hyper`` mapping (no graph), cached until the values change."""
         if self._hyper_cache is None:
             with torch.no_grad():
-                self._hyper_cache = self.slots.hyper(self.slots.raw, self.slots.fixed, self.frozen(),
-                                                     self.slots.zero_fixed())
+                self._hyper_cache = self.hyper_of(self.slots.raw, self.slots.fixed, self.frozen(),
+                                                  self.slots.zero_fixed())
         return self._hyper_cache
 
     def hyper_in_place(self) -> dict:

@@ -106,7 +106,10 @@ class Slots:
         self.population = population
         params = [p for group, _ in groups for p in group]
         self.shapes = [p.shape for p in params]
-        like = params[0]
+        # Hyperparameters are at least float32, whatever the weights' dtype (AMP).
+        like = torch.empty((), dtype=torch.promote_types(params[0].dtype, torch.float32),
+                           device=params[0].device)
+        self.group_count = len(groups)
         merged = dict(defaults)
         for name, value in values.items():
             check_name(name)
@@ -127,6 +130,7 @@ class Slots:
         self.raw: dict[str, list[Tensor]] = {}      # tuned: leaves in transformed space
         self.fixed: dict[str, list[Tensor]] = {}    # fixed: natural values
         group_of = [g for g, (group, _) in enumerate(groups) for _ in group]
+        self.group_of = group_of
         for name in self.names:
             per_group = [self.member_values(name, overrides.get(name, merged[name])) for _, overrides in groups]
             kind = granularity.get(name, "scalar" if len(set(per_group)) == 1 else "group")
@@ -242,13 +246,37 @@ class Slots:
                     new = to_raw(name, new)
                 t.copy_(new)
 
-    def clip_lr(self, bounds: tuple[float, float]) -> None:
-        """Clip a tuned learning rate to ``bounds`` (``log10`` of it, in place)."""
+    def check_lr_bounds(self, bounds) -> list[tuple[float, float]]:
+        """``bounds`` as one ``(low, high)`` per learning-rate slot: one pair for
+        every group, or a list of pairs, one per parameter group."""
+        pairs = list(bounds)
+        if len(pairs) == 2 and not isinstance(pairs[0], (tuple, list)):
+            pairs = [tuple(pairs)] * self.group_count
+        if len(pairs) != self.group_count:
+            raise ValueError(f"lr_bounds gives {len(pairs)} ranges for {self.group_count} parameter groups")
+        for pair in pairs:
+            if len(pair) != 2 or not 0 < pair[0] < pair[1]:
+                raise ValueError(f"lr_bounds must satisfy 0 < low < high, got {tuple(pair)}")
+        slots = {}
+        for i, slot in enumerate(self.slot_of["lr"]):
+            pair = tuple(float(b) for b in pairs[self.group_of[i]])
+            if slots.setdefault(slot, pair) != pair:
+                raise ValueError("a learning rate shared by parameter groups (granularity 'scalar') needs "
+                                 "the same lr_bounds for each of them")
+        return [slots[k] for k in sorted(slots)]
+
+    def clip_lr(self, bounds: list[tuple[float, float]]) -> None:
+        """Clip a tuned learning rate to ``bounds`` (one range per slot; ``log10`` of it, in place)."""
         if "lr" in self.raw:
-            low, high = (math.log10(b) for b in bounds)
             with torch.no_grad():
-                for leaf in self.raw["lr"]:
-                    leaf.clamp_(low, high)
+                for leaf, (low, high) in zip(self.raw["lr"], bounds):
+                    leaf.clamp_(math.log10(low), math.log10(high))
+
+    def set_slot(self, name: str, slot: int, value: float) -> None:
+        """Overwrite one slot of a fixed hyperparameter (natural units)."""
+        self._zero_fixed = None
+        with torch.no_grad():
+            self.fixed[name][slot].fill_(float(value))
 
     def state_dict(self) -> dict:
         return {"raw": {k: [t.detach().clone() for t in v] for k, v in self.raw.items()},

@@ -81,7 +81,15 @@ class Tuner:
             Baydin methods, else ``"adam"``), with learning rate ``hyper_lr``
             (default 0.001 for Baydin, else 0.05).
         lr_bounds: the learning rate is clipped to this range after each
-            hyperparameter update.
+            hyperparameter update; a list gives one range per parameter group.
+        max_hyper_step: if given, one hyperparameter update moves each raw
+            (transformed) value by at most this much (``0.1`` on ``log10 lr``
+            is a factor of 1.26). Default ``None``: Adam, the default
+            hyper-optimiser, already moves each raw value by about
+            ``hyper_lr`` per update; the cap matters with ``"sgd"``.
+        tune_after: plain updates before the first window starts (a warm-up
+            during which the hyperparameters stay fixed). Default 0, as in the
+            paper.
         hyper_space: where the hyper-optimiser steps: ``"transformed"`` (on
             ``log10 lr``, ``logit momentum``, ...; the paper's method) or
             ``"natural"`` (on ``lr`` itself, as Baydin et al.'s hypergradient
@@ -138,7 +146,9 @@ class Tuner:
         update_interval: int = 10,
         hyper_optimizer: str | None = None,
         hyper_lr: float | None = None,
-        lr_bounds: tuple[float, float] = (1e-10, 1.0),
+        lr_bounds: tuple[float, float] | Sequence[tuple[float, float]] = (1e-10, 1.0),
+        max_hyper_step: float | None = None,
+        tune_after: int = 0,
         hyper_space: str | None = None,
         batch_loss: Callable | None = None,
         max_grad_norm: float | None = None,
@@ -160,8 +170,9 @@ class Tuner:
         _check_int("unroll_steps", unroll_steps, 1)
         if method == "unroll" and unroll_steps > update_interval:
             raise ValueError(f"unroll_steps={unroll_steps} exceeds update_interval={update_interval}")
-        if not 0 < lr_bounds[0] < lr_bounds[1]:
-            raise ValueError(f"lr_bounds must satisfy 0 < low < high, got {lr_bounds}")
+        _check_int("tune_after", tune_after, 0)
+        if max_hyper_step is not None and not max_hyper_step > 0:
+            raise ValueError(f"max_hyper_step must be positive, got {max_hyper_step!r}")
         if population is not None:
             _check_int("population", population, 1)
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -170,7 +181,8 @@ class Tuner:
         self.neumann_terms = neumann_terms
         self.unroll_steps = unroll_steps
         self.update_interval = 1 if estimator.every_step else update_interval
-        self.lr_bounds = tuple(lr_bounds)
+        self.tune_after = tune_after
+        self.max_hyper_step = max_hyper_step
         self.population = population
         self.max_grad_norm = max_grad_norm
 
@@ -194,6 +206,7 @@ class Tuner:
                              f"not {sorted(set(tune) - set(estimator.tunable))}")
         self.granularity = self.slots.granularity
         self.tuned = self.slots.tuned
+        self.lr_bounds = self.slots.check_lr_bounds(lr_bounds)
 
         leaves = self.slots.leaves()
         self._hyper_optimizer = None
@@ -210,9 +223,8 @@ class Tuner:
                 not isinstance(self._hyper_optimizer, torch.optim.SGD):
             raise ValueError("hyper_space='natural' takes plain SGD steps: use hyper_optimizer='sgd'")
 
-        self._execution = Execution(model, params, batch_loss or default_batch_loss(loss_fn), self.rule,
-                                    self.slots, max_grad_norm=max_grad_norm, population=population,
-                                    compile=compile)
+        self._execution = self._make_execution(model, params, batch_loss or default_batch_loss(loss_fn),
+                                               compile)
         self._estimator = estimator(Schedule(self.update_interval, neumann_terms, unroll_steps, population))
         self.reset_each_window = bool(reset_each_window)
         self.reset_optimizer_state = bool(reset_optimizer_state)
@@ -223,7 +235,20 @@ class Tuner:
         self.steps_taken = 0
         self._input_shapes: list | None = None
 
+    def _make_execution(self, model, params, batch_loss, compile: bool) -> Execution:
+        """Where gradients come from: here the model and ``batch_loss``
+        (:mod:`onepass.optim` builds one from the user's own ``backward()``)."""
+        return Execution(model, params, batch_loss, self.rule, self.slots, max_grad_norm=self.max_grad_norm,
+                         population=self.population, compile=compile)
+
     # ----------------------------------------------------------------- public
+
+    def position(self, step: int) -> int | None:
+        """Where update ``step`` (1-based) falls in its window, from 1, or
+        ``None`` for an update that tunes nothing (``tune_after``, or nothing tuned)."""
+        if not self.tuned or step <= self.tune_after:
+            return None
+        return (step - self.tune_after - 1) % self.update_interval + 1
 
     def step(self, batch: Any, val_batch: Any = None) -> StepResult:
         """Take one weight update on ``batch``; on the last update of a window,
@@ -234,11 +259,11 @@ class Tuner:
         nothing changed, if a loss or hypergradient is not finite.
         """
         step = self.steps_taken + 1
-        position = (step - 1) % self.update_interval + 1
-        if self.reset_each_window and position == 1 and step > 1:
+        position = self.position(step)
+        if self.reset_each_window and position == 1 and step > self.tune_after + 1:
             self._reset_weights()
         self._remember_input_shapes(batch)
-        if not self.tuned:
+        if position is None:
             result = StepResult(self._execution.plain_step(batch, step).detach())
         else:
             if position == self.update_interval and self._estimator.validation:
@@ -326,13 +351,18 @@ class Tuner:
         leaves = self.slots.leaves()
         execution = self._execution
         frozen = execution.frozen()
-        before = [leaf.detach().clone() for leaf in leaves] if frozen is not None else None
+        keep = frozen is not None or self.max_hyper_step is not None
+        before = [leaf.detach().clone() for leaf in leaves] if keep else None
         if self.hyper_space == "natural":
             self._natural_sgd_step(hypergradient)
         else:
             for leaf, g in zip(leaves, hypergradient):
                 leaf.grad = g
             self._hyper_optimizer.step()
+        if self.max_hyper_step is not None:
+            with torch.no_grad():
+                for leaf, old in zip(leaves, before):
+                    leaf.copy_(old + (leaf - old).clamp(-self.max_hyper_step, self.max_hyper_step))
         self.slots.clip_lr(self.lr_bounds)
         if frozen is not None:
             with torch.no_grad():

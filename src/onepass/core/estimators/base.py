@@ -63,6 +63,11 @@ class Estimator:
         steps the hyperparameters and returns it by name."""
         raise NotImplementedError
 
+    def graph_at(self, position: int) -> bool:
+        """Whether the training gradient of the update at ``position`` is
+        differentiated (its Hessian–vector products are needed)."""
+        return False
+
     def in_window(self) -> bool:
         """Whether a checkpoint now would lose state held across updates."""
         return False

@@ -65,6 +65,9 @@ class Implicit(Estimator):
     def solver(self) -> Callable:
         return partial(neumann_series, terms=self.schedule.neumann_terms)
 
+    def graph_at(self, position: int) -> bool:
+        return position == self.schedule.update_interval
+
     def step(self, execution, batch, val_batch, step, position, apply):
         if position < self.schedule.update_interval:
             return StepResult(execution.plain_step(batch, step).detach())

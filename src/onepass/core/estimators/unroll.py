@@ -70,6 +70,10 @@ class Unroll(Estimator):
         super().__init__(schedule)
         self._stretch = None   # eager: the updates so far; compiled: (start weights, state, batches)
 
+    def graph_at(self, position: int) -> bool:
+        interval = self.schedule.update_interval
+        return position > interval - self.schedule.unroll_steps + 1
+
     def step(self, execution, batch, val_batch, step, position, apply):
         interval, steps = self.schedule.update_interval, self.schedule.unroll_steps
         if position <= interval - steps:

@@ -1,0 +1,268 @@
+"""Gradients from the user's own ``backward()``: how :mod:`onepass.optim` feeds
+the estimators without owning the model or the loss.
+
+A plain update reads ``p.grad`` as the loop left it (accumulated, clipped,
+unscaled, all-reduced by DDP). An update whose gradient is differentiated
+(:meth:`~onepass.core.estimators.Estimator.graph_at`) needs that gradient as
+a function of the weights: the loop calls
+``loss.backward(create_graph=optimizer.needs_graph)``, and a hook on every
+parameter keeps the graph-carrying gradient of each backward pass and hands
+``p.grad`` back as a plain copy, for the loop to clip or unscale in place.
+
+At ``step()`` the two are compared. ``p.grad`` may differ from what the
+backward passes produced only by one factor for all tensors: a GradScaler's
+``1/scale`` (given to the optimizer) and ``clip_grad_norm_``'s
+``min(1, max_norm / (norm + 1e-6))``, whose ``max_norm`` is read off the
+factor. The differentiated update then clips inside, as
+``Tuner(max_grad_norm=...)`` does. Anything else is refused.
+
+The estimators see this through :class:`LoopOps` and :class:`LoopExecution`,
+the :class:`~onepass.core.execution.Ops` and
+:class:`~onepass.core.execution.Execution` of a loop; they contain no
+estimator arithmetic.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..core.execution import Execution, Gradient, Ops, Tensors
+from ..core.rules import clip_gradients
+
+
+class GradientCapture:
+    """Hooks that keep the graph of every ``backward(create_graph=True)``.
+
+    After each accumulation into ``p.grad`` that carries a graph, the
+    graph-carrying tensor is kept (:attr:`parts`) and ``p.grad`` becomes a
+    detached copy, so in-place clipping or unscaling never touches the graph
+    and no reference cycle ``p → p.grad → graph → p`` is left behind.
+    """
+
+    def __init__(self, params: list[Tensor]):
+        self.params = params
+        self.parts: dict[int, list[Tensor]] = {}
+        self.handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
+
+    def _hook(self, p: Tensor) -> None:
+        grad = p.grad
+        if grad is not None and grad.grad_fn is not None:
+            self.parts.setdefault(id(p), []).append(grad)
+            p.grad = grad.detach().clone()
+
+    @property
+    def has_graph(self) -> bool:
+        return bool(self.parts)
+
+    def clear(self) -> None:
+        """Drop the kept graphs (after a step, or at ``zero_grad``)."""
+        self.parts = {}
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.clear()
+
+
+@dataclass
+class StepGradient:
+    """The training gradient of one ``step()``, as an estimator's "batch".
+
+    ``plain`` is ``p.grad`` as the loop left it; for a differentiated update
+    :meth:`with_graph` gives the gradient with its graph, unscaled, with the
+    clipping the loop applied read off as :attr:`max_norm`.
+    """
+
+    params: list[Tensor]
+    plain: Tensors
+    parts: dict[int, list[Tensor]]
+    scale: float = 1.0
+    loss: Tensor = field(default_factory=lambda: torch.zeros(()))
+    max_norm: float | None = None
+
+    @classmethod
+    def read(cls, params: list[Tensor], capture: GradientCapture, scale: float = 1.0,
+             loss: Tensor | None = None) -> "StepGradient":
+        plain = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params)
+        return cls(params, plain, dict(capture.parts), scale,
+                   torch.zeros(()) if loss is None else loss.detach())
+
+    def with_graph(self, reduce: Callable | None, agree_on_max_norm: Callable | None) -> Gradient:
+        """The gradient with ``r ↦ ∇²L_T r``, values and products divided by the
+        loss scale and, with ``reduce``, averaged across ranks."""
+        if not self.parts:
+            raise ValueError("this update differentiates its gradient, but backward() kept no graph: "
+                             "call loss.backward(create_graph=optimizer.needs_graph) before step()")
+        params, scale = self.params, self.scale
+        graph, outputs, owners = [], [], []
+        for i, p in enumerate(params):
+            parts = self.parts.get(id(p))
+            if not parts:
+                graph.append(torch.zeros_like(p))
+                continue
+            # Value: the accumulated gradient; graph: every backward pass's own part.
+            total = parts[-1].detach() + sum(part - part.detach() for part in parts)
+            graph.append(total / scale if scale != 1.0 else total)
+            outputs.extend(parts)
+            owners.extend([i] * len(parts))
+        self.max_norm = self._max_norm(tuple(g.detach() for g in graph), agree_on_max_norm)
+
+        def hvp(r):
+            got = torch.autograd.grad(outputs, params, [r[i] for i in owners], retain_graph=True,
+                                      allow_unused=True)
+            products = tuple(torch.zeros_like(p) if g is None else (g / scale if scale != 1.0 else g)
+                             for p, g in zip(params, got))
+            return tuple(reduce(products)) if reduce is not None else products
+
+        graph = tuple(graph)
+        if reduce is not None:   # the update takes the averaged gradient; the graph stays local
+            return Gradient(tuple(reduce(tuple(g.detach() for g in graph))), self.loss, hvp, None, None)
+        return Gradient(tuple(g.detach() for g in graph), self.loss, hvp, tuple(params), graph)
+
+    def _max_norm(self, unscaled: Tensors, agree: Callable | None) -> float | None:
+        """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``."""
+        norm = _norm(unscaled)
+        now = _norm(self.plain)
+        factor = now / norm if norm > 0 else 1.0
+        if not math.isfinite(factor):
+            factor = 1.0
+        if factor > 1 + 1e-6:
+            raise ValueError(f"p.grad at step() is {factor:.4g} times the gradient backward() produced; "
+                             "with a GradScaler give it to the optimizer (grad_scaler=scaler)")
+        clipped = factor < 1 - 1e-6
+        if clipped:
+            deviation = max(float((q - factor * g).abs().max()) for q, g in zip(self.plain, unscaled))
+            if deviation > 1e-5 * max(now, 1e-30) + 1e-30:
+                raise ValueError("p.grad was changed between backward() and step() by something other than "
+                                 "clip_grad_norm_ or a GradScaler: onepass.optim cannot differentiate that")
+        max_norm = factor * (norm + 1e-6) if clipped else math.inf
+        if agree is not None:
+            max_norm = agree(max_norm)
+        return None if math.isinf(max_norm) else max_norm
+
+
+def _norm(tensors: Tensors) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors])))
+
+
+@dataclass
+class LoopOps(Ops):
+    """:class:`~onepass.core.execution.Ops` whose "batch" is a
+    :class:`StepGradient` and whose validation batch is the user's
+    zero-argument ``val_loss`` callable."""
+
+    execution: "LoopExecution | None" = None
+
+    @property
+    def chains(self) -> bool:
+        """Each update's gradient graph starts at the parameters themselves, so
+        updates never take an earlier update's outputs with their graph."""
+        return False
+
+    def gradient(self, weights, batch: StepGradient, graph: bool = False) -> Gradient:
+        if graph:
+            return batch.with_graph(self.reduce, self.execution.agree_on_max_norm)
+        return Gradient(batch.plain, batch.loss)
+
+    def val_gradient(self, weights, batch: Callable) -> tuple[Tensors, Tensor]:
+        execution = self.execution
+        with execution.weights_as([w.detach().to(p.dtype) for w, p in zip(weights, execution.params)]), \
+                torch.enable_grad():
+            loss = batch()
+            if not isinstance(loss, Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                raise ValueError(f"val_loss() must return a scalar tensor, got {shape}")
+            if not loss.requires_grad:
+                raise ValueError("val_loss() returned a loss that does not depend on the optimizer's "
+                                 "parameters (was it computed under torch.no_grad()?)")
+            got = torch.autograd.grad(loss, execution.params, allow_unused=True)
+        v = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(execution.params, got))
+        return (tuple(self.reduce(v)) if self.reduce is not None else v), loss.detach().float()
+
+    def linear_update(self, weights, state, gradient, raw, state_cotangents=True):
+        update = super().linear_update(weights, state, gradient, raw, state_cotangents)
+        # A graph from the user's backward saved the parameters themselves, which
+        # later commits overwrite: its products run with the weights it was taken at.
+        at = [p.data for p in self.execution.params]
+        backward = update.backward
+
+        def backward_at(*args, **kwargs):
+            with self.execution.weights_as(at):
+                return backward(*args, **kwargs)
+        update.backward = backward_at
+        return update
+
+
+class _Holder(nn.Module):
+    """The optimizer's parameters as a module (names ``"0"``, ``"1"``, ...)."""
+
+    def __init__(self, params: list[Tensor]):
+        super().__init__()
+        self._tensors = params
+
+    def named_parameters(self, *args, **kwargs):
+        return ((str(i), p) for i, p in enumerate(self._tensors))
+
+    def parameters(self, recurse: bool = True):
+        return iter(self._tensors)
+
+
+class LoopExecution(Execution):
+    """An :class:`~onepass.core.execution.Execution` on gradients the loop
+    computed: plain updates take ``p.grad``; the learning rate is scaled per
+    parameter group by an LR scheduler's factor; clipping inside a
+    differentiated update is the one the loop applied."""
+
+    def __init__(self, params, rule, slots, *, reduce=None, agree_on_max_norm=None):
+        super().__init__(_Holder(params), params, None, rule, slots, max_grad_norm=None, population=None,
+                         compile=False)
+        self.reduce = reduce
+        self.agree_on_max_norm = agree_on_max_norm
+        self.lr_factors: tuple[float, ...] | None = None   # per group; None: all 1
+        self.current: StepGradient | None = None
+
+    def _ops_for(self, functional, fixed, frozen, skip):
+        def update(weights, state, grads, raw):
+            return self.rule_update(weights, state, grads, raw, fixed, frozen, skip)
+        return LoopOps(None, None, update, frozen, False, self.reduce, execution=self)
+
+    def gradient_now(self, batch: StepGradient, step: int):
+        self.current = batch
+        return batch.loss, batch.plain
+
+    def clip(self, grads):
+        max_norm = self.current.max_norm if self.current is not None else None
+        return tuple(grads) if max_norm is None else clip_gradients(grads, max_norm)
+
+    def hyper_of(self, raw, fixed, frozen, skip) -> dict:
+        hyper = self.slots.hyper(raw, fixed, frozen, skip)
+        factors = self.lr_factors
+        if factors is not None and "lr" in hyper:
+            lr, group_of = hyper["lr"], self.slots.group_of
+            hyper["lr"] = tuple((lr if isinstance(lr, Tensor) else lr[i]) * factors[group_of[i]]
+                                for i in range(len(group_of)))
+        return hyper
+
+    def set_lr_factors(self, factors: tuple[float, ...]) -> None:
+        factors = None if all(f == 1.0 for f in factors) else tuple(factors)
+        if factors != self.lr_factors:
+            self.lr_factors = factors
+            self.invalidate()
+
+    @contextlib.contextmanager
+    def weights_as(self, tensors):
+        """The parameters hold ``tensors`` inside the block (storage swapped, not copied)."""
+        saved = [p.data for p in self.params]
+        try:
+            for p, t in zip(self.params, tensors):
+                if t is not p.data:
+                    p.data = t
+            yield
+        finally:
+            for p, t in zip(self.params, saved):
+                p.data = t

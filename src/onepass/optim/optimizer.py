@@ -1,0 +1,421 @@
+"""``torch.optim`` optimizers that tune their own hyperparameters.
+
+A plain loop changes in two lines::
+
+    opt = onepass.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2,
+                              val_loss=lambda: loss_fn(model(x_val), y_val))     # 1
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)             # 2
+        opt.step()
+
+Every ``update_interval`` updates, the last update of the window also takes
+one hyperparameter step with the chosen estimator (the paper's
+implicit-function-theorem estimate by default), using the gradient of that
+update as a function of the weights, hence ``create_graph`` on that one
+update, and the validation loss at the new weights.
+
+The window schedule, the hyper-optimiser, the estimators and checkpoints are
+the :class:`~onepass.Tuner`'s own: an optimizer run equals the same
+``Tuner`` run update by update.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core import hyperparameters as hp
+from ..core.execution import NonFiniteError
+from ..core.tuner import Tuner
+from . import distributed
+from .gradients import GradientCapture, LoopExecution, StepGradient, _Holder
+
+# Our hook hands p.grad back detached, so the cycle this warns about is never made.
+warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast_on() -> bool:
+    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+
+
+class _LoopTuner(Tuner):
+    """The Tuner's shell on gradients from the loop (:class:`LoopExecution`);
+    in data-parallel runs the hypergradient is averaged before it is applied."""
+
+    def __init__(self, params, groups, *, reduce, agree_on_max_norm, **kwargs):
+        self._reduce, self._agree = reduce, agree_on_max_norm
+        super().__init__(_Holder(params), batch_loss=_no_batch_loss, params=groups, **kwargs)
+
+    def _make_execution(self, model, params, batch_loss, compile):
+        return LoopExecution(params, self.rule, self.slots, reduce=self._reduce,
+                             agree_on_max_norm=self._agree)
+
+    def _apply_hypergradient(self, hypergradient):
+        if self._reduce is not None:
+            hypergradient = list(self._reduce(tuple(hypergradient)))
+        return super()._apply_hypergradient(hypergradient)
+
+
+def _no_batch_loss(forward, batch):   # pragma: no cover - LoopExecution never calls it
+    raise AssertionError("onepass.optim computes no loss itself")
+
+
+class TunedOptimizer(torch.optim.Optimizer):
+    """Base class of :class:`SGD`, :class:`Adam` and :class:`AdamW`.
+
+    Args (besides the ``torch.optim`` namesake's):
+        tune: hyperparameters to tune, in the rule's names (``"lr"``,
+            ``"momentum"``, ``"weight_decay"``, ``"beta1"``, ``"beta2"``,
+            ``"eps"``). Default: ``lr``, and ``momentum`` / ``weight_decay``
+            where they start inside their range (above 0). ``()`` tunes nothing:
+            the optimizer is then its ``torch.optim`` namesake.
+        granularity: per name ``"scalar"``, ``"group"``, ``"tensor"`` or ``"weight"``.
+        method: ``"neumann"`` (the paper), ``"cg"``, ``"unroll"``, ``"baydin"``, ``"baydin_exact"``.
+        neumann_terms, unroll_steps, update_interval, hyper_optimizer, hyper_lr:
+            as for :class:`~onepass.Tuner`.
+        lr_bounds: the learned learning rate is kept in this range, one pair for
+            all groups or a list with one per group (a group's ``"lr_bounds"``
+            key also works). Default ``(1e-10, 1)``: a rate above 1 diverges on
+            almost every network, and the clip keeps a runaway hypergradient
+            from making it so.
+        max_hyper_step: cap on how far one hyperparameter step moves each raw
+            (``log10``/logit) value. Default ``None``: the default Adam
+            hyper-optimiser moves each by about ``hyper_lr`` per step already.
+        tune_after: updates before tuning starts (warm-up with fixed values).
+            Default 0: the paper tunes from the first window.
+        val_loss: zero-argument callable returning the validation loss (a
+            scalar tensor) of the model at its current weights; it may also be
+            given to :meth:`step`. It is called on the last update of each
+            window, with the parameters holding the new weights. It should not
+            change buffers you care about (call ``model.eval()`` inside for
+            BatchNorm or dropout), and under DDP it must use the unwrapped
+            module.
+        grad_scaler: the ``torch.amp.GradScaler`` scaling the loss, if any, so
+            that the hyperparameter step divides its scale out.
+        skip_non_finite: a non-finite hypergradient or validation loss skips
+            that hyperparameter step (the weights are still updated) and counts
+            it in :attr:`skipped_hypersteps`, instead of raising
+            :class:`~onepass.NonFiniteError`. Default: on under AMP (a
+            ``grad_scaler``, low-precision parameters, or autocast active when
+            :attr:`needs_graph` or :meth:`step` is called), else off.
+        model: optional; checked to be supported (no FSDP; under DDP every
+            trainable parameter in the optimizer).
+        process_group: ranks to average the hyperparameter step over. Default:
+            all ranks when ``torch.distributed`` is initialised with more than
+            one; ``False`` for none.
+
+    The loop's contract:
+
+    * call ``loss.backward(create_graph=optimizer.needs_graph)``: the updates
+      whose gradient is differentiated need its graph (under DDP, take that
+      update's loss through ``ddp_model.module``; see ``examples/ddp.py``);
+    * gradient accumulation, ``clip_grad_norm_`` and ``GradScaler`` work as
+      with any optimizer; the hyperparameter step sees the clipping;
+    * an LR scheduler sets the *schedule*: the learning rate used is
+      ``learned lr × group["lr"] / group["base_lr"]``, where ``base_lr`` is
+      the group's ``lr`` at construction. So the learned value multiplies the
+      scheduled one (as in Prodigy and Mechanic) and a scheduler never
+      overwrites it. Schedulers may also change fixed hyperparameters;
+      changing a tuned one other than ``lr`` raises.
+    """
+
+    _rule_names: Mapping[str, str] = {}   # torch.optim group key -> the rule's name(s)
+
+    def __init__(self, params, defaults: dict, rule: str, *, tune=None, granularity=None, method="neumann",
+                 neumann_terms=5, unroll_steps=5, update_interval=10, hyper_optimizer=None, hyper_lr=None,
+                 lr_bounds=(1e-10, 1.0), max_hyper_step=None, tune_after=0, val_loss=None, grad_scaler=None,
+                 skip_non_finite=None, model=None, process_group=None):
+        super().__init__(params, defaults)
+        groups = []
+        for index, group in enumerate(self.param_groups):
+            values = self._natural_values(group, index)
+            group.setdefault("base_lr", group["lr"])
+            groups.append((group["params"], values))
+        params = [p for group in self.param_groups for p in group["params"]]
+        distributed.check_supported(params, model)
+        if val_loss is not None and not callable(val_loss):
+            raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
+        names = list(groups[0][1])
+        if tune is None:
+            tune = ["lr"] + [n for n in ("momentum", "weight_decay")
+                             if n in names and all(0 < values[n] < 1 for _, values in groups)]
+        tune = tuple(tune)
+        granularity = dict(granularity or {})
+        if len(groups) > 1:   # fixed values stay per group, so a scheduler may change one group's
+            granularity.update({n: "group" for n in names if n not in tune and n not in granularity})
+        bounds = [tuple(g.get("lr_bounds", lr_bounds)) for g in self.param_groups]
+        group = distributed.process_group_for(process_group)
+        self._group = group
+        reduce = distributed.averaged(group) if group is not None else None
+        agree = distributed.smallest(group) if group is not None else None
+        self._config = {"rule": rule, "method": method, "tune": tune, "granularity": sorted(granularity.items()),
+                        "neumann_terms": neumann_terms, "unroll_steps": unroll_steps,
+                        "update_interval": update_interval, "tune_after": tune_after,
+                        "shapes": [tuple(p.shape) for p in params]}
+        if group is not None:
+            distributed.check_same_config(self._config, group)
+        self._tuner = _LoopTuner(
+            params, [{"params": tensors, **values} for tensors, values in groups], reduce=reduce, agree_on_max_norm=agree, rule=rule, tune=tune, granularity=granularity,
+            method=method, neumann_terms=neumann_terms, unroll_steps=unroll_steps,
+            update_interval=update_interval, hyper_optimizer=hyper_optimizer, hyper_lr=hyper_lr,
+            lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after)
+        self._params = params
+        self._capture = GradientCapture(params)
+        self._val_loss = val_loss
+        self._grad_scaler = grad_scaler
+        self._skip_non_finite = skip_non_finite
+        self._autocast_seen = False
+        self._seen = [dict(values) for _, values in groups]
+        self.skipped_hypersteps = 0
+
+    # ------------------------------------------------------------ construction helpers
+
+    def _write(self, slots, name: str, group: int, value: float) -> None:
+        indices = {slots.slot_of[name][i] for i, g in enumerate(slots.group_of) if g == group}
+        with torch.no_grad():
+            for k in indices:
+                if name in slots.raw:
+                    hp.check_tunable(name, value)
+                    slots.raw[name][k].fill_(float(hp.to_raw(name, torch.tensor(float(value), dtype=torch.float64))))
+                else:
+                    slots.set_slot(name, k, value)
+
+    def _natural_values(self, group: dict, index: int) -> dict[str, float]:
+        """The rule's hyperparameters of one group, checked."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the loop's side
+
+    @property
+    def needs_graph(self) -> bool:
+        """Whether the next :meth:`step` differentiates its gradient: pass it as
+        ``loss.backward(create_graph=optimizer.needs_graph)``."""
+        self._autocast_seen = self._autocast_seen or _autocast_on()
+        tuner = self._tuner
+        position = tuner.position(tuner.steps_taken + 1)
+        return position is not None and tuner._estimator.graph_at(position)
+
+    @property
+    def steps_taken(self) -> int:
+        return self._tuner.steps_taken
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._capture.clear()
+        super().zero_grad(set_to_none)
+
+    def step(self, closure: Callable | None = None, *, val_loss: Callable | None = None):
+        """One weight update from ``p.grad``; on the last update of a window
+        also one hyperparameter step (see the class docs). ``closure``, as in
+        ``torch.optim``, re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._autocast_seen = self._autocast_seen or _autocast_on()
+        tuner = self._tuner
+        execution = tuner._execution
+        self._sync_groups()
+        step = tuner.steps_taken + 1
+        position = tuner.position(step)
+        val = val_loss if val_loss is not None else self._val_loss
+        if position == tuner.update_interval and tuner._estimator.validation and val is None:
+            raise ValueError(f"update {step} closes a window of update_interval={tuner.update_interval}: "
+                             "give the optimizer val_loss= (a callable returning the validation loss) "
+                             "or pass it to step()")
+        scale = float(self._grad_scaler.get_scale()) if self._grad_scaler is not None \
+            and self._capture.has_graph else 1.0
+        source = StepGradient.read(self._params, self._capture, scale,
+                                   loss if isinstance(loss, Tensor) else None)
+        execution.current = source
+        try:
+            tuner.step(source, (lambda: val) if val is not None else None)
+        except NonFiniteError:
+            if not self._skips():
+                raise
+            self._skip(source)
+        finally:
+            self._capture.clear()
+            execution.current = None
+        return loss
+
+    def _skips(self) -> bool:
+        if self._skip_non_finite is not None:
+            return bool(self._skip_non_finite)
+        return (self._grad_scaler is not None or self._autocast_seen
+                or any(p.dtype in _LOW_PRECISION for p in self._params))
+
+    def _skip(self, source: StepGradient) -> None:
+        """A non-finite hypergradient under AMP: the weights move, the hyperparameters do not."""
+        tuner = self._tuner
+        source.max_norm = None
+        tuner._execution.update_without_graph(source.plain)
+        tuner._estimator.reset()
+        tuner.steps_taken += 1
+        self.skipped_hypersteps += 1
+        if self.skipped_hypersteps == 1:
+            warnings.warn(f"onepass: skipped the hyperparameter step of update {tuner.steps_taken} (non-finite "
+                          "hypergradient or validation loss under AMP); counted in skipped_hypersteps",
+                          RuntimeWarning, stacklevel=3)
+
+    def _sync_groups(self) -> None:
+        """Read what schedulers (or the user) wrote into ``param_groups``."""
+        slots, execution = self._tuner.slots, self._tuner._execution
+        factors = []
+        for g, group in enumerate(self.param_groups):
+            factors.append(group["lr"] / group["base_lr"])
+            values = self._natural_values(group, g)
+            for name, value in values.items():
+                if name == "lr" or value == self._seen[g][name]:
+                    continue
+                if name in slots.raw:
+                    raise ValueError(f"param_groups[{g}][{self._torch_key(name)!r}] was changed to {value!r}, "
+                                     f"but {name} is tuned; only lr may be scheduled (OneCycleLR: "
+                                     "cycle_momentum=False)")
+                self._write(slots, name, g, value)
+                self._seen[g][name] = value
+                execution.invalidate()
+        execution.set_lr_factors(tuple(factors))
+
+    def _torch_key(self, name: str) -> str:
+        return {"beta1": "betas", "beta2": "betas"}.get(name, name)
+
+    # ------------------------------------------------------------ what users see
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Current values per parameter group in natural units, for a logger:
+        ``{"lr/group0": ..., "momentum/group0": ..., ...}``. ``lr`` is the rate
+        in use (learned × scheduled factor); per-tensor and per-weight values
+        give their mean over the group's weights. Under AMP also
+        ``"skipped_hypersteps"``."""
+        slots = self._tuner.slots
+        factors = self._tuner._execution.lr_factors
+        out = {}
+        with torch.no_grad():
+            for name in slots.names:
+                natural = slots.natural_slots(name)
+                for g in range(len(self.param_groups)):
+                    total, count = 0.0, 0
+                    for i, group in enumerate(slots.group_of):
+                        if group != g:
+                            continue
+                        value = natural[slots.slot_of[name][i]]
+                        n = slots.shapes[i].numel()
+                        total += float(value.sum()) if value.dim() else float(value) * n
+                        count += n
+                    value = total / max(count, 1)
+                    if name == "lr" and factors is not None:
+                        value *= factors[g]
+                    out[f"{name}/group{g}"] = value
+        if self._skips():
+            out["skipped_hypersteps"] = float(self.skipped_hypersteps)
+        return out
+
+    @property
+    def tuner(self) -> Tuner:
+        """The :class:`~onepass.Tuner` shell underneath (``.hyperparameters``
+        gives the learned values themselves, per slot)."""
+        return self._tuner
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["onepass"] = {"config": dict(self._config), "tuner": self._tuner.state_dict(),
+                            "seen": [dict(s) for s in self._seen], "skipped": self.skipped_hypersteps}
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("onepass", None)
+        if extra is None:
+            raise ValueError("this state_dict was not written by a onepass.optim optimizer")
+        for key, value in self._config.items():
+            if extra["config"].get(key) != value:
+                raise ValueError(f"state_dict is from a different configuration: {key} was "
+                                 f"{extra['config'].get(key)!r}, this optimizer has {value!r}")
+        super().load_state_dict(state_dict)
+        self._tuner.load_state_dict(extra["tuner"])
+        self._seen = [dict(s) for s in extra["seen"]]
+        self.skipped_hypersteps = int(extra["skipped"])
+
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "_tuner"):
+            raise ValueError("onepass.optim optimizers take all parameter groups at construction")
+        super().add_param_group(param_group)
+
+
+def _check_range(name: str, value, low: float, high: float | None, *, low_open: bool = False) -> float:
+    value = float(value)
+    bad = not math.isfinite(value) or value < low or (low_open and value == low) or \
+        (high is not None and value >= high)
+    if bad:
+        span = f"{'(' if low_open else '['}{low:g}, {'1)' if high is not None else 'inf)'}"
+        raise ValueError(f"{name} must be in {span}, got {value!r}")
+    return value
+
+
+class SGD(TunedOptimizer):
+    """``torch.optim.SGD`` (no dampening) that tunes ``lr`` (and ``momentum``,
+    ``weight_decay`` where they start above 0) during training; see
+    :class:`TunedOptimizer` for the extra arguments and the loop's contract."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, **tuning):
+        if dampening != 0:
+            raise ValueError("onepass.optim.SGD supports dampening=0 only")
+        if nesterov and not momentum > 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
+                         "sgd_nesterov" if nesterov else "sgd", **tuning)
+
+    def _natural_values(self, group, index):
+        if group["nesterov"] != self.defaults["nesterov"]:
+            raise ValueError(f"param_groups[{index}] sets nesterov differently: one rule for all groups")
+        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None, low_open=True),
+                "momentum": _check_range(f"param_groups[{index}] momentum", group["momentum"], 0.0, 1.0),
+                "weight_decay": _check_range(f"param_groups[{index}] weight_decay", group["weight_decay"],
+                                             0.0, None)}
+
+
+class Adam(TunedOptimizer):
+    """``torch.optim.Adam`` (L2 weight decay) that tunes ``lr`` (and
+    ``weight_decay`` where it starts above 0); see :class:`TunedOptimizer`."""
+
+    _rule = "adam"
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **tuning):
+        if amsgrad:
+            raise ValueError("onepass.optim does not support amsgrad")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
+                         self._rule, **tuning)
+
+    def _natural_values(self, group, index):
+        betas = tuple(group["betas"])
+        if len(betas) != 2:
+            raise ValueError(f"param_groups[{index}] betas must be a pair, got {betas!r}")
+        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None, low_open=True),
+                "beta1": _check_range(f"param_groups[{index}] betas[0]", betas[0], 0.0, 1.0),
+                "beta2": _check_range(f"param_groups[{index}] betas[1]", betas[1], 0.0, 1.0),
+                "eps": _check_range(f"param_groups[{index}] eps", group["eps"], 0.0, None),
+                "weight_decay": _check_range(f"param_groups[{index}] weight_decay", group["weight_decay"],
+                                             0.0, None)}
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW`` (decoupled weight decay, default 0.01) that tunes
+    ``lr`` and ``weight_decay``; see :class:`TunedOptimizer`."""
+
+    _rule = "adamw"
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **tuning):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         **tuning)
