@@ -1,7 +1,6 @@
 """onepass.Tuner against the pure estimators, torch.optim, and on problems with known answers."""
 import copy
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -593,20 +592,6 @@ def test_tuner_lowers_a_learning_rate_that_diverges():
     assert math.isfinite(tuned_loss)
     assert tuned_lr < 2 / h.max().item()          # below the stability limit
     assert tuned_loss < 0.05                      # near the noise floor (0.01) of the problem
-
-
-# -------------------------------------------------- the README
-
-
-def test_readme_snippet():
-    readme = REPO / "README.md"
-    assert readme.is_file(), f"{readme} is missing"
-    match = re.search(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.DOTALL)
-    assert match, "README.md has no ```python fenced block"
-    code = match.group(1)
-    assert "Tuner" in code
-    torch.set_default_dtype(torch.float32)   # as a reader's fresh interpreter has it
-    exec(compile(code, str(readme), "exec"), {"__name__": "__readme__"})
 
 
 def test_reset_each_window_restarts_every_window_from_the_initial_weights():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +34,20 @@ from torch import Tensor, nn
 
 from ..core.execution import Execution, Gradient, Ops, Tensors
 from ..core.rules import clip_gradients
+
+
+# Per parameter, the graph-carrying gradients kept since the last step. One
+# hook per parameter, however many optimizers were built on it (a notebook
+# that rebuilds its optimizer must not leave a stale hook that eats the graph).
+# Keyed by id (a tensor's == is elementwise); an entry goes when its parameter does.
+_PARTS: dict[int, list[Tensor]] = {}
+
+
+def _keep_graph(p: Tensor) -> None:
+    grad = p.grad
+    if grad is not None and grad.grad_fn is not None:
+        _PARTS[id(p)].append(grad)
+        p.grad = grad.detach().clone()
 
 
 class GradientCapture:
@@ -46,27 +61,24 @@ class GradientCapture:
 
     def __init__(self, params: list[Tensor]):
         self.params = params
-        self.parts: dict[int, list[Tensor]] = {}
-        self.handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
+        for p in params:
+            if id(p) not in _PARTS:
+                _PARTS[id(p)] = []
+                p.register_post_accumulate_grad_hook(_keep_graph)
+                weakref.finalize(p, _PARTS.pop, id(p), None)
 
-    def _hook(self, p: Tensor) -> None:
-        grad = p.grad
-        if grad is not None and grad.grad_fn is not None:
-            self.parts.setdefault(id(p), []).append(grad)
-            p.grad = grad.detach().clone()
+    @property
+    def parts(self) -> dict[int, list[Tensor]]:
+        return {id(p): list(_PARTS[id(p)]) for p in self.params if _PARTS[id(p)]}
 
     @property
     def has_graph(self) -> bool:
-        return bool(self.parts)
+        return any(_PARTS[id(p)] for p in self.params)
 
     def clear(self) -> None:
         """Drop the kept graphs (after a step, or at ``zero_grad``)."""
-        self.parts = {}
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.clear()
+        for p in self.params:
+            _PARTS[id(p)].clear()
 
 
 @dataclass

@@ -35,7 +35,8 @@ from . import distributed
 from .gradients import GradientCapture, LoopExecution, StepGradient, _Holder
 
 # Our hook hands p.grad back detached, so the cycle this warns about is never made.
-warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+CREATE_GRAPH_WARNING = "Using backward\\(\\) with create_graph=True"
+warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -295,23 +296,20 @@ class TunedOptimizer(torch.optim.Optimizer):
         give their mean over the group's weights. Under AMP also
         ``"skipped_hypersteps"``."""
         slots = self._tuner.slots
-        factors = self._tuner._execution.lr_factors
         out = {}
         with torch.no_grad():
             for name in slots.names:
                 natural = slots.natural_slots(name)
-                for g in range(len(self.param_groups)):
-                    total, count = 0.0, 0
-                    for i, group in enumerate(slots.group_of):
-                        if group != g:
-                            continue
-                        value = natural[slots.slot_of[name][i]]
-                        n = slots.shapes[i].numel()
-                        total += float(value.sum()) if value.dim() else float(value) * n
-                        count += n
-                    value = total / max(count, 1)
-                    if name == "lr" and factors is not None:
-                        value *= factors[g]
+                for g, group in enumerate(self.param_groups):
+                    members = [(natural[slots.slot_of[name][i]], slots.shapes[i].numel())
+                               for i, owner in enumerate(slots.group_of) if owner == g]
+                    if all(v.dim() == 0 for v, _ in members) and len({float(v) for v, _ in members}) == 1:
+                        value = float(members[0][0])
+                    else:
+                        value = sum(float(v.sum()) if v.dim() else float(v) * n for v, n in members) / \
+                            sum(n for _, n in members)
+                    if name == "lr":
+                        value *= group["lr"] / group["base_lr"]
                     out[f"{name}/group{g}"] = value
         if self._skips():
             out["skipped_hypersteps"] = float(self.skipped_hypersteps)
