@@ -33,6 +33,7 @@ from ..core.execution import NonFiniteError
 from ..core.tuner import Tuner
 from . import distributed
 from .gradients import GradientCapture, LoopExecution, StepGradient, _Holder
+from .recipe import default_tune, recipe
 
 # Our hook hands p.grad back detached, so the cycle this warns about is never made.
 CREATE_GRAPH_WARNING = "Using backward\\(\\) with create_graph=True"
@@ -69,6 +70,9 @@ def _no_batch_loss(forward, batch):   # pragma: no cover - LoopExecution never c
 
 class TunedOptimizer(torch.optim.Optimizer):
     """Base class of :class:`SGD`, :class:`Adam` and :class:`AdamW`.
+
+    Every argument left at ``None`` (hyperparameter values included) takes the
+    recommended recipe's value (:mod:`onepass.optim.recipe`).
 
     Args (besides the ``torch.optim`` namesake's):
         tune: hyperparameters to tune, in the rule's names (``"lr"``,
@@ -128,10 +132,20 @@ class TunedOptimizer(torch.optim.Optimizer):
 
     _rule_names: Mapping[str, str] = {}   # torch.optim group key -> the rule's name(s)
 
-    def __init__(self, params, defaults: dict, rule: str, *, tune=None, granularity=None, method="neumann",
-                 neumann_terms=5, unroll_steps=5, update_interval=10, hyper_optimizer=None, hyper_lr=None,
-                 lr_bounds=(1e-10, 1.0), max_hyper_step=None, tune_after=0, val_loss=None, grad_scaler=None,
-                 skip_non_finite=None, model=None, process_group=None):
+    def __init__(self, params, defaults: dict, rule: str, *, tune=None, granularity=None, method=None,
+                 neumann_terms=None, unroll_steps=None, update_interval=None, hyper_optimizer=None,
+                 hyper_lr=None, lr_bounds=(1e-10, 1.0), max_hyper_step=None, tune_after=None, val_loss=None,
+                 grad_scaler=None, skip_non_finite=None, model=None, process_group=None):
+        table = recipe(rule)
+        defaults = {k: table["values"][k] if v is None else v for k, v in defaults.items()}
+        given = dict(granularity=granularity, method=method, neumann_terms=neumann_terms,
+                     unroll_steps=unroll_steps, update_interval=update_interval, hyper_optimizer=hyper_optimizer,
+                     hyper_lr=hyper_lr, tune_after=tune_after)
+        settings = {k: table["settings"][k] if v is None else v for k, v in given.items()}
+        granularity, method, neumann_terms, unroll_steps, update_interval, tune_after = (
+            settings[k] for k in ("granularity", "method", "neumann_terms", "unroll_steps", "update_interval",
+                                  "tune_after"))
+        hyper_optimizer, hyper_lr = settings["hyper_optimizer"], settings["hyper_lr"]
         super().__init__(params, defaults)
         groups = []
         for index, group in enumerate(self.param_groups):
@@ -143,10 +157,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         if val_loss is not None and not callable(val_loss):
             raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
         names = list(groups[0][1])
-        if tune is None:
-            tune = ["lr"] + [n for n in ("momentum", "weight_decay")
-                             if n in names and all(0 < values[n] < 1 for _, values in groups)]
-        tune = tuple(tune)
+        tune = default_tune(rule, [values for _, values in groups]) if tune is None else tuple(tune)
         granularity = dict(granularity or {})
         if len(groups) > 1:   # fixed values stay per group, so a scheduler may change one group's
             granularity.update({n: "group" for n in names if n not in tune and n not in granularity})
@@ -364,10 +375,12 @@ class SGD(TunedOptimizer):
     ``weight_decay`` where they start above 0) during training; see
     :class:`TunedOptimizer` for the extra arguments and the loop's contract."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, **tuning):
+    def __init__(self, params: Iterable, lr: float | None = None, momentum: float | None = None,
+                 dampening: float = 0.0, weight_decay: float | None = None, nesterov: bool = False, **tuning):
         if dampening != 0:
             raise ValueError("onepass.optim.SGD supports dampening=0 only")
+        if momentum is None:
+            momentum = recipe("sgd")["values"]["momentum"]
         if nesterov and not momentum > 0:
             raise ValueError("nesterov=True needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov),
@@ -388,12 +401,12 @@ class Adam(TunedOptimizer):
 
     _rule = "adam"
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **tuning):
+    def __init__(self, params: Iterable, lr: float | None = None, betas: Sequence[float] | None = None,
+                 eps: float | None = None, weight_decay: float | None = None, amsgrad: bool = False, **tuning):
         if amsgrad:
             raise ValueError("onepass.optim does not support amsgrad")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay),
-                         self._rule, **tuning)
+        super().__init__(params, dict(lr=lr, betas=None if betas is None else tuple(betas), eps=eps,
+                                      weight_decay=weight_decay), self._rule, **tuning)
 
     def _natural_values(self, group, index):
         betas = tuple(group["betas"])
@@ -413,7 +426,7 @@ class AdamW(Adam):
 
     _rule = "adamw"
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **tuning):
+    def __init__(self, params: Iterable, lr: float | None = None, betas: Sequence[float] | None = None,
+                 eps: float | None = None, weight_decay: float | None = None, amsgrad: bool = False, **tuning):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          **tuning)

@@ -1,0 +1,39 @@
+"""The recommended recipe: what :mod:`onepass.optim` does with no ``tune`` and
+no hyperparameter values.
+
+One table per update rule: ``values`` are the starting values in
+``torch.optim``'s names (used for every argument left at ``None``),
+``settings`` the :class:`~onepass.optim.TunedOptimizer` arguments left at
+``None``, and :func:`default_tune` decides what is tuned when ``tune`` is not
+given. ``benchmarks/versus_defaults.py`` measures the recipe against Adam's
+defaults, Prodigy, schedule-free and a grid search; ``benchmarks/README.md``
+keeps the ablation that chose it.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+_SETTINGS = {"method": "neumann", "neumann_terms": 5, "unroll_steps": 5, "update_interval": 10,
+             "hyper_optimizer": None, "hyper_lr": None, "tune_after": 0, "granularity": None}
+
+RECIPES: dict[str, dict] = {
+    "sgd": {"values": {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}, "settings": dict(_SETTINGS)},
+    "adam": {"values": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+             "settings": dict(_SETTINGS)},
+    "adamw": {"values": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+              "settings": dict(_SETTINGS)},
+}
+
+
+def recipe(rule: str) -> dict:
+    """The table for ``rule`` (``sgd_nesterov`` shares ``sgd``'s)."""
+    return RECIPES["sgd" if rule.startswith("sgd") else rule]
+
+
+def default_tune(rule: str, groups: Sequence[Mapping[str, float]]) -> tuple[str, ...]:
+    """What is tuned when ``tune`` is not given, from each group's starting values
+    (rule names): ``lr``, and ``momentum`` / ``weight_decay`` where every group
+    starts them strictly inside their range (a value of 0 means "off")."""
+    names = groups[0]
+    return ("lr",) + tuple(n for n in ("momentum", "weight_decay")
+                           if n in names and all(0 < values[n] < 1 for values in groups))
