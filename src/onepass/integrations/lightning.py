@@ -1,0 +1,319 @@
+"""Lightning: a callback that lets a ``LightningModule`` train with a
+:mod:`onepass.optim` optimizer.
+
+The module returns a ``onepass.optim`` optimizer from ``configure_optimizers``
+as it would any other; one callback does the rest::
+
+    from onepass.integrations.lightning import OnepassCallback
+
+    class Model(lightning.LightningModule):
+        ...
+        def validation_step(self, batch, batch_idx):
+            loss = ...
+            self.log("val_loss", loss)
+            return loss                      # the callback takes the loss from here
+
+        def configure_optimizers(self):
+            return onepass.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-2)
+
+    trainer = lightning.Trainer(callbacks=[OnepassCallback()])
+    trainer.fit(model, train_loader, val_loader)
+
+What the callback does, from ``on_fit_start`` to ``teardown``:
+
+* **backward.** The module's ``backward`` (which Lightning's precision plugin
+  calls for the loss of ``training_step``) is given
+  ``create_graph=optimizer.needs_graph``. A module that overrides
+  ``backward`` must pass its keyword arguments on to ``loss.backward``.
+* **Validation loss.** On the last update of each window the optimizer asks
+  for the validation loss at the new weights. The callback takes the next
+  batch of the validation data, cycled: ``OnepassCallback(val_dataloader=...)``,
+  else the ``val_dataloaders`` given to ``trainer.fit``, else the datamodule's
+  or module's ``val_dataloader()`` (the first loader if there are several).
+  The batch goes through the precision plugin and the module's batch-transfer
+  hooks like a validation batch, then the loss is
+  ``val_loss(pl_module, batch)`` if the callback was given one, else the
+  value ``validation_step(batch, batch_idx)`` returns (a scalar tensor, or a
+  dict with ``"loss"``). The module is in ``eval()`` mode for that call,
+  gradients are on, and its ``self.log`` calls are ignored (the validation
+  loop logs as usual). An optimizer built with its own ``val_loss=`` keeps it.
+* **Logging.** After every optimizer step the learned values go to Lightning's
+  loggers through ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the
+  rate in use, learned × scheduled), with ``onepass/val_loss``, the validation
+  loss of the last hyperparameter step; Lightning writes them every
+  ``log_every_n_steps``.
+* **Checkpoints.** The optimizer's ``state_dict`` holds the tuned values and
+  their optimiser's state, and the callback's holds the position in the
+  validation data, so ``trainer.fit(..., ckpt_path=...)`` resumes the tuned run
+  exactly from an end-of-epoch checkpoint (given a validation loader that
+  yields the same batches each pass). Lightning itself restarts the epoch's
+  data when it resumes from a mid-epoch checkpoint, with any optimizer.
+
+Trainer settings: ``accumulate_grad_batches`` works (``k`` micro-batches give
+the update, and the hyperparameters, of one batch of their concatenation);
+``gradient_clip_val`` with the default ``gradient_clip_algorithm="norm"``
+works and is seen by the hyperparameter step, ``"value"`` is refused;
+``precision`` ``"32-true"``, ``"64-true"``, ``"bf16-mixed"``, ``"16-mixed"``
+(its ``GradScaler`` is handed to the optimizer) and LR schedulers from
+``configure_optimizers`` work. Manual optimization works too: the callback
+wraps ``manual_backward`` the same way, since it goes through ``backward``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from ..optim import TunedOptimizer
+
+try:
+    import lightning.pytorch as pl
+except ImportError as error:   # pragma: no cover - the extra is installed in CI
+    raise ImportError("onepass.integrations.lightning needs Lightning: pip install 'onepass[lightning]'") from error
+
+__all__ = ["OnepassCallback"]
+
+
+class OnepassCallback(pl.Callback):
+    """Connects a ``onepass.optim`` optimizer to Lightning's training loop
+    (see the module's docs).
+
+    Args:
+        val_dataloader: iterable of validation batches for the hyperparameter
+            steps, cycled. Default: the validation data of ``trainer.fit``.
+        val_loss: ``val_loss(pl_module, batch) -> scalar tensor``. Default: the
+            value ``pl_module.validation_step(batch, batch_idx)`` returns (a
+            tensor, or a dict with ``"loss"``).
+        prefix: prefix of the logged names (``"onepass/"``: ``onepass/lr/group0``).
+    """
+
+    def __init__(self, val_dataloader: Iterable | None = None,
+                 val_loss: Callable[[Any, Any], torch.Tensor] | None = None, prefix: str = "onepass/"):
+        if val_loss is not None and not callable(val_loss):
+            raise ValueError("OnepassCallback(val_loss=...) must be a callable val_loss(pl_module, batch)")
+        self._loader_given = val_dataloader
+        self._loss_fn = val_loss
+        self.prefix = prefix
+        self._optimizers: list[TunedOptimizer] = []
+        self._loader: Iterable | None = None
+        self._iterator = None
+        self._passes = 0          # validation passes started
+        self._index = 0           # batches taken in the current pass
+        self.val_batches_taken = 0   # validation batches taken so far (one per hyperparameter step)
+        self._restored: tuple[int, int] | None = None
+        self._last_val: torch.Tensor | None = None
+        self._logged_at: list[int] = []
+        self._patched: list[tuple[Any, str, Any]] = []   # (object, attribute, previous instance value)
+
+    # ------------------------------------------------------------------ setup
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._optimizers = [o for o in trainer.optimizers if isinstance(o, TunedOptimizer)]
+        if not self._optimizers:
+            names = ", ".join(type(o).__name__ for o in trainer.optimizers) or "no optimizer"
+            warnings.warn(f"OnepassCallback is idle: configure_optimizers returned {names}, "
+                          "not a onepass.optim optimizer", UserWarning, stacklevel=2)
+            return
+        if trainer.gradient_clip_val and trainer.gradient_clip_algorithm == "value":
+            raise ValueError("OnepassCallback: gradient_clip_algorithm='value' is not supported by onepass.optim "
+                             "(the hyperparameter step can differentiate clipping by norm only); use 'norm'")
+        needs_data = [o for o in self._optimizers if getattr(o, "_val_loss", None) is None]
+        if needs_data:
+            self._loader = self._find_loader(trainer)
+            if self._loader is None:
+                raise ValueError("OnepassCallback: no validation data for the hyperparameter steps: pass "
+                                 "OnepassCallback(val_dataloader=...), trainer.fit(..., val_dataloaders=...), "
+                                 "or define val_dataloader() on the module or datamodule")
+            self._start_iterator()
+            if self._restored is not None:   # where the checkpoint left the validation data
+                passes, index = self._restored
+                self._passes = passes
+                for _ in range(index):       # the loader yields the same batches each pass
+                    next(self._iterator)
+                self._index = index
+        self._restored = None
+        self._check_backward(pl_module)
+        self._patch(pl_module, "backward", self._backward_with_graph(pl_module.backward))
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        for optimizer in self._optimizers:
+            if optimizer in needs_data:
+                self._patch(optimizer, "step", self._step_with_val_loss(optimizer.step, trainer, pl_module))
+            if scaler is not None and getattr(optimizer, "_grad_scaler", None) is None:
+                optimizer._grad_scaler = scaler   # the hyperparameter step divides the loss scale out
+        self._logged_at = [o.steps_taken for o in self._optimizers]
+
+    def _find_loader(self, trainer: "pl.Trainer"):
+        if self._loader_given is not None:
+            return self._loader_given
+        source = trainer.fit_loop.epoch_loop.val_loop._data_source
+        if source.instance is None or not source.is_defined():
+            return None
+        loader = source.dataloader()
+        if isinstance(loader, Mapping):
+            loader = next(iter(loader.values()), None)
+        elif isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        return loader
+
+    @staticmethod
+    def _check_backward(pl_module) -> None:
+        """A module's own ``backward`` must pass ``create_graph`` on to ``loss.backward``."""
+        if type(pl_module).backward is pl.LightningModule.backward:
+            return
+        parameters = inspect.signature(pl_module.backward).parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD or p.name == "create_graph" for p in parameters):
+            raise ValueError(f"OnepassCallback: {type(pl_module).__name__}.backward(...) takes no keyword "
+                             "arguments; accept **kwargs and pass them to loss.backward (onepass needs "
+                             "create_graph=True on some updates)")
+
+    def _patch(self, obj, name: str, value) -> None:
+        self._patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
+        setattr(obj, name, value)
+
+    def _unpatch(self) -> None:
+        while self._patched:
+            obj, name, previous = self._patched.pop()
+            if previous is _MISSING:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, previous)
+
+    def _backward_with_graph(self, backward: Callable) -> Callable:
+        optimizers = self._optimizers
+
+        def backward_with_graph(loss, *args, **kwargs):
+            if any(o.needs_graph for o in optimizers):
+                kwargs["create_graph"] = True
+            return backward(loss, *args, **kwargs)
+        return backward_with_graph
+
+    def _step_with_val_loss(self, step: Callable, trainer, pl_module) -> Callable:
+        val_loss = lambda: self._validation_loss(trainer, pl_module)   # noqa: E731
+
+        @functools.wraps(step)   # keeps an LR scheduler's mark on the step it wrapped
+        def step_with_val_loss(closure=None, **kwargs):
+            kwargs.setdefault("val_loss", val_loss)
+            return step(closure, **kwargs)
+        return step_with_val_loss
+
+    # ------------------------------------------------------------------ validation batches
+
+    def _start_iterator(self) -> None:
+        self._iterator = iter(self._loader)
+        self._passes += 1
+        self._index = 0
+
+    def _next_batch(self):
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._start_iterator()
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise ValueError("OnepassCallback: the validation dataloader yields no batches") from None
+        self._index += 1
+        self.val_batches_taken += 1
+        return batch
+
+    def _validation_loss(self, trainer, pl_module) -> torch.Tensor:
+        batch = self._next_batch()
+        batch_idx = self._index - 1
+        precision = trainer.precision_plugin
+        batch = precision.convert_input(batch)
+        if hasattr(pl_module, "_on_before_batch_transfer"):
+            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+        with _eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
+            if self._loss_fn is not None:
+                out = self._loss_fn(pl_module, batch)
+            else:
+                out = pl_module.validation_step(batch, batch_idx)
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if not isinstance(loss, torch.Tensor):
+            got = "a dict without 'loss'" if isinstance(out, Mapping) else type(out).__name__
+            raise ValueError(f"OnepassCallback: validation_step returned {got}; return the validation loss "
+                             "(a scalar tensor or a dict with 'loss'), or pass OnepassCallback(val_loss=fn)")
+        self._last_val = loss.detach()
+        return loss
+
+    # ------------------------------------------------------------------ logging
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        optimizers = self._optimizers
+        if not optimizers:
+            return
+        steps = [o.steps_taken for o in optimizers]
+        if steps == self._logged_at:
+            return   # a micro-batch of gradient accumulation: no update yet
+        self._logged_at = steps
+        if trainer.loggers:
+            pl_module.log_dict(self.hyperparameters, on_step=True, on_epoch=False, logger=True)
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """What is logged: every optimizer's ``hyperparameters`` with the prefix
+        (and ``opt{i}/`` when there are several), and ``val_loss``."""
+        out = {}
+        several = len(self._optimizers) > 1
+        for i, optimizer in enumerate(self._optimizers):
+            middle = f"opt{i}/" if several else ""
+            out.update({f"{self.prefix}{middle}{k}": float(v) for k, v in optimizer.hyperparameters.items()})
+        if self._last_val is not None:
+            out[f"{self.prefix}val_loss"] = float(self._last_val)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints and teardown
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_passes": self._passes, "val_index": self._index, "val_batches_taken": self.val_batches_taken,
+                "last_val": None if self._last_val is None else float(self._last_val)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = (int(state_dict["val_passes"]), int(state_dict["val_index"]))
+        self.val_batches_taken = int(state_dict["val_batches_taken"])
+        last = state_dict.get("last_val")
+        self._last_val = None if last is None else torch.tensor(last)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._unpatch()
+        self._iterator = None
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def _no_logging(pl_module):
+    """``self.log`` inside ``validation_step`` when the optimizer calls it: ignored
+    (Lightning refuses logging from inside ``optimizer_step``)."""
+    saved = {name: pl_module.__dict__.get(name, _MISSING) for name in ("log", "log_dict")}
+    pl_module.log = _ignore
+    pl_module.log_dict = _ignore
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is _MISSING:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = previous
+
+
+def _ignore(*args, **kwargs) -> None:
+    return None

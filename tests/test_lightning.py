@@ -1,0 +1,322 @@
+"""onepass.integrations.lightning: a real ``lightning.Trainer`` on CPU.
+
+Each run is held to an independent one: the same training written as a plain
+loop with ``onepass.optim`` (float64, so weights and hyperparameters agree to
+rounding), with Lightning's gradient clipping and an LR scheduler; a resumed
+run to the uninterrupted one; two accumulated micro-batches to one batch of
+their concatenation; bf16-mixed to the plain loop under the same autocast.
+The learned values are read back from the CSV logger's file.
+"""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.functional import mse_loss
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+import onepass.optim as oo
+from onepass.integrations.lightning import OnepassCallback
+
+g = torch.Generator().manual_seed(0)
+X, XV = torch.randn(96, 4, generator=g), torch.randn(32, 4, generator=g)
+W = torch.randn(4, 1, generator=g)
+Y, YV = torch.tanh(X @ W) + 0.1 * torch.randn(96, 1, generator=g), torch.tanh(XV @ W)
+DOUBLE = torch.float64
+INTERVAL = 5
+SETTINGS = dict(lr=0.02, weight_decay=1e-2, update_interval=INTERVAL)
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+class Regression(lightning.LightningModule):
+    def __init__(self, schedule: bool = False, optimizer: str = "onepass", dtype=DOUBLE):
+        super().__init__()
+        self.net = make_net().to(dtype)
+        self.schedule, self.optimizer_kind = schedule, optimizer
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        loss = mse_loss(self(x), y)
+        self.log("val_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer_kind == "torch":
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+        opt = oo.AdamW(self.parameters(), **SETTINGS)
+        if not self.schedule:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                                                   "interval": "step"}}
+
+
+def schedule(step: int) -> float:
+    return min(1.0, (step + 1) / 8)
+
+
+def loaders(batch_size: int = 16, dtype=DOUBLE):
+    return (DataLoader(TensorDataset(X.to(dtype), Y.to(dtype)), batch_size=batch_size),
+            DataLoader(TensorDataset(XV.to(dtype), YV.to(dtype)), batch_size=16))
+
+
+def trainer(tmp_path: Path, callbacks=(), **kwargs) -> lightning.Trainer:
+    options = dict(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"), log_every_n_steps=1,
+                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                   num_sanity_val_steps=0, limit_val_batches=0)
+    options.update(kwargs)
+    return lightning.Trainer(callbacks=[OnepassCallback(), *callbacks], **options)
+
+
+def hypersteps(run: lightning.Trainer) -> int:
+    (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+    return callback.val_batches_taken
+
+
+def plain_loop(steps: int, *, dtype=torch.float64, clip=None, schedule_on=False, autocast=False):
+    """The same training with onepass.optim in a plain loop: batches in order,
+    validation batches cycled."""
+    net = make_net().to(dtype)
+    val_batches = [(XV[i:i + 16].to(dtype), YV[i:i + 16].to(dtype)) for i in range(0, 32, 16)]
+    taken = [0]
+
+    def val_loss():
+        x, y = val_batches[taken[0] % len(val_batches)]
+        taken[0] += 1
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return mse_loss(net(x), y)
+    opt = oo.AdamW(net.parameters(), **SETTINGS, val_loss=val_loss)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule_on else None
+    batches = [(X[i:i + 16].to(dtype), Y[i:i + 16].to(dtype)) for i in range(0, 96, 16)]
+    for t in range(steps):
+        x, y = batches[t % len(batches)]
+        opt.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            loss = mse_loss(net(x), y)
+        loss.backward(create_graph=opt.needs_graph)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return net, opt
+
+
+def assert_same(model: Regression, opt, net: nn.Module, ref_opt, rel: float = 1e-9) -> None:
+    for p, q in zip(model.net.parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, rtol=rel, atol=rel)
+    got, want = opt.hyperparameters, ref_opt.hyperparameters
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=rel), k
+
+
+def logged(tmp_path: Path) -> list[dict[str, str]]:
+    (metrics,) = tmp_path.glob("logs/version_*/metrics.csv")
+    with open(metrics) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("case", ["plain", "clip", "schedule"])
+def test_a_lightning_run_equals_the_plain_loop_and_logs_the_hyperparameters(tmp_path, case):
+    clip = 0.05 if case == "clip" else None
+    model = Regression(schedule=case == "schedule")
+    run = trainer(tmp_path, max_steps=23, gradient_clip_val=clip)
+    run.fit(model, *loaders())
+    net, ref = plain_loop(23, clip=clip, schedule_on=case == "schedule")
+    opt = run.optimizers[0]
+    assert opt.steps_taken == 23 and hypersteps(run) == 4
+    assert_same(model, opt, net, ref)
+    assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02 * (schedule(22) if case == "schedule" else 1))
+    assert opt.hyperparameters["weight_decay/group0"] != pytest.approx(1e-2)
+
+    rows = logged(tmp_path)
+    lr = {int(r["step"]): float(r["onepass/lr/group0"]) for r in rows if r.get("onepass/lr/group0")}
+    wd = {int(r["step"]): float(r["onepass/weight_decay/group0"]) for r in rows if r.get("onepass/weight_decay/group0")}
+    val = {int(r["step"]): float(r["onepass/val_loss"]) for r in rows if r.get("onepass/val_loss")}
+    assert sorted(lr) == list(range(23)) and sorted(wd) == list(range(23))   # one row per update
+    assert lr[22] == pytest.approx(opt.hyperparameters["lr/group0"], rel=1e-6)
+    assert wd[22] == pytest.approx(opt.hyperparameters["weight_decay/group0"], rel=1e-6)
+    assert len(set(wd.values())) == 5    # the start and four hyperparameter steps
+    assert min(val) == INTERVAL - 1      # logged from the first hyperparameter step on
+
+
+def test_clipping_was_active():
+    """The clip case above clips: its gradients' norm exceeds 0.05 (so Lightning's
+    clipping had to reach the hyperparameter step to match)."""
+    net = make_net().double()
+    mse_loss(net(X[:16].double()), Y[:16].double()).backward()
+    assert float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in net.parameters()]))) > 0.5
+
+
+def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """Bit for bit. (The module is built in float64 rather than converted by precision="64-true":
+    Lightning loads a checkpoint into the module before that conversion, rounding it to float32.)"""
+    # 6 updates per epoch, a window of 5: the epoch-2 checkpoint (12 updates) is mid-window,
+    # and the validation data (2 batches) is in its second pass.
+    save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
+    whole = Regression()
+    trainer(tmp_path / "a", [save], max_epochs=4, enable_checkpointing=True).fit(whole, *loaders())
+    (middle,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+
+    resumed = Regression()
+    with torch.no_grad():
+        for p in resumed.parameters():
+            p.add_(1.0)                      # the checkpoint, not the initialisation, decides
+    run = trainer(tmp_path / "b", max_epochs=4)
+    run.fit(resumed, *loaders(), ckpt_path=str(middle))
+    opt, whole_opt = run.optimizers[0], whole.trainer.optimizers[0]
+    assert opt.steps_taken == whole_opt.steps_taken == 24
+    for p, q in zip(resumed.parameters(), whole.parameters()):
+        assert torch.equal(p, q)
+    assert opt.hyperparameters == whole_opt.hyperparameters
+    assert hypersteps(run) == 4
+
+
+def test_two_accumulated_micro_batches_equal_one_batch_of_both(tmp_path):
+    small = Regression()
+    run_small = trainer(tmp_path / "a", max_steps=12, accumulate_grad_batches=2)
+    run_small.fit(small, *loaders(batch_size=8))
+    big = Regression()
+    run_big = trainer(tmp_path / "b", max_steps=12)
+    run_big.fit(big, *loaders(batch_size=16))
+    assert run_small.optimizers[0].steps_taken == 12
+    assert_same(small, run_small.optimizers[0], big.net, run_big.optimizers[0], rel=1e-10)
+    assert run_small.optimizers[0].hyperparameters["lr/group0"] != pytest.approx(0.02)
+
+
+def test_bf16_mixed_runs_and_equals_the_plain_loop_under_autocast(tmp_path):
+    model = Regression(dtype=torch.float32)
+    run = trainer(tmp_path, max_steps=15, precision="bf16-mixed")
+    run.fit(model, *loaders(dtype=torch.float32))
+    opt = run.optimizers[0]
+    net, ref = plain_loop(15, dtype=torch.float32, autocast=True)
+    assert hypersteps(run) == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert_same(model, opt, net, ref, rel=1e-5)
+    assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02)
+
+
+def test_16_mixed_hands_its_grad_scaler_to_the_optimizer(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    model = Regression(dtype=torch.float32)
+    run = trainer(tmp_path, max_steps=10, precision=None, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    run.fit(model, *loaders(dtype=torch.float32))
+    opt = run.optimizers[0]
+    assert hypersteps(run) == 2 and opt._grad_scaler is scaler
+    assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_a_torch_optimizer_leaves_the_callback_idle(tmp_path):
+    model = Regression(optimizer="torch")
+    with pytest.warns(UserWarning, match="OnepassCallback is idle: configure_optimizers returned SGD"):
+        trainer(tmp_path, max_steps=3).fit(model, *loaders())
+    assert model.trainer.global_step == 3
+
+
+def test_no_validation_data_is_one_clear_line(tmp_path):
+    train_loader, _ = loaders()
+    with pytest.raises(ValueError, match=r"^OnepassCallback: no validation data .*val_dataloader=") as info:
+        trainer(tmp_path, max_steps=3).fit(Regression(), train_loader)
+    assert "\n" not in str(info.value)
+
+
+def test_a_validation_step_returning_nothing_is_one_clear_line(tmp_path):
+    class Quiet(Regression):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", mse_loss(self(batch[0]), batch[1]))
+
+    with pytest.raises(ValueError, match=r"^OnepassCallback: validation_step returned NoneType; return"):
+        trainer(tmp_path, max_steps=8).fit(Quiet(), *loaders())
+
+
+def test_value_clipping_and_a_backward_without_kwargs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="gradient_clip_algorithm='value' is not supported"):
+        trainer(tmp_path, max_steps=3, gradient_clip_val=1.0,
+                gradient_clip_algorithm="value").fit(Regression(), *loaders())
+
+    class OwnBackward(Regression):
+        def backward(self, loss):
+            loss.backward()
+
+    with pytest.raises(ValueError, match=r"OwnBackward.backward\(...\) takes no keyword arguments"):
+        trainer(tmp_path, max_steps=3).fit(OwnBackward(), *loaders())
+
+
+def test_an_explicit_val_loss_callable_and_loader(tmp_path):
+    """``OnepassCallback(val_dataloader=..., val_loss=fn)`` replaces the module's validation data
+    and ``validation_step``: here the second validation batch only, so it equals a plain loop on it."""
+    seen = []
+
+    def loss_fn(module, batch):
+        seen.append(batch[0].dtype)
+        return mse_loss(module(batch[0]), batch[1])
+    only_second = DataLoader(TensorDataset(XV[16:], YV[16:]), batch_size=16)
+    model = Regression(dtype=torch.float32)
+    run = lightning.Trainer(callbacks=[OnepassCallback(val_dataloader=only_second, val_loss=loss_fn)],
+                            accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, enable_checkpointing=False, precision="64-true")
+    run.fit(model, loaders(dtype=torch.float32)[0])
+    assert seen == [torch.float64, torch.float64]    # 64-true: the precision plugin converted the batch
+    net = make_net().double()
+    opt = oo.AdamW(net.parameters(), **SETTINGS, val_loss=lambda: mse_loss(net(XV[16:].double()), YV[16:].double()))
+    for t in range(10):
+        opt.zero_grad()
+        mse_loss(net(X[16 * (t % 6):16 * (t % 6) + 16].double()),
+                 Y[16 * (t % 6):16 * (t % 6) + 16].double()).backward(create_graph=opt.needs_graph)
+        opt.step()
+    assert_same(model, run.optimizers[0], net, opt)
+
+
+def test_manual_optimization_equals_the_plain_loop(tmp_path):
+    class Manual(Regression):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(mse_loss(self(batch[0]), batch[1]))
+            opt.step()
+
+    model = Manual()
+    run = trainer(tmp_path, max_steps=12)
+    run.fit(model, *loaders())
+    net, ref = plain_loop(12)
+    assert hypersteps(run) == 2
+    assert_same(model, run.optimizers[0], net, ref)
+
+
+def test_without_lightning_the_import_is_one_clear_line():
+    code = ("import sys; sys.modules['lightning'] = sys.modules['lightning.pytorch'] = None\n"
+            "try:\n    import onepass.integrations.lightning\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "onepass.integrations.lightning needs Lightning: pip install 'onepass[lightning]'\n"
