@@ -13,11 +13,18 @@ mean" suggestion for misspelt keys). The result of :func:`load_config` and
 :func:`resolve_config` is a plain dict with every default filled in; it is what
 a run folder's ``config.yaml`` holds and what :func:`onepass.experiment.run.
 run_training` takes.
+
+``dataset.kind: python`` and ``model.kind: python`` name your own code
+(``target: "package.module:function"``, ``kwargs``, and the top-level
+``python_path``; :mod:`onepass.experiment.targets` says what the functions
+return). The keys of a kind a config does not use are left out of its
+resolved form, so the paper's configs resolve as they always did.
 """
 from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +51,35 @@ EXTRA_ALGORITHMS = _algorithms.names(kind="variant")
 windows (``update_interval = unroll_steps = N``) are far longer than a short run,
 and ``baydin_exact`` (Baydin with the exact derivative through the momentum update)."""
 
-DATASET_KINDS = ("uci", "fashion_mnist", "penn_treebank", "cifar10")
+PYTHON = "python"
+"""The ``dataset.kind`` and ``model.kind`` of a user's own code: ``target``
+(``"package.module:function"``) and ``kwargs`` name a Python callable that
+returns the splits or the model (see :mod:`onepass.experiment.targets`)."""
+
+DATASET_KINDS = ("uci", "fashion_mnist", "penn_treebank", "cifar10", PYTHON)
 """Dataset families (``dataset.kind``); each is a task of :mod:`onepass.experiment.tasks`."""
 
-DATASETS = tuple(f"uci_{name}" for name in UCI_DATASETS) + DATASET_KINDS[1:]
+DATASETS = tuple(f"uci_{name}" for name in UCI_DATASETS) + tuple(
+    kind for kind in DATASET_KINDS[1:] if kind != PYTHON)
 """Names of the shipped dataset configs (``configs/<name>.yaml``)."""
 
 MODEL_KEYS = {"mlp": ("hidden", "batch_norm"),
               "lstm": ("embedding_dim", "hidden_dim", "num_layers", "dropout", "tie_weights"),
-              "resnet18": ("width",)}
+              "resnet18": ("width",),
+              PYTHON: ("target", "kwargs")}
 """The ``model.*`` keys that apply to each ``model.kind``."""
-# The model kind(s) each dataset family can train, and its loss.
-DATASET_MODELS = {"uci": ("mlp",), "fashion_mnist": ("mlp",), "penn_treebank": ("lstm",),
-                  "cifar10": ("resnet18",)}
-DATASET_LOSS = {"uci": "mse", "fashion_mnist": "cross_entropy", "penn_treebank": "cross_entropy",
-                "cifar10": "cross_entropy"}
+# The model kind(s) each dataset family can train, and the losses it allows (the
+# first is its own). Your own model (kind python) trains on every (x, y) family.
+DATASET_MODELS = {"uci": ("mlp", PYTHON), "fashion_mnist": ("mlp", PYTHON),
+                  "penn_treebank": ("lstm",), "cifar10": ("resnet18", PYTHON),
+                  PYTHON: (PYTHON, "mlp")}
+DATASET_LOSS = {"uci": ("mse",), "fashion_mnist": ("cross_entropy",),
+                "penn_treebank": ("cross_entropy",), "cifar10": ("cross_entropy",),
+                PYTHON: ("mse", "cross_entropy")}
+DATASET_KEYS = {PYTHON: ("target", "kwargs")}
+"""``dataset.*`` keys that apply to one ``dataset.kind`` only (and are left out
+of the resolved config of the others, as ``model.target`` / ``model.kwargs`` and
+``python_path`` are left out of a config that names no target)."""
 
 METHODS = ("none", *ESTIMATORS)
 """``none`` (fixed hyperparameters) and every registered estimator."""
@@ -82,7 +103,8 @@ class Field:
     """One config value: its type, default, and the checks it must pass.
 
     ``kind`` is one of ``int``, ``float``, ``bool``, ``str``, ``int_list``,
-    ``str_list`` or ``str_map``. ``check`` returns an error text or ``None``.
+    ``str_list``, ``str_map`` (names to strings) or ``mapping`` (names to any
+    YAML values). ``check`` returns an error text or ``None``.
     """
 
     kind: str
@@ -128,6 +150,20 @@ def _granularity(v):
     return None
 
 
+TARGET_FORMAT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _target(v):
+    return None if TARGET_FORMAT.match(v) else (
+        f"must be 'package.module:function' (a module Python can import, a colon, a callable "
+        f"in it), got {v!r}")
+
+
+def _dataset_name(v):
+    return None if v and "/" not in v and v not in (".", "..") else \
+        f"must be a non-empty name without '/', got {v!r}"
+
+
 def _unit_interval(v):
     return None if 0 <= v < 1 else f"must lie in [0, 1), got {v!r}"
 
@@ -149,14 +185,18 @@ def hyperparameter_defaults(rule: str) -> dict[str, float]:
 SCHEMA: dict[str, dict[str, Field]] = {
     "dataset": {
         "kind": Field("str", "uci", "dataset family", choices=DATASET_KINDS),
-        "name": Field("str", None, "dataset name (a UCI set, else the kind)",
-                      choices=tuple(UCI_DATASETS) + DATASET_KINDS[1:]),
+        "name": Field("str", None, "dataset name (a UCI set; python: your name for it; else the "
+                      "kind)", check=_dataset_name),
         "shuffle_seed": Field("int", None, "permute the rows with this seed before splitting "
                               "(null keeps the file's order)", nullable=True),
         "validation_size": Field("int", None, "fashion_mnist / cifar10: held-out validation "
                                  "images (null: 10000 / 5000)", nullable=True, check=_at_least(1)),
         "bptt": Field("int", 70, "penn_treebank: tokens per window (truncated BPTT length)",
                       check=_at_least(1)),
+        "target": Field("str", None, "python: 'package.module:function' returning the splits "
+                        "{'train': (x, y), 'val': (x, y), 'test': (x, y)}", nullable=True,
+                        check=_target),
+        "kwargs": Field("mapping", {}, "python: keyword arguments of dataset.target"),
     },
     "model": {
         "kind": Field("str", "mlp", "model family", choices=tuple(MODEL_KEYS)),
@@ -170,6 +210,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "tie_weights": Field("bool", False, "lstm: share the embedding and decoder weights"),
         "width": Field("int", 64, "resnet18: channels of the first stage (64 in the paper)",
                        check=_at_least(1)),
+        "target": Field("str", None, "python: 'package.module:function' returning a "
+                        "torch.nn.Module", nullable=True, check=_target),
+        "kwargs": Field("mapping", {}, "python: keyword arguments of model.target"),
     },
     "training": {
         "rule": Field("str", "sgd", "weight-update rule (its hyperparameters make the "
@@ -177,7 +220,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "steps": Field("int", 4000, "weight updates", check=_at_least(1)),
         "batch_size": Field("int", None, "training batch size (null: full batch)", nullable=True,
                             check=_at_least(1)),
-        "loss": Field("str", "mse", "training loss (uci: mse, else cross_entropy)",
+        "loss": Field("str", "mse", "training loss (uci: mse; python: either; else "
+                      "cross_entropy)",
                       choices=("mse", "cross_entropy")),
         "max_grad_norm": Field("float", None, "clip the training gradient to this joint 2-norm "
                                "inside the update (penn_treebank: 0.25)", nullable=True,
@@ -227,6 +271,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
 }
 TOP_LEVEL: dict[str, Field] = {
     "seed": Field("int", 0, "seed of the model initialisation and batch order", check=_at_least(0)),
+    "python_path": Field("str_list", [], "folders put on sys.path before importing a "
+                         "dataset.target / model.target (relative to the config file that "
+                         "lists them)"),
 }
 
 
@@ -334,7 +381,7 @@ def _field(path: Sequence[str], source: str) -> Field:
         raise ConfigError(f"{source}: {head}.{path[1]} is now {MOVED[head, path[1]]}")
     if path[1] not in section:
         raise _unknown_key(path[1], f"in section {head!r}: ", list(section), source)
-    if len(path) > 2 and section[path[1]].kind != "str_map":
+    if len(path) > 2 and section[path[1]].kind not in ("str_map", "mapping"):
         raise ConfigError(f"{source}: {'.'.join(path[:2])} is a value, not a section")
     return section[path[1]]
 
@@ -374,6 +421,10 @@ def _coerce(value: Any, spec: Field, key: str, source: str) -> Any:
         if not isinstance(value, dict) or any(not isinstance(k, str) or not isinstance(v, str)
                                               for k, v in value.items()):
             raise fail(f"must be a mapping of names to strings, got {value!r}")
+        value = dict(value)
+    elif kind == "mapping":
+        if not isinstance(value, dict) or any(not isinstance(k, str) for k in value):
+            raise fail(f"must be a mapping of names to values, got {value!r}")
         value = dict(value)
     if spec.choices is not None and value not in spec.choices:
         raise fail(f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
@@ -470,6 +521,9 @@ def load_config(
         layers.add(base, "<base config>")
     for name in files:
         data, source = read_config_file(name)
+        if data.get("python_path") is not None:  # relative to the file that lists them
+            folders = _coerce(data["python_path"], TOP_LEVEL["python_path"], "python_path", source)
+            data = {**data, "python_path": [_absolute(f, Path(source).parent) for f in folders]}
         layers.add(data, source)
     overrides = [parse_override(item) if isinstance(item, str) else (tuple(item[0]), item[1])
                  for item in overrides]
@@ -508,6 +562,9 @@ def _resolve(layers: _Layers) -> dict:
             value = layers.get(path, _MISSING)
             source = layers.sources.get(path, "defaults")
             if value is _MISSING and spec.default is None and not spec.nullable:
+                if (head, key) == ("dataset", "name") and out["dataset"]["kind"] == PYTHON:
+                    raise ConfigError("dataset.name is required for dataset kind 'python' (your "
+                                      "name for the data: run records and the report use it)")
                 raise ConfigError(f"{head}.{key} is required (for dataset.name give a dataset "
                                   "config such as configs/uci_energy.yaml)")
             if value is _MISSING:
@@ -531,11 +588,41 @@ def _resolve(layers: _Layers) -> dict:
     for key, spec in TOP_LEVEL.items():
         value = layers.get((key,), spec.default)
         out[key] = _coerce(value, spec, key, layers.sources.get((key,), "defaults"))
+    out["python_path"] = [_absolute(folder) for folder in out["python_path"]]
     _check_consistency(out, layers.sources)
+    _drop_unused(out)
     return out
 
 
 _MISSING = object()
+
+
+def _absolute(folder: str, base: Path | None = None) -> str:
+    """``folder`` as an absolute path (a relative one taken from ``base``, else the
+    working directory); not resolved, so a link stays what the config says."""
+    path = Path(folder).expanduser()
+    return os.path.normpath(path if path.is_absolute() else (base or Path.cwd()).absolute() / path)
+
+
+def _uses_python(config: Mapping) -> bool:
+    return config["dataset"]["kind"] == PYTHON or config["model"]["kind"] == PYTHON
+
+
+def _drop_unused(config: dict) -> None:
+    """Leave out the keys of kinds a config does not use (``dataset.target`` and
+    ``dataset.kwargs`` unless ``dataset.kind`` is python, ``model.target`` and
+    ``model.kwargs`` unless ``model.kind`` is, ``python_path`` unless either is),
+    so the paper's configs (run folders, sweep manifests) read as before."""
+    dataset_kind, model_kind = config["dataset"]["kind"], config["model"]["kind"]
+    for kind, keys in DATASET_KEYS.items():
+        if kind != dataset_kind:
+            for key in keys:
+                config["dataset"].pop(key, None)
+    for key in MODEL_KEYS[PYTHON]:
+        if model_kind != PYTHON:
+            config["model"].pop(key, None)
+    if not _uses_python(config):
+        config.pop("python_path", None)
 
 
 def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> None:
@@ -549,9 +636,17 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
     kind = dataset["kind"]
     if kind == "uci" and dataset["name"] not in UCI_DATASETS:
         raise fail("dataset.name", f"must be a UCI dataset ({', '.join(UCI_DATASETS)}) for kind "
-                   f"'uci', got {dataset['name']!r}")
-    if kind != "uci" and dataset["name"] != kind:
+                   f"'uci', got {dataset['name']!r}{_did_you_mean(dataset['name'], UCI_DATASETS)}")
+    if kind not in ("uci", PYTHON) and dataset["name"] != kind:
         raise fail("dataset.name", f"must be {kind!r} for kind {kind!r}, got {dataset['name']!r}")
+    for key, spec in SCHEMA["dataset"].items():
+        owner = next((k for k, keys in DATASET_KEYS.items() if key in keys), None)
+        if owner is not None and owner != kind and dataset[key] != spec.default:
+            raise fail(f"dataset.{key}", f"applies to dataset kind {owner!r}, not {kind!r}")
+        if kind == PYTHON and key in ("shuffle_seed", "validation_size", "bptt") \
+                and dataset[key] != spec.default:
+            raise fail(f"dataset.{key}", "does not apply to dataset kind 'python' (your "
+                       "dataset.target makes the splits)")
     if model["kind"] not in DATASET_MODELS[kind]:
         raise fail("model.kind", f"must be {' or '.join(DATASET_MODELS[kind])} for dataset kind "
                    f"{kind!r}, got {model['kind']!r}")
@@ -560,9 +655,19 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
         if key != "kind" and key not in MODEL_KEYS[model["kind"]] and model[key] != spec.default:
             owner = next(k for k, keys in MODEL_KEYS.items() if key in keys)
             raise fail(f"model.{key}", f"applies to model kind {owner!r}, not {model['kind']!r}")
-    if config["training"]["loss"] != DATASET_LOSS[kind]:
-        raise fail("training.loss", f"must be {DATASET_LOSS[kind]!r} for dataset kind {kind!r}, "
-                   f"got {config['training']['loss']!r}")
+    for section in ("dataset", "model"):
+        if config[section]["kind"] == PYTHON and config[section]["target"] is None:
+            example = "my_project.data:splits" if section == "dataset" else "my_project.model:build"
+            source = sources.get((section, "kind"), "defaults")
+            raise ConfigError(f"{source}: {section}.target is required for {section}.kind "
+                              f"'python' (e.g. {example!r}: 'package.module:function')")
+    if config["python_path"] and not _uses_python(config):
+        raise fail("python_path", "applies only to a config with dataset.kind or model.kind "
+                   "'python'")
+    losses = DATASET_LOSS[kind]
+    if config["training"]["loss"] not in losses:
+        raise fail("training.loss", f"must be {' or '.join(map(repr, losses))} for dataset kind "
+                   f"{kind!r}, got {config['training']['loss']!r}")
     if method == "none" and tune:
         raise fail("algorithm.tune", f"must be empty for method 'none', got {tune!r}")
     if method != "none" and not tune:
@@ -654,8 +759,8 @@ def describe_schema() -> str:
 
 
 __all__ = [
-    "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "DATASET_KINDS", "EXTRA_ALGORITHMS",
-    "Field", "HYPERPARAMETERS", "MODEL_KEYS", "SCHEMA",
+    "ALGORITHMS", "CONFIG_DIR", "ConfigError", "DATASETS", "DATASET_KINDS", "DATASET_KEYS",
+    "EXTRA_ALGORITHMS", "Field", "HYPERPARAMETERS", "MODEL_KEYS", "PYTHON", "SCHEMA",
     "describe_schema", "hyperparameter_defaults",
     "draw_random_initialisation", "dump_config", "find_config", "load_config", "parse_override",
     "read_config_file", "resolve_config",

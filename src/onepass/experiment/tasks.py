@@ -29,7 +29,14 @@ logging loop:
 ``fashion_mnist``  MLP 784-50-10               cross-entropy         test accuracy
 ``penn_treebank``  2-layer LSTM 650            cross-entropy / token test perplexity
 ``cifar10``        ResNet-18                   cross-entropy         test accuracy
+``python``         yours (or the MLP)          MSE or cross-entropy  (cross-entropy:
+                                                                     test accuracy)
 =================  ==========================  ====================  ==================
+
+``model.kind: python`` replaces the model of every family but Penn Treebank by
+the ``torch.nn.Module`` a ``model.target`` function returns; ``dataset.kind:
+python`` takes the splits from a ``dataset.target`` function
+(:mod:`onepass.experiment.targets` says what each must return).
 
 The UCI task reproduces, operation for operation, the loop ``run_training``
 had before tasks existed, so UCI results are unchanged bit for bit.
@@ -44,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onepass.experiment.config import MODEL_KEYS
+from onepass.experiment.config import MODEL_KEYS, PYTHON
 
 EVAL_CHUNK = 1000
 """Examples per forward pass when a whole split is evaluated (images, MLP inputs)."""
@@ -146,6 +153,9 @@ class Task:
 
     # model and loss
     def build_model(self) -> nn.Module:
+        if self.config["model"]["kind"] == PYTHON:
+            from onepass.experiment.targets import build_model as build_target_model
+            return build_target_model(self.config)
         spec = {"kind": self.config["model"]["kind"]}
         spec.update({k: self.config["model"][k] for k in MODEL_KEYS[spec["kind"]]})
         from onepass.models import build_model
@@ -283,6 +293,20 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def evaluate_classifier(model, x: Tensor, y: Tensor, accuracy: bool = False):
+    """Mean cross-entropy of ``model`` on ``(x, y)`` in chunks of :data:`EVAL_CHUNK`
+    (and the accuracy: ``(loss, accuracy)`` when ``accuracy``)."""
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(x), EVAL_CHUNK):
+            logits = model(x[start:start + EVAL_CHUNK])
+            target = y[start:start + EVAL_CHUNK]
+            total += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(1) == target).sum())
+    loss = total / max(len(x), 1)
+    return (loss, correct / max(len(x), 1)) if accuracy else loss
+
+
 class ClassificationTask(TensorTask):
     """Image classification with cross-entropy; whole splits are evaluated in
     chunks of :data:`EVAL_CHUNK` and the test accuracy is tracked."""
@@ -291,15 +315,7 @@ class ClassificationTask(TensorTask):
     loss_fn = staticmethod(_cross_entropy)
 
     def evaluate(self, model, x, y, accuracy: bool = False):
-        total, correct = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(x), EVAL_CHUNK):
-                logits = model(x[start:start + EVAL_CHUNK])
-                target = y[start:start + EVAL_CHUNK]
-                total += F.cross_entropy(logits, target, reduction="sum").item()
-                correct += int((logits.argmax(1) == target).sum())
-        loss = total / max(len(x), 1)
-        return (loss, correct / max(len(x), 1)) if accuracy else loss
+        return evaluate_classifier(model, x, y, accuracy)
 
     def test_metrics(self, model):
         loss, accuracy = self.evaluate(model, self.data.x_test, self.data.y_test, accuracy=True)
@@ -333,6 +349,55 @@ class CIFAR10Task(ClassificationTask):
 
     loader = ("onepass.data.cifar10", "load_cifar10")
     default_validation_size = 5000
+
+
+class PythonTask(TensorTask):
+    """Your own data: the splits a ``dataset.target`` function returns
+    (:func:`onepass.experiment.targets.load_splits`), trained with
+    ``training.loss`` (``mse``, or ``cross_entropy`` with ``test_accuracy``
+    tracked) on your ``model.target`` or the MLP. Whole splits are evaluated
+    in chunks of :data:`EVAL_CHUNK`; :meth:`build_model` checks the model's
+    output on two training examples against the targets' shape."""
+
+    def __init__(self, config, data_dir, device):
+        super().__init__(config, data_dir, device)
+        from onepass.experiment.targets import TargetError, load_splits
+        data = load_splits(config)
+        if config["model"]["kind"] == "mlp" and data.x_train.dim() != 2:
+            raise TargetError(f"dataset.target {config['dataset']['target']!r} returned inputs x "
+                              f"of shape {tuple(data.x_train.shape)}; model.kind mlp needs (n, "
+                              "features)")
+        self._setup(data.to(self.device))
+        self.classify = config["training"]["loss"] == "cross_entropy"
+        self.metrics = ("test_accuracy",) if self.classify else ()
+        self.n_inputs, self.n_outputs = data.n_inputs, data.n_outputs
+
+    def build_model(self) -> nn.Module:
+        from onepass.experiment.targets import check_output
+        model = super().build_model()
+        check_output(model, self.data, self.config)
+        return model
+
+    def tuner_loss(self) -> dict:
+        return {"loss_fn": _cross_entropy if self.classify else F.mse_loss}
+
+    def evaluate(self, model, x, y, accuracy: bool = False):
+        if self.classify:
+            return evaluate_classifier(model, x, y, accuracy)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(x), EVAL_CHUNK):
+                target = y[start:start + EVAL_CHUNK]
+                total += F.mse_loss(model(x[start:start + EVAL_CHUNK]), target,
+                                    reduction="sum").item()
+                count += target.numel()
+        return total / max(count, 1)
+
+    def test_metrics(self, model):
+        if self.classify:
+            loss, accuracy = self.evaluate(model, self.data.x_test, self.data.y_test, accuracy=True)
+            return {"test_loss": loss, "test_accuracy": accuracy}
+        return {"test_loss": self.evaluate(model, self.data.x_test, self.data.y_test)}
 
 
 def lm_batch_loss(forward, batch) -> Tensor:
@@ -445,7 +510,7 @@ def _perplexity(loss: float) -> float:
 
 TASKS: dict[str, type[Task]] = {
     "uci": UCITask, "fashion_mnist": FashionMNISTTask, "penn_treebank": PennTreebankTask,
-    "cifar10": CIFAR10Task,
+    "cifar10": CIFAR10Task, PYTHON: PythonTask,
 }
 """``dataset.kind`` → task class."""
 
@@ -471,6 +536,8 @@ def check_data(config: Mapping, data_dir=None) -> None:
     """Raise ``FileNotFoundError`` (saying where it looked and how to download)
     when the dataset of ``config`` is missing; cheap for present data."""
     kind, name = config["dataset"]["kind"], config["dataset"]["name"]
+    if kind == PYTHON or config["model"]["kind"] == PYTHON:
+        _check_targets(config, data_dir)
     if kind == "uci":
         from onepass.data.uci import load_uci, uci_path
         if not uci_path(name, data_dir).is_file():
@@ -501,6 +568,20 @@ def check_data(config: Mapping, data_dir=None) -> None:
                                     "Fetch it with `onepass download cifar10` (or add --data-dir DIR).")
 
 
+def _check_targets(config: Mapping, data_dir) -> None:
+    """Import and call a config's python targets once (your data: the splits and
+    the model's output on them), on the CPU, leaving the global RNGs as they were;
+    raises :class:`~onepass.experiment.targets.TargetError` (one line)."""
+    from onepass.experiment.targets import build_model, fixed_seed
+    with fixed_seed(int(config["seed"])):
+        if config["dataset"]["kind"] == PYTHON:
+            task = make_task(config, data_dir, "cpu")
+            torch.manual_seed(config["seed"])
+            task.build_model()
+        else:
+            build_model(config)
+
+
 __all__ = ["BatchSampler", "CIFAR10Task", "ClassificationTask", "FashionMNISTTask", "HiddenCarrier",
-           "PennTreebankTask", "TASKS", "Task", "TensorTask", "UCITask", "WindowSampler",
-           "check_data", "lm_batch_loss", "make_task"]
+           "PennTreebankTask", "PythonTask", "TASKS", "Task", "TensorTask", "UCITask",
+           "WindowSampler", "check_data", "evaluate_classifier", "lm_batch_loss", "make_task"]
