@@ -106,8 +106,9 @@ class TrainingSession:
         self.config = config = resolve_config(config)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(device)
-        if config["dataset"]["kind"] != "uci":
-            raise ValueError("the search baselines run on the UCI datasets only (for now)")
+        if config["dataset"]["kind"] not in ("uci", "python"):
+            raise ValueError("the search baselines run on the UCI datasets and on your own data "
+                             "(dataset.kind python) only (for now)")
         if config["algorithm"]["validation"] != "split":
             raise ValueError("a search needs the validation split: use a base algorithm with "
                              "algorithm.validation: split")
