@@ -70,8 +70,24 @@ def run_and_kill(args, study, ready, tmp_path):
             except (ProcessLookupError, PermissionError):
                 pass
     assert driver.returncode == -signal.SIGKILL
+    # Ray's workers outlive the driver for a moment and may report (summary, then
+    # checkpoint) once more: what counts as "before" is what is on disk once they are gone.
+    seen = settled(study)
     return {name: (study / name / "summary.json").read_bytes() for name in seen
             if (study / name / "summary.json").is_file()}, seen, killed_at
+
+
+def settled(study, quiet_s=1.5, limit_s=30.0):
+    """The summaries once no file has changed for ``quiet_s`` seconds."""
+    deadline = time.monotonic() + limit_s
+    last = summaries(study)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = summaries(study)
+        if now == last:
+            return now
+        last = now
+    return last
 
 
 def rerun(args, tmp_path):
