@@ -25,6 +25,8 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   calls for the loss of ``training_step``) is given
   ``create_graph=optimizer.needs_graph``. A module that overrides
   ``backward`` must pass its keyword arguments on to ``loss.backward``.
+  ``training_step`` runs ``scaled_dot_product_attention`` on its math kernel
+  for those updates (the fused kernels have no double backward).
 * **Validation loss.** On the last update of each window the optimizer asks
   for the validation loss at the new weights. The callback takes the next
   batch of the validation data, cycled: ``OnepassCallback(val_dataloader=...)``,
@@ -37,9 +39,9 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   dict with ``"loss"``). The module is in ``eval()`` mode for that call,
   gradients are on, and its ``self.log`` calls are ignored (the validation
   loop logs as usual). An optimizer built with its own ``val_loss=`` keeps it.
-* **Logging.** After every optimizer step the learned values go to Lightning's
+* **Logging.** After every optimizer step the tuned values go to Lightning's
   loggers through ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the
-  rate in use, learned × scheduled), with ``onepass/val_loss``, the validation
+  rate in use, learned × scheduled; fixed values are not logged), with ``onepass/val_loss``, the validation
   loss of the last hyperparameter step; Lightning writes them every
   ``log_every_n_steps``.
 * **Checkpoints.** The optimizer's ``state_dict`` holds the tuned values and
@@ -69,6 +71,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..optim import TunedOptimizer
+from ._common import differentiable_attention, eval_mode, tuned_values
 
 try:
     import lightning.pytorch as pl
@@ -138,6 +141,7 @@ class OnepassCallback(pl.Callback):
         self._restored = None
         self._check_backward(pl_module)
         self._patch(pl_module, "backward", self._backward_with_graph(pl_module.backward))
+        self._patch(pl_module, "training_step", self._step_with_attention_kernel(pl_module.training_step))
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         for optimizer in self._optimizers:
             if optimizer in needs_data:
@@ -191,6 +195,17 @@ class OnepassCallback(pl.Callback):
             return backward(loss, *args, **kwargs)
         return backward_with_graph
 
+    def _step_with_attention_kernel(self, training_step: Callable) -> Callable:
+        optimizers = self._optimizers
+
+        @functools.wraps(training_step)
+        def training_step_with_attention_kernel(*args, **kwargs):
+            with contextlib.ExitStack() as stack:
+                for optimizer in optimizers:
+                    stack.enter_context(differentiable_attention(optimizer))
+                return training_step(*args, **kwargs)
+        return training_step_with_attention_kernel
+
     def _step_with_val_loss(self, step: Callable, trainer, pl_module) -> Callable:
         val_loss = lambda: self._validation_loss(trainer, pl_module)   # noqa: E731
 
@@ -228,7 +243,7 @@ class OnepassCallback(pl.Callback):
         if hasattr(pl_module, "_on_before_batch_transfer"):
             batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
         batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-        with _eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
+        with eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
             if self._loss_fn is not None:
                 out = self._loss_fn(pl_module, batch)
             else:
@@ -256,13 +271,13 @@ class OnepassCallback(pl.Callback):
 
     @property
     def hyperparameters(self) -> dict[str, float]:
-        """What is logged: every optimizer's ``hyperparameters`` with the prefix
+        """What is logged: every optimizer's tuned ``hyperparameters`` with the prefix
         (and ``opt{i}/`` when there are several), and ``val_loss``."""
         out = {}
         several = len(self._optimizers) > 1
         for i, optimizer in enumerate(self._optimizers):
             middle = f"opt{i}/" if several else ""
-            out.update({f"{self.prefix}{middle}{k}": float(v) for k, v in optimizer.hyperparameters.items()})
+            out.update({f"{self.prefix}{middle}{k}": v for k, v in tuned_values(optimizer).items()})
         if self._last_val is not None:
             out[f"{self.prefix}val_loss"] = float(self._last_val)
         return out
@@ -285,17 +300,6 @@ class OnepassCallback(pl.Callback):
 
 
 _MISSING = object()
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

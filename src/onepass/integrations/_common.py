@@ -1,0 +1,45 @@
+"""What the framework integrations share (no framework imported here)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..optim import TunedOptimizer
+
+
+def tuned_values(optimizer: TunedOptimizer) -> dict[str, float]:
+    """``optimizer.hyperparameters`` for a logger, the tuned names only (``lr/group0``
+    is the rate in use: learned × scheduled), with ``skipped_hypersteps`` under AMP."""
+    tuned = set(optimizer.tuner.tuned)
+    return {k: float(v) for k, v in optimizer.hyperparameters.items()
+            if k.split("/")[0] in tuned or k == "skipped_hypersteps"}
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module.eval()`` inside the block; every submodule's own mode is put back after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def differentiable_attention(optimizer: TunedOptimizer):
+    """The forward of an update whose gradient is differentiated must take
+    ``scaled_dot_product_attention``'s math kernel: the fused (flash,
+    memory-efficient) kernels have no double backward. Other updates keep
+    the fastest kernel."""
+    if _sdpa_kernel is None or not optimizer.needs_graph:
+        return contextlib.nullcontext()
+    return _sdpa_kernel([_MATH])
+
+
+try:
+    from torch.nn.attention import SDPBackend as _SDPBackend, sdpa_kernel as _sdpa_kernel
+    _MATH = _SDPBackend.MATH
+except ImportError:   # pragma: no cover - torch < 2.3
+    _sdpa_kernel = _MATH = None

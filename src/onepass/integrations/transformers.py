@@ -1,0 +1,235 @@
+"""Hugging Face ``transformers``: one line makes a ``Trainer`` tune its learning
+rate and weight decay with :class:`onepass.optim.AdamW`::
+
+    from onepass.integrations.transformers import tune
+
+    trainer = tune(Trainer(model=model, args=args, train_dataset=train, eval_dataset=val))
+    trainer.train()
+
+:func:`tune` works on any ``Trainer`` (subclasses included) before
+``train()``; what it sets up:
+
+* **The optimizer.** ``onepass.optim.AdamW`` over the model's trainable
+  parameters, from ``args.learning_rate``, ``args.adam_beta1/2``,
+  ``args.adam_epsilon`` and ``args.weight_decay`` (0.01, ``torch.optim.AdamW``'s
+  default, when that is 0: a tuned weight decay must start above 0); it tunes
+  ``lr`` and ``weight_decay``. Keyword arguments of :func:`tune` go to
+  ``AdamW`` (``update_interval=``, ``hyper_lr=``, ``tune=``, ...). All
+  parameters are one group: onepass tunes one weight decay for all of them,
+  so the Trainer's exemption of biases and LayerNorm weights does not apply.
+* **backward.** ``Trainer.training_step`` calls
+  ``self.accelerator.backward(loss)``; that call gets
+  ``create_graph=optimizer.needs_graph``. The forward of those updates runs
+  ``scaled_dot_product_attention`` on its math kernel (``sdpa``'s fused
+  kernels have no double backward); the other updates keep the fast one.
+* **Validation loss.** On the last update of each window the optimizer asks
+  for the validation loss at the new weights: the next batch of
+  ``trainer.get_eval_dataloader()`` (the eval dataset with the Trainer's
+  collator, cycled; the first one if ``eval_dataset`` is a dict), fed to the
+  model in ``eval()`` mode, and its own ``outputs.loss``. The eval batches
+  must carry labels.
+* **Logging.** Every training log of the Trainer (every ``logging_steps``) gets
+  the tuned values, ``onepass/lr/group0`` (the rate in use: learned ×
+  scheduled) and ``onepass/weight_decay/group0``, and ``onepass/val_loss``
+  (that of the last hyperparameter step), so they are in ``trainer.state.log_history`` and
+  every ``report_to`` logger (TensorBoard, W&B, ...). ``learning_rate`` stays
+  the Trainer's: the schedule only.
+* **LR scheduler.** The Trainer's own (``lr_scheduler_type``, warm-up) sets the
+  schedule; the learned rate multiplies it (see :mod:`onepass.optim`).
+* **Checkpoints.** The optimizer's ``state_dict`` (``optimizer.pt``) carries
+  the tuned values, their optimiser's state and the position in the eval
+  data, so ``trainer.train(resume_from_checkpoint=...)`` resumes the tuned run.
+
+Works: ``gradient_accumulation_steps``, ``max_grad_norm`` (clipping by norm is
+what the Trainer does; the hyperparameter step sees it), ``bf16``, ``fp16``
+(the accelerator's ``GradScaler`` is given to the optimizer), DDP.
+Refused with one line: DeepSpeed, an optimizer already given to the Trainer,
+no eval dataset.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import torch
+
+from ..optim import AdamW
+from ._common import differentiable_attention, eval_mode, tuned_values
+
+try:
+    import transformers
+except ImportError as error:   # pragma: no cover - the extra is installed in CI
+    raise ImportError("onepass.integrations.transformers needs transformers: "
+                      "pip install 'onepass[transformers]'") from error
+
+__all__ = ["tune", "TrainerAdamW"]
+
+_DEFAULT_WEIGHT_DECAY = 1e-2
+
+
+def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str = "onepass/",
+         **adamw) -> "transformers.Trainer":
+    """Make ``trainer`` train with :class:`onepass.optim.AdamW`, tuning its
+    learning rate and weight decay (see the module's docs); returns ``trainer``.
+
+    Args:
+        trainer: a ``transformers.Trainer`` that has not built its optimizer.
+        eval_dataset: the validation data of the hyperparameter steps (a
+            dataset, or a key of a dict ``eval_dataset``). Default: the
+            Trainer's ``eval_dataset``.
+        prefix: prefix of the logged names.
+        **adamw: arguments of :class:`onepass.optim.AdamW`, overriding those
+            read from ``trainer.args``.
+    """
+    if not isinstance(trainer, transformers.Trainer):
+        raise TypeError(f"tune() takes a transformers.Trainer, got {type(trainer).__name__}")
+    if trainer.optimizer is not None:
+        raise ValueError("tune(trainer) builds the optimizer itself: do not pass optimizers= to the Trainer "
+                         "(give AdamW's settings to tune(trainer, ...) instead)")
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError("tune(trainer): DeepSpeed owns backward and the optimizer; onepass does not support it")
+    if eval_dataset is None and trainer.eval_dataset is None:
+        raise ValueError("tune(trainer): the Trainer has no eval_dataset; the hyperparameter steps need "
+                         "validation batches (Trainer(eval_dataset=...) or tune(trainer, eval_dataset=...))")
+    if isinstance(eval_dataset, str) and not isinstance(trainer.eval_dataset, Mapping):
+        raise ValueError(f"tune(trainer, eval_dataset={eval_dataset!r}): the Trainer's eval_dataset is not a dict")
+    if eval_dataset is None and isinstance(trainer.eval_dataset, Mapping):
+        eval_dataset = next(iter(trainer.eval_dataset))
+
+    args = trainer.args
+    settings = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                    weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY)
+    settings.update(adamw)
+    validation = _Validation(trainer, eval_dataset)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    optimizer = TrainerAdamW(params, val_loss=validation, grad_scaler=trainer.accelerator.scaler, **settings)
+    optimizer.validation = validation
+    trainer.optimizer = optimizer
+
+    backward = trainer.accelerator.backward
+
+    @functools.wraps(backward)
+    def backward_with_graph(loss, **kwargs):
+        if optimizer.needs_graph:
+            kwargs["create_graph"] = True
+        return backward(loss, **kwargs)
+    trainer.accelerator.backward = backward_with_graph
+
+    context = trainer.compute_loss_context_manager
+
+    @functools.wraps(context)
+    def context_with_attention_kernel():
+        stack = context()
+        stack.enter_context(differentiable_attention(optimizer))
+        return stack
+    trainer.compute_loss_context_manager = context_with_attention_kernel
+
+    log = trainer.log
+
+    @functools.wraps(log)
+    def log_with_hyperparameters(logs: dict, *args, **kwargs):
+        if "loss" in logs or "learning_rate" in logs:   # a training log (not evaluation, not the summary)
+            logs.update({prefix + k: v for k, v in tuned_values(optimizer).items()})
+            if validation.last is not None:
+                logs[prefix + "val_loss"] = validation.last
+        return log(logs, *args, **kwargs)
+    trainer.log = log_with_hyperparameters
+    trainer.add_callback(_ClearGraphs(optimizer))
+    return trainer
+
+
+class TrainerAdamW(AdamW):
+    """:class:`onepass.optim.AdamW` whose ``state_dict`` also holds the position
+    in the eval data (what :func:`tune` gives the Trainer); with the LR
+    schedule's workaround below."""
+
+    validation: "_Validation | None" = None
+
+    def step(self, closure=None, **kwargs):
+        # The Trainer's warm-up starts the schedule at 0, which onepass.optim refuses
+        # (it checks group["lr"] > 0): a zero factor becomes 1e-12 for the step.
+        zeros = [group for group in self.param_groups if group["lr"] == 0]
+        for group in zeros:
+            group["lr"] = group["base_lr"] * 1e-12
+        try:
+            return super().step(closure, **kwargs)
+        finally:
+            for group in zeros:
+                group["lr"] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.validation is not None:
+            state["onepass_eval_batches"] = self.validation.taken
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        taken = state_dict.pop("onepass_eval_batches", None)
+        super().load_state_dict(state_dict)
+        if taken is not None and self.validation is not None:
+            self.validation.restart(int(taken))
+
+
+class _Validation:
+    """The ``val_loss`` callable: the model's loss on the next eval batch."""
+
+    def __init__(self, trainer: "transformers.Trainer", dataset: Any):
+        self.trainer, self.dataset = trainer, dataset
+        self.taken = 0              # eval batches taken so far
+        self.last: float | None = None
+        self._iterator = None
+        self._index = 0             # batches taken from the current pass
+        self._skip = 0              # batches to pass over when the iterator starts (after a resume)
+
+    def restart(self, taken: int) -> None:
+        """Continue after ``taken`` batches (the loader yields the same batches each pass)."""
+        self.taken, self._iterator, self._skip = taken, None, taken
+
+    def _next_batch(self):
+        if self._iterator is None:
+            loader = self.trainer.get_eval_dataloader(self.dataset)
+            self._iterator, self._index = iter(loader), 0
+            for _ in range(self._skip % len(loader)):
+                next(self._iterator)
+                self._index += 1
+            self._skip = 0
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(self.trainer.get_eval_dataloader(self.dataset))
+            self._index = 0
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                raise ValueError("onepass: the eval dataloader yields no batches") from None
+        self._index += 1
+        self.taken += 1
+        return batch
+
+    def __call__(self) -> torch.Tensor:
+        trainer = self.trainer
+        inputs = trainer._prepare_inputs(self._next_batch())
+        model = trainer.model
+        with eval_mode(model), trainer.compute_loss_context_manager():
+            outputs = model(**inputs)
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
+        if loss is None:
+            keys = ", ".join(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+            raise ValueError(f"onepass: the model returned no loss for an eval batch (inputs: {keys}); "
+                             "the eval dataset must carry labels (or use a collator that adds them)")
+        self.last = float(loss.detach())
+        return loss
+
+
+class _ClearGraphs(transformers.TrainerCallback):
+    """The Trainer zeroes gradients with ``model.zero_grad()``; this also drops the
+    graphs the optimizer kept from an update it did not take (a step an fp16
+    ``GradScaler`` skipped)."""
+
+    def __init__(self, optimizer: TrainerAdamW):
+        self.optimizer = optimizer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.optimizer.zero_grad(set_to_none=True)
+

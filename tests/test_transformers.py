@@ -1,0 +1,165 @@
+"""onepass.integrations.transformers: a real ``transformers.Trainer`` on CPU with
+a tiny GPT-2 built from a config (nothing downloaded) on synthetic tokens.
+
+The learned values are read back from ``trainer.state.log_history`` and from
+the TensorBoard event files; a run resumed from its step-10 checkpoint is held
+to the uninterrupted run; two accumulated micro-batches to one batch of both.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from onepass.integrations.transformers import TrainerAdamW, tune
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these models are tiny, and on a busy machine two threads
+    that spin-wait for each other make a run ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+VOCAB, LENGTH = 64, 16
+LR, WEIGHT_DECAY = 3e-3, 0.05
+
+
+def sequences(n: int, seed: int, labels: bool = True) -> list[dict]:
+    """Counting sequences mod VOCAB with a random start and step 1 or 2: learnable."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(VOCAB, (n, 1), generator=g)
+    stride = torch.randint(1, 3, (n, 1), generator=g)
+    ids = (start + stride * torch.arange(LENGTH)) % VOCAB
+    return [{"input_ids": row, "labels": row} if labels else {"input_ids": row} for row in ids]
+
+
+TRAIN, EVAL = sequences(64, 0), sequences(16, 1)
+
+
+def model(dropout: float = 0.1) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=32,
+                                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+def arguments(out: Path, **overrides) -> TrainingArguments:
+    settings = dict(output_dir=str(out), use_cpu=True, report_to=["tensorboard"], logging_steps=5,
+                    save_steps=10, max_steps=20, per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                    learning_rate=LR, weight_decay=WEIGHT_DECAY, warmup_steps=4, lr_scheduler_type="linear",
+                    seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def trained(out: Path, resume: str | None = None, train=TRAIN, eval_=EVAL, dropout=0.1, **overrides) -> Trainer:
+    trainer = tune(Trainer(model=model(dropout), args=arguments(out, **overrides), train_dataset=train,
+                           eval_dataset=eval_), update_interval=5)                       # the one line
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def onepass_of(trainer: Trainer) -> TrainerAdamW:
+    optimizer = trainer.optimizer.optimizer     # inside accelerate's wrapper
+    assert isinstance(optimizer, TrainerAdamW)
+    return optimizer
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Trainer:
+    return trained(tmp_path_factory.mktemp("whole"))
+
+
+def test_hyperparameters_move_and_are_logged_to_log_history_and_tensorboard(whole):
+    optimizer = onepass_of(whole)
+    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 4   # a window of 5
+    learned = optimizer.tuner.hyperparameters
+    assert learned["lr"] != pytest.approx(LR, rel=1e-3)
+    assert learned["weight_decay"] != pytest.approx(WEIGHT_DECAY, rel=1e-3)
+
+    history = [h for h in whole.state.log_history if "onepass/lr/group0" in h]
+    assert [h["step"] for h in history] == [5, 10, 15, 20]
+    assert history[-1]["onepass/weight_decay/group0"] == pytest.approx(learned["weight_decay"])
+    assert len({h["onepass/weight_decay/group0"] for h in history}) == 4    # one hyperparameter step apart
+    assert all("onepass/val_loss" in h and "loss" in h for h in history)
+    assert not any(k.startswith("onepass/beta") for k in history[0])     # the tuned values only
+    # The rate in use is the learned one times the Trainer's linear schedule (warm-up of 4 updates,
+    # then down to 0 at update 20): at the step-15 log, 5/16 of the learned rate.
+    assert history[2]["onepass/lr/group0"] != pytest.approx(LR * 5 / 16, rel=1e-3)
+    assert history[3]["onepass/lr/group0"] == 0.0
+    assert any(h["grad_norm"] > 1.0 for h in history)    # max_grad_norm=1 clipped, and onepass followed
+
+    (events,) = Path(whole.args.output_dir).glob("runs/*")
+    accumulator = EventAccumulator(str(events)).Reload()
+    for tag in ("onepass/lr/group0", "onepass/weight_decay/group0", "onepass/val_loss"):
+        scalars = accumulator.Scalars(f"train/{tag}")
+        assert [s.step for s in scalars] == [5, 10, 15, 20]
+        assert [s.value for s in scalars] == pytest.approx([h[tag] for h in history], rel=1e-6)
+
+
+def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(whole, tmp_path):
+    middle = Path(whole.args.output_dir) / "checkpoint-10"
+    assert middle.is_dir()
+    resumed = trained(tmp_path, resume=str(middle))
+    optimizer, uninterrupted = onepass_of(resumed), onepass_of(whole)
+    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 4
+    for p, q in zip(resumed.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert optimizer.tuner.hyperparameters == pytest.approx(uninterrupted.tuner.hyperparameters, rel=1e-6)
+
+
+def test_two_accumulated_micro_batches_equal_one_batch_of_both(tmp_path):
+    """Without dropout (whose random draws differ between the two layouts)."""
+    small = trained(tmp_path / "a", per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=10,
+                    save_strategy="no", report_to=[], dropout=0.0)
+    big = trained(tmp_path / "b", max_steps=10, save_strategy="no", per_device_train_batch_size=8, report_to=[],
+                  dropout=0.0)
+    for p, q in zip(small.model.parameters(), big.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert onepass_of(small).tuner.hyperparameters == pytest.approx(onepass_of(big).tuner.hyperparameters,
+                                                                    rel=1e-4)
+
+
+def test_bf16_runs(tmp_path):
+    trainer = trained(tmp_path, bf16=True, max_steps=10, save_strategy="no", report_to=[])
+    optimizer = onepass_of(trainer)
+    assert optimizer.validation.taken == 2
+    assert optimizer.tuner.hyperparameters["lr"] != pytest.approx(LR, rel=1e-3)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_an_eval_batch_without_labels_is_one_clear_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^onepass: the model returned no loss for an eval batch "
+                                         r"\(inputs: input_ids\); the eval dataset must carry labels"):
+        trained(tmp_path, eval_=sequences(16, 1, labels=False), save_strategy="no", report_to=[])
+
+
+def test_no_eval_dataset_or_an_optimizer_given_is_one_clear_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^tune\(trainer\): the Trainer has no eval_dataset"):
+        tune(Trainer(model=model(), args=arguments(tmp_path), train_dataset=TRAIN))
+    net = model()
+    given = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"^tune\(trainer\) builds the optimizer itself"):
+        tune(Trainer(model=net, args=arguments(tmp_path), train_dataset=TRAIN, eval_dataset=EVAL,
+                     optimizers=(given, None)))
+
+
+def test_without_transformers_the_import_is_one_clear_line():
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "try:\n    import onepass.integrations.transformers\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "onepass.integrations.transformers needs transformers: pip install 'onepass[transformers]'\n"
