@@ -119,7 +119,20 @@ def _build_ddp_missing_a_parameter(rank: int) -> None:
     onepass.optim.Adam(model[2].parameters(), lr=0.01, model=net)   # model[0] is trainable but left out
 
 
-REFUSALS = {"disagree": _build_with_rank_dependent_interval, "missing_param": _build_ddp_missing_a_parameter}
+def _differentiate_through_the_wrapper(rank: int) -> None:
+    """The mistake the docs warn of: the differentiated update through DDP itself."""
+    x, y, x_val, y_val = _data()
+    model = _model()
+    net = DistributedDataParallel(model)
+    opt = onepass.optim.SGD(model.parameters(), lr=0.05, momentum=0.5, update_interval=1, model=net,
+                            val_loss=lambda: torch.nn.functional.mse_loss(model(x_val), y_val))
+    shard = slice(rank * 8, rank * 8 + 8)
+    torch.nn.functional.mse_loss(net(x[shard]), y[shard]).backward(create_graph=opt.needs_graph)
+    opt.step()
+
+
+REFUSALS = {"disagree": _build_with_rank_dependent_interval, "missing_param": _build_ddp_missing_a_parameter,
+            "through_wrapper": _differentiate_through_the_wrapper}
 
 
 def _refusal(out: Path, scenario: str, rank: int) -> None:
@@ -226,6 +239,14 @@ def test_ddp_model_with_a_parameter_missing_from_the_optimizer_is_refused(two_ra
         assert re.fullmatch(r"model parameter module\.0\.weight requires grad but is not in the optimizer "
                             r"\(2 such\): give the optimizer every trainable parameter, or freeze them",
                             got["message"]), got
+
+
+def test_a_differentiated_update_through_the_ddp_wrapper_is_refused_on_every_rank(two_ranks):
+    """Every rank raises the same line (no rank left waiting in a collective)."""
+    for got in _results(two_ranks, "through_wrapper", "json"):
+        assert got["type"] == "ValueError", got
+        assert "run the update where optimizer.needs_graph is True through ddp_model.module" in got["message"]
+        assert "\n" not in got["message"]
 
 
 def test_model_with_frozen_parameters_left_out_is_accepted():

@@ -51,12 +51,14 @@ def averaged(group) -> Callable[[Tensors], Tensors]:
     return reduce
 
 
-def smallest(group) -> Callable[[float], float]:
-    """``x ↦`` the smallest ``x`` over the ranks (a clipping threshold seen by any rank)."""
-    def reduce(x: float) -> float:
-        t = torch.tensor([x if math.isfinite(x) else float("inf")], dtype=torch.float64)
+def agreement(group) -> Callable[[float, bool], tuple[float, bool]]:
+    """``(max_norm, problem) ↦`` the smallest clipping threshold any rank saw and
+    whether any rank found a problem (one all-reduce)."""
+    def reduce(max_norm: float, problem: bool) -> tuple[float, bool]:
+        t = torch.tensor([max_norm if math.isfinite(max_norm) else float("inf"), -float(problem)],
+                         dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
-        return float(t)
+        return float(t[0]), bool(t[1] < 0)
     return reduce
 
 

@@ -137,24 +137,34 @@ class StepGradient:
         return Gradient(tuple(g.detach() for g in graph), self.loss, hvp, tuple(params), graph)
 
     def _max_norm(self, unscaled: Tensors, agree: Callable | None) -> float | None:
-        """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``."""
+        """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``.
+        With ``agree`` (data-parallel) the ranks decide together, so that a
+        refusal on one rank is a refusal on all, never a hang in a collective."""
         norm = _norm(unscaled)
         now = _norm(self.plain)
         factor = now / norm if norm > 0 else 1.0
         if not math.isfinite(factor):
             factor = 1.0
+        problem = None
         if factor > 1 + 1e-6:
-            raise ValueError(f"p.grad at step() is {factor:.4g} times the gradient backward() produced; "
-                             "with a GradScaler give it to the optimizer (grad_scaler=scaler)")
+            problem = (f"p.grad at step() is {factor:.4g} times the gradient backward() produced; "
+                       "with a GradScaler give it to the optimizer (grad_scaler=scaler)")
         clipped = factor < 1 - 1e-6
-        if clipped:
+        if clipped and problem is None:
             deviation = max(float((q - factor * g).abs().max()) for q, g in zip(self.plain, unscaled))
             if deviation > 1e-5 * max(now, 1e-30) + 1e-30:
-                raise ValueError("p.grad was changed between backward() and step() by something other than "
-                                 "clip_grad_norm_ or a GradScaler: onepass.optim cannot differentiate that")
+                problem = ("p.grad was changed between backward() and step() by something other than "
+                           "clip_grad_norm_ or a GradScaler: onepass.optim cannot differentiate that")
         max_norm = factor * (norm + 1e-6) if clipped else math.inf
         if agree is not None:
-            max_norm = agree(max_norm)
+            max_norm, any_problem = agree(max_norm, problem is not None)
+            if any_problem:
+                raise ValueError("p.grad differs from the gradient backward() kept on some rank: under DDP, "
+                                 "run the update where optimizer.needs_graph is True through ddp_model.module "
+                                 "(DDP all-reduces p.grad), or see the rank's own error"
+                                 + (f" (here: {problem})" if problem else ""))
+        elif problem is not None:
+            raise ValueError(problem)
         return None if math.isinf(max_norm) else max_norm
 
 

@@ -165,7 +165,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         group = distributed.process_group_for(process_group)
         self._group = group
         reduce = distributed.averaged(group) if group is not None else None
-        agree = distributed.smallest(group) if group is not None else None
+        agree = distributed.agreement(group) if group is not None else None
         self._config = {"rule": rule, "method": method, "tune": tune, "granularity": sorted(granularity.items()),
                         "neumann_terms": neumann_terms, "unroll_steps": unroll_steps,
                         "update_interval": update_interval, "tune_after": tune_after,
