@@ -43,3 +43,12 @@ try:
     _MATH = _SDPBackend.MATH
 except ImportError:   # pragma: no cover - torch < 2.3
     _sdpa_kernel = _MATH = None
+
+
+def own_randomness():
+    """Validation for a hyperparameter step inside a training step must not move
+    the training's random streams (a new DataLoader iterator draws its seed from
+    the global generator): the global CPU and current CUDA generators are put
+    back after the block, so dropout and shuffling match a run resumed elsewhere."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)

@@ -33,7 +33,8 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   else the ``val_dataloaders`` given to ``trainer.fit``, else the datamodule's
   or module's ``val_dataloader()`` (the first loader if there are several).
   The batch goes through the precision plugin and the module's batch-transfer
-  hooks like a validation batch, then the loss is
+  hooks like a validation batch (the global random generators are put back
+  afterwards, so the validation does not shift dropout or shuffling), then the loss is
   ``val_loss(pl_module, batch)`` if the callback was given one, else the
   value ``validation_step(batch, batch_idx)`` returns (a scalar tensor, or a
   dict with ``"loss"``). The module is in ``eval()`` mode for that call,
@@ -71,7 +72,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..optim import TunedOptimizer
-from ._common import differentiable_attention, eval_mode, tuned_values
+from ._common import differentiable_attention, eval_mode, own_randomness, tuned_values
 
 try:
     import lightning.pytorch as pl
@@ -236,18 +237,19 @@ class OnepassCallback(pl.Callback):
         return batch
 
     def _validation_loss(self, trainer, pl_module) -> torch.Tensor:
-        batch = self._next_batch()
-        batch_idx = self._index - 1
-        precision = trainer.precision_plugin
-        batch = precision.convert_input(batch)
-        if hasattr(pl_module, "_on_before_batch_transfer"):
-            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-        with eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
-            if self._loss_fn is not None:
-                out = self._loss_fn(pl_module, batch)
-            else:
-                out = pl_module.validation_step(batch, batch_idx)
+        with own_randomness():   # the training's random streams do not see the validation
+            batch = self._next_batch()
+            batch_idx = self._index - 1
+            precision = trainer.precision_plugin
+            batch = precision.convert_input(batch)
+            if hasattr(pl_module, "_on_before_batch_transfer"):
+                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            with eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
+                if self._loss_fn is not None:
+                    out = self._loss_fn(pl_module, batch)
+                else:
+                    out = pl_module.validation_step(batch, batch_idx)
         loss = out.get("loss") if isinstance(out, Mapping) else out
         if not isinstance(loss, torch.Tensor):
             got = "a dict without 'loss'" if isinstance(out, Mapping) else type(out).__name__

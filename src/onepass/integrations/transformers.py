@@ -54,7 +54,7 @@ from typing import Any, Mapping
 import torch
 
 from ..optim import AdamW
-from ._common import differentiable_attention, eval_mode, tuned_values
+from ._common import differentiable_attention, eval_mode, own_randomness, tuned_values
 
 try:
     import transformers
@@ -209,10 +209,11 @@ class _Validation:
 
     def __call__(self) -> torch.Tensor:
         trainer = self.trainer
-        inputs = trainer._prepare_inputs(self._next_batch())
         model = trainer.model
-        with eval_mode(model), trainer.compute_loss_context_manager():
-            outputs = model(**inputs)
+        with own_randomness():
+            inputs = trainer._prepare_inputs(self._next_batch())
+            with eval_mode(model), trainer.compute_loss_context_manager():
+                outputs = model(**inputs)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
         if loss is None:
             keys = ", ".join(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
