@@ -16,7 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from onepass.integrations.transformers import TrainerAdamW, tune
+from onepass.integrations.transformers import TrainerAdamW, optimizer_of, tune
 
 
 
@@ -70,8 +70,8 @@ def trained(out: Path, resume: str | None = None, train=TRAIN, eval_=EVAL, dropo
 
 
 def onepass_of(trainer: Trainer) -> TrainerAdamW:
-    optimizer = trainer.optimizer.optimizer     # inside accelerate's wrapper
-    assert isinstance(optimizer, TrainerAdamW)
+    optimizer = optimizer_of(trainer)
+    assert isinstance(optimizer, TrainerAdamW) and trainer.optimizer.optimizer is optimizer   # in accelerate's wrapper
     return optimizer
 
 

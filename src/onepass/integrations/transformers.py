@@ -62,7 +62,7 @@ except ImportError as error:   # pragma: no cover - the extra is installed in CI
     raise ImportError("onepass.integrations.transformers needs transformers: "
                       "pip install 'onepass[transformers]'") from error
 
-__all__ = ["tune", "TrainerAdamW"]
+__all__ = ["tune", "optimizer_of", "TrainerAdamW"]
 
 _DEFAULT_WEIGHT_DECAY = 1e-2
 
@@ -136,6 +136,18 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
     trainer.log = log_with_hyperparameters
     trainer.add_callback(_ClearGraphs(optimizer))
     return trainer
+
+
+def optimizer_of(trainer: "transformers.Trainer") -> "TrainerAdamW":
+    """The :class:`onepass.optim.AdamW` that :func:`tune` gave ``trainer`` (during
+    training the Trainer holds it inside accelerate's wrapper), e.g. for
+    ``optimizer_of(trainer).hyperparameters``."""
+    optimizer = trainer.optimizer
+    while optimizer is not None and not isinstance(optimizer, TrainerAdamW):
+        optimizer = getattr(optimizer, "optimizer", None)
+    if optimizer is None:
+        raise ValueError("optimizer_of(trainer): this Trainer was not prepared with onepass's tune(trainer)")
+    return optimizer
 
 
 class TrainerAdamW(AdamW):
