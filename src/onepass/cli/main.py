@@ -42,6 +42,12 @@ examples:
   onepass train -c uci_energy random_stepped_lr --random-init 7 -g sweep1 -n seed7
   onepass train -c uci_energy ours_lr --set hyperparameters.lr=0.01 --set training.steps=500
   onepass train --resume runs/ours_lr_20260101-120000     # continue an interrupted run
+  onepass train -c examples/own_model/config.yaml ours_lr_momentum   # your own data and model
+
+your own data and model: dataset.kind / model.kind python with target
+"package.module:function" and kwargs; the module must be importable (installed, on
+PYTHONPATH, or in a folder the config lists in python_path). See
+examples/own_model/README.md.
 """
 
 
@@ -115,7 +121,8 @@ LOG_ROOT is refused.
 Population mode (--population auto, the default) trains the initialisations of
 an algorithm together, --population-size at a time, as one batched computation
 when the model allows it (full-batch MLPs without BatchNorm: every UCI config);
-each member's run folder equals the single run's (up to float rounding).
+each member's run folder equals the single run's (up to float rounding). Your
+own data or model (kind python) trains one run per initialisation.
 """
 
 SWEEP_EPILOG = """\
@@ -123,6 +130,8 @@ examples:
   onepass sweep -c uci_energy -a random ours_lr_momentum -N 20 -l runs/energy20 --workers 2
   onepass sweep -c uci_energy -a paper -N 200 -l runs/energy   # the 9 algorithms of the paper
   onepass sweep -c uci_energy -a ours_lr -N 8 --executor ray --address auto -l runs/ray
+  onepass sweep -c examples/own_model/config.yaml -a random ours_lr_momentum -N 20 -l runs/own
+      # your own data and model (examples/own_model/README.md): one run per initialisation
 """
 
 
