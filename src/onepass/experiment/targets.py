@@ -126,7 +126,7 @@ def resolve_target(target: str, key: str, python_path: Sequence[str] = ()) -> Ca
                        + "; expected a function")
         value = getattr(value, part)
     if not callable(value):
-        raise fail(f"{attribute!r} is a {type(value).__name__}, not a function")
+        raise fail(f"{attribute!r} is of type {type(value).__name__}, not a function")
     return value
 
 
