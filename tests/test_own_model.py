@@ -177,6 +177,20 @@ def test_bayesopt_study_on_the_users_problem(tmp_path, capsys):
     assert "best evaluation" in capsys.readouterr().err
 
 
+def test_asha_study_on_the_users_data(tmp_path, monkeypatch):
+    """Ray's trials run in other folders: the config path and python_path must reach them."""
+    import ray  # noqa: F401  (the extra must be installed: fails, not skips)
+    monkeypatch.chdir(EXAMPLE)                         # a relative config path, as a user types it
+    assert main(["asha", "-c", "config.yaml", "--num-samples", "2", "--max-steps", "40",
+                 "--grace-period", "20", "--num-cpus", "2", "--cpus-per-trial", "1",
+                 "-l", str(tmp_path)]) == 0
+    study = read(tmp_path / "asha" / "study.json")
+    assert study["completed"] == 2 and study["errors"] == []
+    for run in sorted((tmp_path / "asha").glob("trial_*")):
+        summary = read(run / "summary.json")
+        assert summary["dataset"] == "waves" and summary["status"] == "finished"
+
+
 def test_classification_with_the_shipped_mlp_on_the_users_data(tmp_path):
     state = tmp_path / "state.pt"
     assert main(["train", "-c", str(CLASSIFY), "ours_lr_momentum", "-l", str(tmp_path), "-n", "c",

@@ -415,9 +415,11 @@ def run_ray_search(
         raise ValueError(f"checkpoint_every must be ≥ 1, got {checkpoint_every}")
     if keep_checkpoints is None:
         keep_checkpoints = method == "pbt"
-    from onepass.data.uci import load_uci
-    load_uci(probe["dataset"]["name"], data_dir)  # the data must be there (raises otherwise)
+    from onepass.experiment.tasks import check_data
+    check_data(probe, data_dir)  # the data (or the user's targets) must be there; raises otherwise
 
+    if Path(dataset).is_file():  # a config file of the user's: Ray's workers run elsewhere
+        dataset = Path(dataset).resolve()
     static = {"method": method, "root": str(root), "dataset": str(dataset), "base": base,
               "max_steps": int(max_steps), "report_every": int(report_every), "seed": int(seed),
               "overrides": [_override_text(o) for o in overrides],
