@@ -40,11 +40,11 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   dict with ``"loss"``). The module is in ``eval()`` mode for that call,
   gradients are on, and its ``self.log`` calls are ignored (the validation
   loop logs as usual). An optimizer built with its own ``val_loss=`` keeps it.
-* **Logging.** After every optimizer step the tuned values go to Lightning's
-  loggers through ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the
-  rate in use, learned × scheduled; fixed values are not logged), with ``onepass/val_loss``, the validation
-  loss of the last hyperparameter step; Lightning writes them every
-  ``log_every_n_steps``.
+* **Logging.** The tuned values go to Lightning's loggers through
+  ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the rate in use,
+  learned × scheduled; fixed values are not logged), with
+  ``onepass/val_loss``, the validation loss of the last hyperparameter step,
+  after the optimizer steps Lightning writes (every ``log_every_n_steps``).
 * **Checkpoints.** The optimizer's ``state_dict`` holds the tuned values and
   their optimiser's state, and the callback's holds the position in the
   validation data, so ``trainer.fit(..., ckpt_path=...)`` resumes the tuned run
@@ -268,7 +268,9 @@ class OnepassCallback(pl.Callback):
         if steps == self._logged_at:
             return   # a micro-batch of gradient accumulation: no update yet
         self._logged_at = steps
-        if trainer.loggers:
+        # Only on the steps Lightning writes (every log_every_n_steps), as its own
+        # LearningRateMonitor does: self.log costs more than the values themselves.
+        if trainer.loggers and getattr(trainer._logger_connector, "should_update_logs", True):
             pl_module.log_dict(self.hyperparameters, on_step=True, on_epoch=False, logger=True)
 
     @property
