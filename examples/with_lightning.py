@@ -1,5 +1,6 @@
-"""A Lightning module whose AdamW tunes its own learning rate and weight decay
-while it trains (onepass.optim + onepass.integrations.lightning).
+"""A Lightning module whose AdamW tunes its own learning rate while it trains
+(onepass.optim + onepass.integrations.lightning; ``tune=("lr", "weight_decay")``
+would tune the weight decay too).
 
 Compared with the same module on ``torch.optim.AdamW``, four lines change;
 they are marked ``# onepass:``:
@@ -18,6 +19,8 @@ Data: scikit-learn's bundled diabetes set (442 rows, no download), an MLP
 10-50-1, minibatches of 32. The last line printed is one JSON object::
 
     {"hyperparameters": {"lr/group0": ..., "weight_decay/group0": ..., ...}, "val_loss": ...}
+
+(AdamW's recipe takes one hyperparameter step every 20 updates.)
 """
 from __future__ import annotations
 

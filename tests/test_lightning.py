@@ -45,7 +45,7 @@ W = torch.randn(4, 1, generator=g)
 Y, YV = torch.tanh(X @ W) + 0.1 * torch.randn(96, 1, generator=g), torch.tanh(XV @ W)
 DOUBLE = torch.float64
 INTERVAL = 5
-SETTINGS = dict(lr=0.02, weight_decay=1e-2, update_interval=INTERVAL)
+SETTINGS = dict(lr=0.02, weight_decay=1e-2, update_interval=INTERVAL, tune=("lr", "weight_decay"))
 
 
 def make_net() -> nn.Module:

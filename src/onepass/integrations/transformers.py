@@ -13,8 +13,10 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
   parameters, from ``args.learning_rate``, ``args.adam_beta1/2``,
   ``args.adam_epsilon`` and ``args.weight_decay`` (0.01, ``torch.optim.AdamW``'s
   default, when that is 0: a tuned weight decay must start above 0); it tunes
-  ``lr`` and ``weight_decay``. Keyword arguments of :func:`tune` go to
-  ``AdamW`` (``update_interval=``, ``hyper_lr=``, ``tune=``, ...). All
+  ``lr`` and ``weight_decay`` (``tune(trainer, tune=("lr",))`` tunes the rate
+  only, as ``onepass.optim.AdamW`` does by default). Keyword arguments of
+  :func:`tune` go to ``AdamW`` (``update_interval=``, ``hyper_lr=``, ...; its
+  recipe's defaults otherwise). All
   parameters are one group: onepass tunes one weight decay for all of them,
   so the Trainer's exemption of biases and LayerNorm weights does not apply.
 * **backward.** ``Trainer.training_step`` calls
@@ -98,7 +100,8 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
 
     args = trainer.args
     settings = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                    weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY)
+                    weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY,
+                    tune=("lr", "weight_decay"))
     settings.update(adamw)
     validation = _Validation(trainer, eval_dataset)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
