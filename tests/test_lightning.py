@@ -10,7 +10,7 @@ The learned values are read back from the CSV logger's file.
 from __future__ import annotations
 
 import csv
-import subprocess
+import importlib
 import sys
 from pathlib import Path
 
@@ -273,10 +273,15 @@ def test_a_validation_step_returning_nothing_is_one_clear_line(tmp_path):
         trainer(tmp_path, max_steps=8).fit(Quiet(), *loaders())
 
 
-def test_value_clipping_and_a_backward_without_kwargs_are_refused(tmp_path):
+def test_value_clipping_multi_process_and_a_backward_without_kwargs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="gradient_clip_algorithm='value' is not supported"):
         trainer(tmp_path, max_steps=3, gradient_clip_val=1.0,
                 gradient_clip_algorithm="value").fit(Regression(), *loaders())
+
+    with pytest.MonkeyPatch.context() as patch:     # as a DDP run would see it, without starting one
+        patch.setattr(lightning.Trainer, "world_size", property(lambda self: 2))
+        with pytest.raises(ValueError, match=r"^OnepassCallback: multi-process training \(world_size=2\) is not"):
+            trainer(tmp_path, max_steps=3).fit(Regression(), *loaders())
 
     class OwnBackward(Regression):
         def backward(self, loss):
@@ -331,12 +336,13 @@ def test_manual_optimization_equals_the_plain_loop(tmp_path):
     assert_same(model, run.optimizers[0], net, ref)
 
 
-def test_without_lightning_the_import_is_one_clear_line():
-    code = ("import sys; sys.modules['lightning'] = sys.modules['lightning.pytorch'] = None\n"
-            "try:\n    import onepass.integrations.lightning\n"
-            "except ImportError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out == "onepass.integrations.lightning needs Lightning: pip install 'onepass[lightning]'\n"
+def test_without_lightning_the_import_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightning", None)      # what Python does for a missing package
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)
+    monkeypatch.delitem(sys.modules, "onepass.integrations.lightning")
+    with pytest.raises(ImportError) as info:
+        importlib.import_module("onepass.integrations.lightning")
+    assert str(info.value) == "onepass.integrations.lightning needs Lightning: pip install 'onepass[lightning]'"
 
 
 def test_attention_takes_the_math_kernel_on_the_differentiated_updates(tmp_path):

@@ -7,6 +7,10 @@ to the uninterrupted run; two accumulated micro-batches to one batch of both.
 """
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -157,9 +161,61 @@ def test_no_eval_dataset_or_an_optimizer_given_is_one_clear_line(tmp_path):
                      optimizers=(given, None)))
 
 
-def test_without_transformers_the_import_is_one_clear_line():
-    code = ("import sys; sys.modules['transformers'] = None\n"
-            "try:\n    import onepass.integrations.transformers\n"
-            "except ImportError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out == "onepass.integrations.transformers needs transformers: pip install 'onepass[transformers]'\n"
+def test_without_transformers_the_import_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)      # what Python does for a missing package
+    monkeypatch.delitem(sys.modules, "onepass.integrations.transformers")
+    with pytest.raises(ImportError) as info:
+        importlib.import_module("onepass.integrations.transformers")
+    assert str(info.value) == "onepass.integrations.transformers needs transformers: pip install 'onepass[transformers]'"
+
+
+RANK_SCRIPT = """
+import json, os, sys, warnings
+import torch
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+import transformers
+transformers.logging.set_verbosity_error()
+import test_transformers as t
+trainer = t.ddp_run({out!r}, int(os.environ["WORLD_SIZE"]))
+print("RESULT " + json.dumps(t.summary(trainer)), flush=True)
+"""
+
+
+def ddp_run(out: str, world: int) -> Trainer:
+    """10 updates of 8 sequences (8 // world per rank), eval batches of 8 (likewise), no dropout."""
+    trainer = tune(Trainer(model=model(0.0), args=arguments(Path(out), per_device_train_batch_size=8 // world,
+                                                             per_device_eval_batch_size=8 // world,
+                                                             save_strategy="no", report_to=[], max_steps=10),
+                           train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5)
+    trainer.train()
+    return trainer
+
+
+def summary(trainer: Trainer) -> dict:
+    return {"hyperparameters": optimizer_of(trainer).tuner.hyperparameters,
+            "weights": torch.cat([p.detach().flatten() for p in trainer.model.parameters()]).tolist()}
+
+
+def test_ddp_on_two_ranks_equals_one_process(tmp_path):
+    """torchrun, 2 CPU ranks (gloo): the differentiated updates run on the unwrapped model and the
+    optimizer averages across ranks, so both ranks hold the same weights and hyperparameters, those
+    of one process on the whole batches."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]
+    alone = summary(ddp_run(str(tmp_path / "alone"), 1))
+    assert ranks[0]["hyperparameters"] == pytest.approx(alone["hyperparameters"], rel=1e-5)
+    assert ranks[0]["hyperparameters"]["lr"] != pytest.approx(LR, rel=1e-3)
+    torch.testing.assert_close(torch.tensor(ranks[0]["weights"]), torch.tensor(alone["weights"]),
+                               rtol=1e-4, atol=2e-5)   # float32 sums in another order

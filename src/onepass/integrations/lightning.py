@@ -34,8 +34,8 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   or module's ``val_dataloader()`` (the first loader if there are several).
   The batch goes through the precision plugin and the module's batch-transfer
   hooks like a validation batch (the global random generators are put back
-  afterwards, so the validation does not shift dropout or shuffling), then the loss is
-  ``val_loss(pl_module, batch)`` if the callback was given one, else the
+  afterwards, so the validation does not shift dropout or shuffling), then
+  the loss is ``val_loss(pl_module, batch)`` if the callback was given one, else the
   value ``validation_step(batch, batch_idx)`` returns (a scalar tensor, or a
   dict with ``"loss"``). The module is in ``eval()`` mode for that call,
   gradients are on, and its ``self.log`` calls are ignored (the validation
@@ -58,8 +58,12 @@ the update, and the hyperparameters, of one batch of their concatenation);
 works and is seen by the hyperparameter step, ``"value"`` is refused;
 ``precision`` ``"32-true"``, ``"64-true"``, ``"bf16-mixed"``, ``"16-mixed"``
 (its ``GradScaler`` is handed to the optimizer) and LR schedulers from
-``configure_optimizers`` work. Manual optimization works too: the callback
+``configure_optimizers`` (``"interval": "step"`` or ``"epoch"``) work. (With
+``"64-true"`` Lightning loads a checkpoint into the module before converting
+it to float64, so a resumed run's weights pass through float32; a module
+built in float64 under ``"32-true"`` resumes bit for bit.) Manual optimization works too: the callback
 wraps ``manual_backward`` the same way, since it goes through ``backward``.
+Multi-process strategies (DDP, FSDP, DeepSpeed) are refused with one line.
 """
 from __future__ import annotations
 
@@ -122,6 +126,10 @@ class OnepassCallback(pl.Callback):
             warnings.warn(f"OnepassCallback is idle: configure_optimizers returned {names}, "
                           "not a onepass.optim optimizer", UserWarning, stacklevel=2)
             return
+        if trainer.world_size > 1:
+            raise ValueError(f"OnepassCallback: multi-process training (world_size={trainer.world_size}) is not "
+                             "supported yet: the differentiated updates would have to bypass DDP "
+                             "(examples/ddp.py shows a plain loop; transformers' tune(trainer) does it)")
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm == "value":
             raise ValueError("OnepassCallback: gradient_clip_algorithm='value' is not supported by onepass.optim "
                              "(the hyperparameter step can differentiate clipping by norm only); use 'norm'")

@@ -24,6 +24,9 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
   ``create_graph=optimizer.needs_graph``. The forward of those updates runs
   ``scaled_dot_product_attention`` on its math kernel (``sdpa``'s fused
   kernels have no double backward); the other updates keep the fast one.
+  Under DDP those updates run on the unwrapped model (``trainer.model``):
+  DDP all-reduces first-order gradients only, and the optimizer averages the
+  gradient, its Hessian-vector products and the validation gradient itself.
 * **Validation loss.** On the last update of each window the optimizer asks
   for the validation loss at the new weights: the next batch of
   ``trainer.get_eval_dataloader()`` (the eval dataset with the Trainer's
@@ -117,6 +120,15 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
             kwargs["create_graph"] = True
         return backward(loss, **kwargs)
     trainer.accelerator.backward = backward_with_graph
+
+    training_step = trainer.training_step
+
+    @functools.wraps(training_step)
+    def training_step_unwrapped_when_differentiated(model, inputs, *args, **kwargs):
+        if optimizer.needs_graph:   # DDP does not all-reduce a graph: the optimizer averages what it needs
+            model = trainer.model
+        return training_step(model, inputs, *args, **kwargs)
+    trainer.training_step = training_step_unwrapped_when_differentiated
 
     context = trainer.compute_loss_context_manager
 
