@@ -138,6 +138,7 @@ def test_bf16_runs(tmp_path):
     trainer = trained(tmp_path, bf16=True, max_steps=10, save_strategy="no", report_to=[])
     optimizer = onepass_of(trainer)
     assert optimizer.validation.taken == 2
+    assert optimizer.hyperparameters["skipped_hypersteps"] == 0.0     # in AMP mode: it would skip, not raise
     assert optimizer.tuner.hyperparameters["lr"] != pytest.approx(LR, rel=1e-3)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 

@@ -47,7 +47,9 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
 
 Works: ``gradient_accumulation_steps``, ``max_grad_norm`` (clipping by norm is
 what the Trainer does; the hyperparameter step sees it), ``bf16``, ``fp16``
-(the accelerator's ``GradScaler`` is given to the optimizer), DDP.
+(the accelerator's ``GradScaler`` is given to the optimizer; with either, a
+non-finite hypergradient skips that hyperparameter step, counted in
+``skipped_hypersteps``, as under AMP in a plain loop), DDP.
 Refused with one line: DeepSpeed, an optimizer already given to the Trainer,
 no eval dataset.
 """
@@ -105,6 +107,8 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
     settings = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                     weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY,
                     tune=("lr", "weight_decay"))
+    if args.bf16 or args.fp16:   # autocast runs inside the model's forward, where the optimizer cannot see it
+        settings["skip_non_finite"] = True
     settings.update(adamw)
     validation = _Validation(trainer, eval_dataset)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
