@@ -1,5 +1,6 @@
-"""A plain PyTorch training loop whose AdamW tunes its own learning rate and
-weight decay while it trains (onepass.optim).
+"""A plain PyTorch training loop whose AdamW tunes its own learning rate while
+it trains (onepass.optim's recommended recipe; ``tune=("lr", "weight_decay")``
+tunes the weight decay too).
 
 Compared with the same loop on ``torch.optim.AdamW``, three lines change; they
 are marked ``# onepass:``:

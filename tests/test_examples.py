@@ -33,7 +33,7 @@ def run(*args: str) -> dict:
     return json.loads(lines[-1])
 
 
-def check_result(result: dict, start: dict[str, float]) -> None:
+def check_result(result: dict, start: dict[str, float], fixed: dict[str, float]) -> None:
     assert set(result) == {"hyperparameters", "val_loss"}, result
     hyper = result["hyperparameters"]
     assert "lr/group0" in hyper, hyper
@@ -41,15 +41,17 @@ def check_result(result: dict, start: dict[str, float]) -> None:
     assert isinstance(result["val_loss"], float) and math.isfinite(result["val_loss"]), result
     for name, value in start.items():      # tuned: moved from the script's starting value
         assert abs(hyper[name] - value) > 1e-3 * value, (name, hyper)
+    for name, value in fixed.items():      # not tuned by the recipe: where the script put it
+        assert math.isclose(hyper[name], value, rel_tol=1e-6), (name, hyper)
 
 
 def test_plain_loop():
     result = run(sys.executable, str(EXAMPLES / "plain_loop.py"), "--steps", "30")
-    check_result(result, {"lr/group0": 1e-3, "weight_decay/group0": 1e-2})
+    check_result(result, {"lr/group0": 1e-3}, {"weight_decay/group0": 1e-2})
 
 
 def test_ddp():
     result = run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                  "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                  str(EXAMPLES / "ddp.py"), "--steps", "30")
-    check_result(result, {"lr/group0": 1e-3, "weight_decay/group0": 1e-2})
+    check_result(result, {"lr/group0": 1e-3}, {"weight_decay/group0": 1e-2})

@@ -208,8 +208,9 @@ def test_a_scheduler_writing_a_tuned_momentum_is_refused_and_a_fixed_one_followe
                                         (oo.Adam, dict(lr=0.01, weight_decay=1e-3))])
 def test_micro_batches_equal_one_batch(cls, kwargs):
     a, b = make_model(), make_model()
-    opt_a = cls(a.parameters(), **kwargs, update_interval=3, val_loss=val_loss_of(a))
-    opt_b = cls(b.parameters(), **kwargs, update_interval=3, val_loss=val_loss_of(b))
+    tune = ("lr", "weight_decay")
+    opt_a = cls(a.parameters(), **kwargs, tune=tune, update_interval=3, val_loss=val_loss_of(a))
+    opt_b = cls(b.parameters(), **kwargs, tune=tune, update_interval=3, val_loss=val_loss_of(b))
     for t in range(12):
         x, y = batch(t)
         opt_a.zero_grad()
