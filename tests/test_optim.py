@@ -188,6 +188,20 @@ def test_warmup_then_cosine_multiplies_the_learned_rate_and_never_overwrites_it(
     assert opt.hyperparameters["lr/group0"] < 1e-3 * learned[-1]        # and the cosine still decayed it
 
 
+def test_a_warmup_from_zero_is_a_schedule_not_an_error():
+    """transformers' default linear warm-up starts at lr 0: the first update moves nothing."""
+    model = make_model()
+    opt = oo.AdamW(model.parameters(), lr=1e-2, update_interval=2, val_loss=val_loss_of(model))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 4))
+    start = [p.detach().clone() for p in model.parameters()]
+    assert opt.hyperparameters["lr/group0"] == 0
+    train(model, opt, 1, scheduler=scheduler)
+    assert max_diff(start, model.parameters()) == 0
+    train(model, opt, 8, scheduler=scheduler)
+    assert max_diff(start, model.parameters()) > 0
+    assert not math.isclose(opt.tuner.hyperparameters["lr"], 1e-2, rel_tol=1e-6)
+
+
 def test_a_scheduler_writing_a_tuned_momentum_is_refused_and_a_fixed_one_followed():
     model = make_model()
     opt = oo.SGD(model.parameters(), lr=0.1, momentum=0.5, update_interval=3, val_loss=val_loss_of(model))

@@ -171,22 +171,9 @@ def optimizer_of(trainer: "transformers.Trainer") -> "TrainerAdamW":
 
 class TrainerAdamW(AdamW):
     """:class:`onepass.optim.AdamW` whose ``state_dict`` also holds the position
-    in the eval data (what :func:`tune` gives the Trainer); with the LR
-    schedule's workaround below."""
+    in the eval data (what :func:`tune` gives the Trainer)."""
 
     validation: "_Validation | None" = None
-
-    def step(self, closure=None, **kwargs):
-        # The Trainer's warm-up starts the schedule at 0, which onepass.optim refuses
-        # (it checks group["lr"] > 0): a zero factor becomes 1e-12 for the step.
-        zeros = [group for group in self.param_groups if group["lr"] == 0]
-        for group in zeros:
-            group["lr"] = group["base_lr"] * 1e-12
-        try:
-            return super().step(closure, **kwargs)
-        finally:
-            for group in zeros:
-                group["lr"] = 0.0
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

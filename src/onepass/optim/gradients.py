@@ -247,6 +247,7 @@ class LoopExecution(Execution):
         self.agree_on_max_norm = agree_on_max_norm
         self.lr_factors: tuple[float, ...] | None = None   # per group; None: all 1
         self.current: StepGradient | None = None
+        self._unscaled: dict | None = None
 
     def _ops_for(self, functional, fixed, frozen, skip):
         def update(weights, state, grads, raw):
@@ -262,19 +263,44 @@ class LoopExecution(Execution):
         return tuple(grads) if max_norm is None else clip_gradients(grads, max_norm)
 
     def hyper_of(self, raw, fixed, frozen, skip) -> dict:
-        hyper = self.slots.hyper(raw, fixed, frozen, skip)
+        return self._scale_lr(self.slots.hyper(raw, fixed, frozen, skip))
+
+    def _scale_lr(self, hyper: dict) -> dict:
+        """The learning rate times each group's schedule factor (one value when
+        every group has the same factor, so Adam keeps its fast path)."""
         factors = self.lr_factors
-        if factors is not None and "lr" in hyper:
-            lr, group_of = hyper["lr"], self.slots.group_of
+        if factors is None or "lr" not in hyper:
+            return hyper
+        lr, group_of = hyper["lr"], self.slots.group_of
+        hyper = dict(hyper)
+        if isinstance(lr, Tensor) and len(set(factors)) == 1:
+            hyper["lr"] = lr * factors[0]
+        else:
             hyper["lr"] = tuple((lr if isinstance(lr, Tensor) else lr[i]) * factors[group_of[i]]
                                 for i in range(len(group_of)))
         return hyper
+
+    def hyper(self) -> dict:
+        """As :meth:`Execution.hyper`; a new schedule factor rescales the cached
+        values instead of recomputing them from the slots."""
+        if self._hyper_cache is None:
+            if self._unscaled is None:
+                with torch.no_grad():
+                    self._unscaled = self.slots.hyper(self.slots.raw, self.slots.fixed, self.frozen(),
+                                                      self.slots.zero_fixed())
+            with torch.no_grad():
+                self._hyper_cache = self._scale_lr(self._unscaled)
+        return self._hyper_cache
+
+    def invalidate(self) -> None:
+        super().invalidate()
+        self._unscaled = None
 
     def set_lr_factors(self, factors: tuple[float, ...]) -> None:
         factors = None if all(f == 1.0 for f in factors) else tuple(factors)
         if factors != self.lr_factors:
             self.lr_factors = factors
-            self.invalidate()
+            self._hyper_cache = self._hyper_floats = None
 
     @contextlib.contextmanager
     def weights_as(self, tensors):

@@ -150,7 +150,8 @@ class TunedOptimizer(torch.optim.Optimizer):
         groups = []
         for index, group in enumerate(self.param_groups):
             values = self._natural_values(group, index)
-            group.setdefault("base_lr", group["lr"])
+            group.setdefault("base_lr", _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None,
+                                                     low_open=True))
             groups.append((group["params"], values))
         params = [p for group in self.param_groups for p in group["params"]]
         distributed.check_supported(params, model)
@@ -389,7 +390,7 @@ class SGD(TunedOptimizer):
     def _natural_values(self, group, index):
         if group["nesterov"] != self.defaults["nesterov"]:
             raise ValueError(f"param_groups[{index}] sets nesterov differently: one rule for all groups")
-        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None, low_open=True),
+        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None),   # a schedule may reach 0
                 "momentum": _check_range(f"param_groups[{index}] momentum", group["momentum"], 0.0, 1.0),
                 "weight_decay": _check_range(f"param_groups[{index}] weight_decay", group["weight_decay"],
                                              0.0, None)}
@@ -412,7 +413,7 @@ class Adam(TunedOptimizer):
         betas = tuple(group["betas"])
         if len(betas) != 2:
             raise ValueError(f"param_groups[{index}] betas must be a pair, got {betas!r}")
-        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None, low_open=True),
+        return {"lr": _check_range(f"param_groups[{index}] lr", group["lr"], 0.0, None),   # a schedule may reach 0
                 "beta1": _check_range(f"param_groups[{index}] betas[0]", betas[0], 0.0, 1.0),
                 "beta2": _check_range(f"param_groups[{index}] betas[1]", betas[1], 0.0, 1.0),
                 "eps": _check_range(f"param_groups[{index}] eps", group["eps"], 0.0, None),
