@@ -195,40 +195,6 @@ def recipe_config(rule: str = "adamw") -> dict:
     return {"rule": rule, **recipe(rule).get("loop", {})}
 
 
-def frozen_copy(opt: onepass.optim.TunedOptimizer, params: list) -> torch.optim.Optimizer:
-    """The ``torch.optim`` namesake of ``opt`` at its learned values (one group
-    per tensor) with its moments: the hyperparameters stop moving."""
-    tuner, rule = opt.tuner, opt.tuner.rule
-    rule = rule if isinstance(rule, str) else opt._config["rule"]
-    slots = tuner.slots
-    state = tuner._execution.state
-    groups = []
-    with torch.no_grad():
-        natural = {n: slots.natural_slots(n) for n in slots.names}
-        for i, p in enumerate(params):
-            values = {n: natural[n][slots.slot_of[n][i]] for n in slots.names}
-            if any(torch.is_tensor(v) and v.numel() > 1 for v in values.values()):
-                raise ValueError("fold supports scalar, group and tensor granularity only")
-            values = {n: float(v) for n, v in values.items()}
-            group_lr = opt.param_groups[slots.group_of[i]]
-            values["lr"] *= group_lr["lr"] / group_lr["base_lr"]
-            groups.append({"params": [p], **values})
-    if rule.startswith("sgd"):
-        plain = torch.optim.SGD([{"params": g["params"], "lr": g["lr"], "momentum": g["momentum"],
-                                  "weight_decay": g["weight_decay"]} for g in groups],
-                                nesterov=rule == "sgd_nesterov", lr=1.0)
-        for p, buf in zip(params, state["momentum_buffer"]):
-            plain.state[p] = {"momentum_buffer": buf.detach().clone()}
-    else:
-        cls = torch.optim.AdamW if rule == "adamw" else torch.optim.Adam
-        plain = cls([{"params": g["params"], "lr": g["lr"], "betas": (g["beta1"], g["beta2"]), "eps": g["eps"],
-                      "weight_decay": g["weight_decay"]} for g in groups], lr=1.0)
-        step = state["step"].detach().float().reshape(())
-        for p, m, v in zip(params, state["exp_avg"], state["exp_avg_sq"]):
-            plain.state[p] = {"step": step.clone(), "exp_avg": m.detach().clone(), "exp_avg_sq": v.detach().clone()}
-    return plain
-
-
 def onepass_run(data: Data, seed: int, steps: int, config: dict, start_values: dict | None = None) -> dict:
     """The onepass row: tune on the validation split for the first (1 - fold)
     of the updates, then train on train+validation with the values frozen."""
@@ -260,7 +226,7 @@ def onepass_run(data: Data, seed: int, steps: int, config: dict, start_values: d
         finite = False
     hyper = opt.hyperparameters
     if finite and tuned_steps < steps:
-        plain = frozen_copy(opt, params)
+        plain = opt.frozen()
         del opt
         finite = _train(data, model, plain, steps - tuned_steps, data.x_trainval, data.y_trainval, seed + 1)
     seconds = time.perf_counter() - start

@@ -216,6 +216,30 @@ def test_a_scheduler_writing_a_tuned_momentum_is_refused_and_a_fixed_one_followe
     assert opt.hyperparameters["momentum/group0"] == opt.param_groups[0]["momentum"] != 0.5
 
 
+@pytest.mark.parametrize("rule", ["sgd", "sgd_nesterov", "adam", "adamw"])
+def test_frozen_continues_with_the_torch_optim_namesake_at_the_learned_values(rule):
+    """The recipe's last stretch: after 12 tuned updates, one update of ``frozen()``
+    equals the optimizer's own next (plain) update."""
+    cls, kwargs, _, extra = RULES[rule]
+    runs = []
+    for freeze in (False, True):
+        model = make_model()
+        opt = cls(two_groups(model, kwargs["lr"] * 2), **kwargs, tune=("lr",) + extra, update_interval=4,
+                  granularity={"lr": "tensor"}, val_loss=val_loss_of(model))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+        train(model, opt, 12, scheduler=scheduler)
+        plain = opt.frozen() if freeze else opt
+        x, y = batch(12)
+        plain.zero_grad()
+        mse_loss(model(x), y).backward()
+        plain.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert max_diff(*runs) < 1e-13
+    assert type(plain).__module__.startswith("torch.optim")
+    with pytest.raises(ValueError, match="per-weight values have no torch.optim form"):
+        cls(make_model().parameters(), **kwargs, granularity={"lr": "weight"}).frozen()
+
+
 # ----------------------------------------------------- accumulation, clipping, scaling
 
 @pytest.mark.parametrize("cls,kwargs", [(oo.SGD, dict(lr=0.05, momentum=0.5, weight_decay=1e-3)),

@@ -77,9 +77,9 @@ class TunedOptimizer(torch.optim.Optimizer):
     Args (besides the ``torch.optim`` namesake's):
         tune: hyperparameters to tune, in the rule's names (``"lr"``,
             ``"momentum"``, ``"weight_decay"``, ``"beta1"``, ``"beta2"``,
-            ``"eps"``). Default: ``lr``, and ``momentum`` / ``weight_decay``
-            where they start inside their range (above 0). ``()`` tunes nothing:
-            the optimizer is then its ``torch.optim`` namesake.
+            ``"eps"``). Default (the recipe): Adam and AdamW ``lr`` only; SGD
+            ``lr``, and ``momentum`` / ``weight_decay`` where they start above 0.
+            ``()`` tunes nothing: the optimizer is then its ``torch.optim`` namesake.
         granularity: per name ``"scalar"``, ``"group"``, ``"tensor"`` or ``"weight"``.
         method: ``"neumann"`` (the paper), ``"cg"``, ``"unroll"``, ``"baydin"``, ``"baydin_exact"``.
         neumann_terms, unroll_steps, update_interval, hyper_optimizer, hyper_lr:
@@ -333,6 +333,45 @@ class TunedOptimizer(torch.optim.Optimizer):
         gives the learned values themselves, per slot)."""
         return self._tuner
 
+    def frozen(self) -> torch.optim.Optimizer:
+        """The ``torch.optim`` namesake at the values in use now (learned ×
+        scheduled, one group per parameter tensor) with the rule's state (momentum
+        buffers, Adam's moments) carried over: the hyperparameters stop moving.
+
+        The recipe's last stretch (:mod:`onepass.optim.recipe`: train on
+        train+validation once the values have settled) continues with it. A
+        scheduler built on this optimizer does not drive the new one; per-weight
+        values have no ``torch.optim`` form and are refused."""
+        tuner = self._tuner
+        slots, state, rule = tuner.slots, tuner._execution.state, tuner.rule.name
+        groups = []
+        with torch.no_grad():
+            natural = {name: slots.natural_slots(name) for name in slots.names}
+            for i, p in enumerate(self._params):
+                values = {name: natural[name][slots.slot_of[name][i]] for name in slots.names}
+                if any(v.numel() > 1 for v in values.values()):
+                    raise ValueError("frozen() needs scalar, group or tensor granularity: per-weight values "
+                                     "have no torch.optim form")
+                values = {name: float(v) for name, v in values.items()}
+                group = self.param_groups[slots.group_of[i]]
+                values["lr"] *= group["lr"] / group["base_lr"]
+                groups.append((p, values))
+        if rule.startswith("sgd"):
+            plain = torch.optim.SGD([{"params": [p], "lr": v["lr"], "momentum": v["momentum"],
+                                      "weight_decay": v["weight_decay"]} for p, v in groups],
+                                    momentum=groups[0][1]["momentum"], nesterov=rule == "sgd_nesterov")
+            for (p, _), buffer in zip(groups, state["momentum_buffer"]):
+                plain.state[p] = {"momentum_buffer": buffer.detach().clone()}
+            return plain
+        cls = torch.optim.AdamW if rule == "adamw" else torch.optim.Adam
+        plain = cls([{"params": [p], "lr": v["lr"], "betas": (v["beta1"], v["beta2"]), "eps": v["eps"],
+                      "weight_decay": v["weight_decay"]} for p, v in groups])
+        step = torch.as_tensor(state["step"], dtype=torch.float32).detach().reshape(())
+        for (p, _), m, v in zip(groups, state["exp_avg"], state["exp_avg_sq"]):
+            plain.state[p] = {"step": step.clone(), "exp_avg": m.detach().clone(),
+                              "exp_avg_sq": v.detach().clone()}
+        return plain
+
     # ------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
@@ -397,8 +436,8 @@ class SGD(TunedOptimizer):
 
 
 class Adam(TunedOptimizer):
-    """``torch.optim.Adam`` (L2 weight decay) that tunes ``lr`` (and
-    ``weight_decay`` where it starts above 0); see :class:`TunedOptimizer`."""
+    """``torch.optim.Adam`` (L2 weight decay) that tunes ``lr`` (the recipe;
+    ``tune=("lr", "weight_decay")`` for more); see :class:`TunedOptimizer`."""
 
     _rule = "adam"
 
@@ -423,7 +462,8 @@ class Adam(TunedOptimizer):
 
 class AdamW(Adam):
     """``torch.optim.AdamW`` (decoupled weight decay, default 0.01) that tunes
-    ``lr`` and ``weight_decay``; see :class:`TunedOptimizer`."""
+    ``lr`` (the recipe; ``tune=("lr", "weight_decay")`` for more); see
+    :class:`TunedOptimizer`."""
 
     _rule = "adamw"
 

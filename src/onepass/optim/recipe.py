@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
 itself: ``fold`` is the fraction of the updates, at the end, trained on
 train+validation with the hyperparameters frozen (the optimizer's
 ``torch.optim`` namesake at the learned values, moments carried over;
-``benchmarks/versus_defaults.py``'s ``frozen_copy``)."""
+``opt.frozen()``)."""
 
 
 def recipe(rule: str) -> dict:
