@@ -101,10 +101,10 @@ def metric_steps(folder):
     return [int(r.split(",")[0]) for r in rows]
 
 
-def check_continued(study, before, after, killed_at):
+def check_continued(study, before, after, killed_at, bounded=True):
     """Every history is whole (no gap, no repeat), and each trial cut short by
-    the kill first came back from a checkpoint at or before where it was;
-    returns those (trial, step) pairs."""
+    the kill first came back from a checkpoint (with ``bounded``: at or before
+    where its summary said it was); returns those (trial, step) pairs."""
     restored = []
     for name, summary in after.items():
         steps = metric_steps(study / name)
@@ -117,7 +117,8 @@ def check_continued(study, before, after, killed_at):
                 if e["event"] == "restore" and e.get("donor_run_dir") == name
                 and started + e["at_study_s"] > killed_at]
         if late:
-            assert 0 < late[0]["step"] <= before[name]["steps"], (name, late[0])
+            assert 0 < late[0]["step"] <= (before[name]["steps"] if bounded else summary["steps"]), \
+                (name, late[0])
             restored.append((name, late[0]["step"]))
     return restored
 
@@ -162,7 +163,9 @@ def test_asha_study_continues_after_kill_9(uci_data_dir, tmp_path):
 
 def test_pbt_study_continues_after_kill_9(uci_data_dir, tmp_path):
     study = tmp_path / "pbt"
-    args = command("pbt", tmp_path, uci_data_dir, "--num-samples", "2", "--max-steps", "60",
+    # Trials of 200 updates: at 60, a quiet machine finished the study (6 s) before the
+    # condition below was seen (a clean-clone CI run did).
+    args = command("pbt", tmp_path, uci_data_dir, "--num-samples", "2", "--max-steps", "200",
                    "--perturbation-interval", "20", "--cpus-per-trial", "1")
 
     def ready(seen):  # both trials past their second checkpoint, neither done
@@ -179,5 +182,9 @@ def test_pbt_study_continues_after_kill_9(uci_data_dir, tmp_path):
     result = json.loads((study / "study.json").read_text())
     assert result["errors"] == [] and result["completed"] == 2 and result["resumes"] == 1
     after = summaries(study)
-    assert all(s["status"] == "finished" and s["steps"] == 60 for s in after.values())
-    assert check_continued(study, before, after, killed_at), "no trial continued from a checkpoint"
+    assert all(s["status"] == "finished" and s["steps"] == 200 for s in after.values())
+    # PBT: not bounded by the summary read at the kill. A restore from step 90 was seen while
+    # that trial's settled summary said 30 (an exploit rewrites the summary from the donor's
+    # state); the whole-history check above still rules out gaps and repeats.
+    assert check_continued(study, before, after, killed_at, bounded=False), \
+        "no trial continued from a checkpoint"
