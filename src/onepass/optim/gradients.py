@@ -43,11 +43,26 @@ from ..core.rules import clip_gradients
 _PARTS: dict[int, list[Tensor]] = {}
 
 
+_HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
+_NO_LOSS = torch.zeros(())
+
+
 def _keep_graph(p: Tensor) -> None:
     grad = p.grad
     if grad is not None and grad.grad_fn is not None:
         _PARTS[id(p)].append(grad)
         p.grad = grad.detach().clone()
+        _HANDED[id(p)] = (p.grad, p.grad._version)
+
+
+def _untouched(p: Tensor) -> bool:
+    handed = _HANDED.get(id(p))
+    return handed is not None and p.grad is handed[0] and p.grad._version == handed[1]
+
+
+def _forget(key: int) -> None:
+    _PARTS.pop(key, None)
+    _HANDED.pop(key, None)
 
 
 class GradientCapture:
@@ -65,7 +80,7 @@ class GradientCapture:
             if id(p) not in _PARTS:
                 _PARTS[id(p)] = []
                 p.register_post_accumulate_grad_hook(_keep_graph)
-                weakref.finalize(p, _PARTS.pop, id(p), None)
+                weakref.finalize(p, _forget, id(p))
 
     @property
     def parts(self) -> dict[int, list[Tensor]]:
@@ -79,6 +94,7 @@ class GradientCapture:
         """Drop the kept graphs (after a step, or at ``zero_grad``)."""
         for p in self.params:
             _PARTS[id(p)].clear()
+            _HANDED.pop(id(p), None)
 
 
 @dataclass
@@ -96,13 +112,16 @@ class StepGradient:
     scale: float = 1.0
     loss: Tensor = field(default_factory=lambda: torch.zeros(()))
     max_norm: float | None = None
+    untouched: bool = False
+    """``p.grad`` is still the copy the hook made, unchanged (no clipping, no unscaling)."""
 
     @classmethod
     def read(cls, params: list[Tensor], capture: GradientCapture, scale: float = 1.0,
              loss: Tensor | None = None) -> "StepGradient":
         plain = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params)
-        return cls(params, plain, dict(capture.parts), scale,
-                   torch.zeros(()) if loss is None else loss.detach())
+        parts = capture.parts if capture.has_graph else {}
+        untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
+        return cls(params, plain, parts, scale, _NO_LOSS if loss is None else loss.detach(), untouched=untouched)
 
     def with_graph(self, reduce: Callable | None, agree_on_max_norm: Callable | None) -> Gradient:
         """The gradient with ``r ↦ ∇²L_T r``, values and products divided by the
@@ -118,7 +137,8 @@ class StepGradient:
                 graph.append(torch.zeros_like(p))
                 continue
             # Value: the accumulated gradient; graph: every backward pass's own part.
-            total = parts[-1].detach() + sum(part - part.detach() for part in parts)
+            total = parts[0] if len(parts) == 1 else \
+                parts[-1].detach() + sum(part - part.detach() for part in parts)
             graph.append(total / scale if scale != 1.0 else total)
             outputs.extend(parts)
             owners.extend([i] * len(parts))
@@ -140,6 +160,8 @@ class StepGradient:
         """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``.
         With ``agree`` (data-parallel) the ranks decide together, so that a
         refusal on one rank is a refusal on all, never a hang in a collective."""
+        if self.untouched and self.scale == 1.0 and agree is None:
+            return None              # p.grad is the gradient backward() produced: nothing to read off
         norm = _norm(unscaled)
         now = _norm(self.plain)
         factor = now / norm if norm > 0 else 1.0
@@ -166,6 +188,11 @@ class StepGradient:
         elif problem is not None:
             raise ValueError(problem)
         return None if math.isinf(max_norm) else max_norm
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
 
 
 def _norm(tensors: Tensors) -> float:
@@ -307,10 +334,11 @@ class LoopExecution(Execution):
         """The parameters hold ``tensors`` inside the block (storage swapped, not copied)."""
         saved = [p.data for p in self.params]
         try:
-            for p, t in zip(self.params, tensors):
-                if t is not p.data:
+            for p, t, now in zip(self.params, tensors, saved):
+                if not _same_view(t, now):
                     p.data = t
             yield
         finally:
             for p, t in zip(self.params, saved):
-                p.data = t
+                if not _same_view(t, p.data):
+                    p.data = t

@@ -21,8 +21,10 @@ the :class:`~onepass.Tuner`'s own: an optimizer run equals the same
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from itertools import chain
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -40,6 +42,31 @@ CREATE_GRAPH_WARNING = "Using backward\\(\\) with create_graph=True"
 warnings.filterwarnings("ignore", message=CREATE_GRAPH_WARNING)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _with_hooks(step: Callable) -> Callable:
+    """What ``torch.optim.Optimizer`` wraps ``step`` in (its pre/post hooks), with
+    the profiler's ``record_function`` scope only while a profiler runs: the
+    scope costs ~2 µs per op inside it, and a hyperparameter step has hundreds."""
+    from torch.optim import optimizer as _torch
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        if torch.autograd._profiler_enabled():
+            return torch.optim.Optimizer.profile_hook_step(step)(self, *args, **kwargs)
+        for pre_hook in chain(getattr(_torch, "_global_optimizer_pre_hooks", {}).values(),
+                              self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        out = step(self, *args, **kwargs)
+        self._optimizer_step_code()
+        for post_hook in chain(self._optimizer_step_post_hooks.values(),
+                               getattr(_torch, "_global_optimizer_post_hooks", {}).values()):
+            post_hook(self, args, kwargs)
+        return out
+    wrapper.hooked = True   # torch.optim.Optimizer then leaves it as it is
+    return wrapper
 
 
 def _autocast_on() -> bool:
@@ -185,6 +212,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._skip_non_finite = skip_non_finite
         self._autocast_seen = False
         self._seen = [dict(values) for _, values in groups]
+        self._groups_seen = None
         self.skipped_hypersteps = 0
 
     # ------------------------------------------------------------ construction helpers
@@ -220,8 +248,13 @@ class TunedOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._capture.clear()
-        super().zero_grad(set_to_none)
+        if not set_to_none or torch.autograd._profiler_enabled():
+            super().zero_grad(set_to_none)
+            return
+        for p in self._params:   # torch's own loop, without its profiler scope
+            p.grad = None
 
+    @_with_hooks
     def step(self, closure: Callable | None = None, *, val_loss: Callable | None = None):
         """One weight update from ``p.grad``; on the last update of a window
         also one hyperparameter step (see the class docs). ``closure``, as in
@@ -279,6 +312,10 @@ class TunedOptimizer(torch.optim.Optimizer):
     def _sync_groups(self) -> None:
         """Read what schedulers (or the user) wrote into ``param_groups``."""
         slots, execution = self._tuner.slots, self._tuner._execution
+        key = [tuple(v for k, v in group.items() if k != "params") for group in self.param_groups]
+        if key == self._groups_seen:
+            return
+        self._groups_seen = key
         factors = []
         for g, group in enumerate(self.param_groups):
             factors.append(group["lr"] / group["base_lr"])
@@ -392,6 +429,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self._tuner.load_state_dict(extra["tuner"])
         self._seen = [dict(s) for s in extra["seen"]]
+        self._groups_seen = None
         self.skipped_hypersteps = int(extra["skipped"])
 
     def add_param_group(self, param_group: dict) -> None:
