@@ -22,7 +22,7 @@ import onepass.optim
 def model(seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=256, vocab_size=8192,
+    config = GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=256, vocab_size=8192, bos_token_id=0, eos_token_id=0,
                         attn_implementation="eager")
     return GPT2LMHeadModel(config)
 
