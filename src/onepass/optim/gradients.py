@@ -282,8 +282,7 @@ class LoopExecution(Execution):
         return LoopOps(None, None, update, frozen, False, self.reduce, execution=self)
 
     def gradient_now(self, batch: StepGradient, step: int):
-        self.current = batch
-        return batch.loss, batch.plain
+        return batch.loss, batch.plain   # the optimizer's step() made it self.current
 
     def clip(self, grads):
         max_norm = self.current.max_norm if self.current is not None else None
