@@ -434,7 +434,7 @@ def test_state_dict_resumes_exactly_with_a_scheduler():
             scheduler.step()
     continue_from(9, reference, ref_opt, ref_scheduler)
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = torch.load(buffer, weights_only=True)
     model = make_model()
     model.load_state_dict(saved["model"])
     opt, scheduler = build(model)

@@ -103,7 +103,7 @@ def test_train_in_a_fresh_process_trains_the_users_model(tmp_path):
     finally:
         sys.path.remove(str(EXAMPLE))
     model = build(in_features=4, hidden=32, depth=2)
-    model.load_state_dict(torch.load(state, weights_only=False)["model"])   # strict: same keys
+    model.load_state_dict(torch.load(state, weights_only=True)["model"])   # strict: same keys
     x, y = splits(n_train=256, n_val=64, n_test=256, noise=0.1, seed=0)["test"]
     with torch.no_grad():
         test_loss = F.mse_loss(model(x), y).item()
@@ -199,7 +199,7 @@ def test_classification_with_the_shipped_mlp_on_the_users_data(tmp_path):
     assert summary["status"] == "finished" and 0 <= summary["final"]["test_accuracy"] <= 1
     header = (tmp_path / "c" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "test_accuracy" in header
-    weights = torch.load(state, weights_only=False)["model"]
+    weights = torch.load(state, weights_only=True)["model"]
     assert weights["0.weight"].shape == (32, 4) and weights["2.weight"].shape == (3, 32)  # 4 -> 32 -> 3
 
 

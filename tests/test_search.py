@@ -142,9 +142,9 @@ def test_pbt_exploit_copies_the_donor_checkpoint(ray_session, uci_data_dir, tmp_
     assert exploits, "the bottom trial must exploit the top one at update 20"
     folder, note = exploits[0]
     donor_state = torch.load(root / note["donor_run_dir"] / "checkpoints" / f"step_{note['step']:05d}.pt",
-                             weights_only=False)
+                             weights_only=True)
     restored = torch.load(folder / "restored" / f"step_{note['step']:05d}_from_{note['donor']}.pt",
-                          weights_only=False)
+                          weights_only=True)
     assert donor_state["trial_id"] == note["donor"] and restored["note"]["step"] == 20
     for key, value in donor_state["model"].items():  # the weights are the donor's
         assert torch.equal(restored["model"][key], value)

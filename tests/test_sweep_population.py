@@ -74,8 +74,8 @@ def test_members_equal_single_runs(shared_data, tmp_path, algorithm):
         assert_same_summary(written, single)
         assert (pop_dir / "config.yaml").read_text() == (single_dir / "config.yaml").read_text()
         assert_same_rows(read_rows(pop_dir), read_rows(single_dir))
-        pop_state = torch.load(tmp_path / f"pop{i}.pt", weights_only=False)["model"]
-        single_state = torch.load(tmp_path / f"single{i}.pt", weights_only=False)["model"]
+        pop_state = torch.load(tmp_path / f"pop{i}.pt", weights_only=True)["model"]
+        single_state = torch.load(tmp_path / f"single{i}.pt", weights_only=True)["model"]
         assert pop_state.keys() == single_state.keys()
         for key in single_state:
             torch.testing.assert_close(pop_state[key], single_state[key], rtol=1e-4, atol=1e-6)

@@ -81,7 +81,7 @@ def test_divergence_is_recorded_not_raised(uci_data_dir, tmp_path):
 
 
 def final_state(path):
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     return state["model"], state["tuner"]
 
 
@@ -119,7 +119,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, uci_data
         run_training(config, run_dir, data_dir=uci_data_dir, progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 27
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["steps"] == 20
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["steps"] == 20
     monkeypatch.setattr(run_module.Tuner, "step", real_step)
 
     resumed = run_training(config, run_dir, data_dir=uci_data_dir, progress=False,

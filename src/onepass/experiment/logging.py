@@ -31,13 +31,6 @@ LOSS_COLUMNS = ("step", "train_loss", "val_loss", "test_loss", "test_loss_unnorm
 (:data:`onepass.experiment.record.CLOCK`) at the row's step."""
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`~onepass.experiment.record.atomic_write_bytes`."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def write_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
     """Write the resolved config as ``config.yaml``."""
     path = Path(run_dir) / CONFIG
@@ -46,10 +39,10 @@ def write_config(run_dir: str | os.PathLike, config: Mapping) -> Path:
 
 
 def versions() -> dict[str, str]:
-    """Software versions recorded in every run record."""
+    """Software versions recorded in every run record and state file, as plain ``str``."""
     from onepass import __version__
     import numpy
-    return {"python": platform.python_version(), "torch": torch.__version__,
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
             "numpy": numpy.__version__, "onepass": __version__}
 
 
@@ -203,7 +196,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, float | None]]:
 
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "LOSS_COLUMNS", "METRICS", "RunLogger", "atomic_torch_save",
+    "CHECKPOINT", "CONFIG", "LOSS_COLUMNS", "METRICS", "RunLogger",
     "hyperparameter_columns", "hyperparameter_summary", "read_metrics", "versions",
     "write_config",
 ]

@@ -22,10 +22,9 @@ from typing import Mapping
 import torch
 
 from onepass.core import Tuner
+from onepass.experiment.checkpoint import read_state, write_state
 from onepass.experiment.config import resolve_config
-from onepass.experiment.logging import (
-    CHECKPOINT, LOSS_COLUMNS, RunLogger, atomic_torch_save, versions, write_config,
-)
+from onepass.experiment.logging import CHECKPOINT, LOSS_COLUMNS, RunLogger, versions, write_config
 from onepass.experiment.loop import (
     Member, TrainClock, TrainingLoop, sigterm_raises_keyboard_interrupt, start_record,
     tuner_from_config,
@@ -149,7 +148,7 @@ def run_training(
 
     def save_state(path) -> None:
         logger.flush()  # every row logged before the checkpoint is on disk with it
-        atomic_torch_save({
+        write_state({
             "format": CHECKPOINT_FORMAT, "config": config, "steps": tuner.steps_taken,
             "model": model.state_dict(), "tuner": tuner.state_dict(),
             "sampler": sampler.state_dict(), "task": task.state_dict(),
@@ -191,13 +190,14 @@ def run_training(
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by :func:`run_training` (periodic or ``save_state_to``)."""
+    """Read a checkpoint written by :func:`run_training` (periodic or ``save_state_to``),
+    as data only (:func:`~onepass.experiment.checkpoint.read_state`)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_state(path, map_location=device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a onepass training checkpoint")
     return state

@@ -47,10 +47,10 @@ checkpoint Ray's saved experiment state names (from the start if none), and
 trials not yet started start. Ray saves that state every 10 s or more
 (``TUNE_GLOBAL_CHECKPOINT_S`` sets the period); a trial whose run folder
 says it finished after Ray's last save is closed at once without training
-again. Ray copies its state files into its folder in place, so a driver
-killed during a copy can leave one truncated: the driver keeps a copy of each
-once complete (``_ray/<method>/.onepass_kept_state/``) and a rerun puts it
-back before restoring. Other settings in the same folder are refused. The schedulers restart
+again. A state file of Ray's left truncated by the kill is put back from the
+copy the driver kept (:mod:`onepass.search.ray_state`). A trial's checkpoint
+is read as data only (:func:`~onepass.experiment.checkpoint.read_state`).
+Other settings in the same folder are refused. The schedulers restart
 from the state Ray pickled when the study began, so their decisions after a
 resume may differ from those of an uninterrupted study; synchronous PBT
 (``synch=True``) can stall after a restore in the Ray releases that lack
@@ -67,8 +67,10 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from onepass.experiment.checkpoint import read_state, write_state
 from onepass.experiment.record import RunRecord, atomic_write_bytes, find_record
 from onepass.search import require
+from onepass.search.ray_state import repair_state, state_keeper
 from onepass.search.trainable import (
     BASES, DIVERGED_SCORE, MOMENTUM_MAX, SEARCH_SPACE, TrainingSession, score, trial_config,
 )
@@ -77,10 +79,6 @@ STUDY = "study.json"
 STATE_FILE = "state.pt"
 STATIC = "_onepass"
 FINAL = ("finished", "diverged")
-KEPT_STATE = ".onepass_kept_state"
-"""Folder (in Ray's experiment folder) with the last complete copy of each of Ray's state files."""
-STATE_FILES = ("experiment_state-*.json", "basic-variant-state-*.json")
-"""Ray's driver state files, read by ``Tuner.restore`` (the newest of each kind)."""
 
 
 def _trainable_class():
@@ -144,24 +142,22 @@ def _trainable_class():
 
         def save_checkpoint(self, checkpoint_dir):
             if self.finished is not None:
-                torch.save({"finished": self.finished.to_dict()},
-                           os.path.join(checkpoint_dir, STATE_FILE))
+                write_state({"finished": self.finished.to_dict()},
+                            os.path.join(checkpoint_dir, STATE_FILE))
                 return None
             state = self._open().state()
             state["trial_id"] = self.own_trial_id
             state["trial_config"] = {k: float(self.config[k]) for k in SEARCH_SPACE}
-            torch.save(state, os.path.join(checkpoint_dir, STATE_FILE))
+            write_state(state, os.path.join(checkpoint_dir, STATE_FILE))
             if self.static["keep_checkpoints"]:
-                keep = self.run_dir / "checkpoints"
-                keep.mkdir(exist_ok=True)
-                torch.save(state, keep / f"step_{state['steps']:05d}.pt")
+                write_state(state, self.run_dir / "checkpoints" / f"step_{state['steps']:05d}.pt")
             return None
 
         def load_checkpoint(self, checkpoint):
             if isinstance(checkpoint, dict):
                 state = checkpoint
             else:
-                state = torch.load(os.path.join(checkpoint, STATE_FILE), weights_only=False)
+                state = read_state(os.path.join(checkpoint, STATE_FILE))
             if self.finished is None and "finished" in state:
                 self.finished = RunRecord.from_dict(state["finished"], "a trial checkpoint")
             if self.finished is not None:
@@ -184,11 +180,9 @@ def _trainable_class():
                                                 self.session.tuner.hyperparameters.items()}
             self.session.events[-1] = note
             if self.static["keep_checkpoints"]:
-                keep = self.run_dir / "restored"
-                keep.mkdir(exist_ok=True)
-                torch.save({"note": note, "model": {k: v.detach().cpu().clone() for k, v in
+                write_state({"note": note, "model": {k: v.detach().cpu().clone() for k, v in
                                                      self.session.model.state_dict().items()}},
-                           keep / f"step_{note['step']:05d}_from_{donor}.pt")
+                            self.run_dir / "restored" / f"step_{note['step']:05d}_from_{donor}.pt")
             self.session.write_summary(search=self._search_info())
 
         def reset_config(self, new_config):
@@ -224,75 +218,6 @@ def _trainable_class():
             session.close()
 
     return OnepassTrainable
-
-
-def _state_keeper(experiment: Path):
-    """A Tune callback (run in the driver) that keeps a copy of each of Ray's
-    state files once it is complete: Ray copies them into ``experiment`` in
-    place, so a driver killed during that copy leaves a truncated (often
-    empty) file, which ``Tuner.restore`` cannot read; it then silently starts
-    the experiment over without the ``param_space``. :func:`_repair_state`
-    puts the kept copy back before restoring."""
-    tune = require("ray.tune", "ray")
-
-    class KeepExperimentState(tune.Callback):
-        def __init__(self):
-            self.seen = {}
-
-        def on_step_end(self, iteration, trials, **info):
-            _keep_state(experiment, self.seen)
-
-        def on_experiment_end(self, trials, **info):
-            _keep_state(experiment, self.seen)
-
-    return KeepExperimentState()
-
-
-def _load_state_file(path: Path, data: bytes | None = None) -> bool:
-    """Whether ``path`` (or ``data``, its content) is a complete state file."""
-    try:
-        data = path.read_bytes() if data is None else data
-        if path.name.startswith("experiment_state-"):
-            json.loads(data)
-        else:
-            from ray import cloudpickle
-            cloudpickle.loads(data)
-        return True
-    except Exception:  # noqa: BLE001  (truncated, empty, gone: not complete)
-        return False
-
-
-def _keep_state(experiment: Path, seen: dict) -> None:
-    for pattern in STATE_FILES:
-        files = sorted(experiment.glob(pattern))
-        if not files:
-            continue
-        newest = files[-1]
-        try:
-            stat = newest.stat()
-            data = newest.read_bytes()
-        except OSError:
-            continue
-        key = (newest.name, stat.st_mtime_ns, stat.st_size)
-        if seen.get(pattern) == key or not _load_state_file(newest, data):
-            continue  # unchanged, or Ray is still copying it
-        atomic_write_bytes(experiment / KEPT_STATE / newest.name, data)
-        seen[pattern] = key
-
-
-def _repair_state(experiment: Path) -> None:
-    """Before a restore: replace each incomplete state file among the newest
-    of its kind by its kept copy, or remove it when there is none (Ray then
-    reads the previous session's file)."""
-    for pattern in STATE_FILES:
-        for path in sorted(experiment.glob(pattern), reverse=True):
-            if _load_state_file(path):
-                break
-            kept = experiment / KEPT_STATE / path.name
-            if kept.is_file() and _load_state_file(kept):
-                atomic_write_bytes(path, kept.read_bytes())
-                break
-            path.unlink()
 
 
 def _finished_before(run_dir: Path, trial_id: str, method: str) -> RunRecord | None:
@@ -434,7 +359,7 @@ def run_ray_search(
                          "choose another folder")
     experiment = root / "_ray" / method
     if previous is not None and experiment.is_dir():
-        _repair_state(experiment)
+        repair_state(experiment)
     resume = previous is not None and _restorable(experiment)
     if previous is not None and not resume:
         shutil.rmtree(experiment, ignore_errors=True)  # died before Ray saved a state: start over
@@ -482,7 +407,7 @@ def run_ray_search(
                 run_config=tune.RunConfig(name=method, storage_path=str(experiment.parent),
                                           checkpoint_config=checkpoint_config, verbose=verbose,
                                           stop={"done": True},
-                                          callbacks=[_state_keeper(experiment)]))
+                                          callbacks=[state_keeper(experiment)]))
             log(f"{method}: {num_samples} trials of at most {max_steps} updates, base {base}, "
                 f"run folders under {root}")
         grid = tuner.fit()

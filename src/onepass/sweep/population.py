@@ -31,8 +31,9 @@ from typing import Mapping, Sequence
 
 import torch
 
+from onepass.experiment.checkpoint import write_state
 from onepass.experiment.config import resolve_config
-from onepass.experiment.logging import RunLogger, atomic_torch_save, versions, write_config
+from onepass.experiment.logging import RunLogger, versions, write_config
 from onepass.experiment.loop import (
     Member, TrainClock, TrainingLoop, per_member, sigterm_raises_keyboard_interrupt, start_record,
     tuner_from_config,
@@ -160,9 +161,9 @@ def train_population(
         for m, record in enumerate(records):
             target = save_states_to[m] if save_states_to else None
             if record.status == "finished" and target is not None:
-                atomic_torch_save({"config": configs[m], "steps": tuner.steps_taken,
-                                   "model": population.member(m).state_dict(),
-                                   "versions": versions()}, target)
+                write_state({"config": configs[m], "steps": tuner.steps_taken,
+                             "model": population.member(m).state_dict(),
+                             "versions": versions()}, target)
                 record = record.replace(state_saved_to=str(target))
             written.append(write_record(run_dirs[m], record))
     return written
