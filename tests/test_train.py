@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from onepass.core import Tuner
 from onepass.experiment import ALGORITHMS, load_config, run_training
-from onepass.experiment import run as run_module
 from onepass.experiment.config import draw_random_initialisation
 
 STEPS = 30
@@ -106,21 +106,21 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(algorithm, uci_data
     whole = run_training(config, tmp_path / "whole", data_dir=uci_data_dir, progress=False,
                          save_state_to=tmp_path / "whole.pt")
 
-    real_step = run_module.Tuner.step
+    real_step = Tuner.step
 
     def step(self, *args, **kwargs):
         if self.steps_taken == 27:
             raise KeyboardInterrupt
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(run_module.Tuner, "step", step)
+    monkeypatch.setattr(Tuner, "step", step)
     run_dir = tmp_path / "parts"
     with pytest.raises(KeyboardInterrupt):
         run_training(config, run_dir, data_dir=uci_data_dir, progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 27
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["steps"] == 20
-    monkeypatch.setattr(run_module.Tuner, "step", real_step)
+    monkeypatch.setattr(Tuner, "step", real_step)
 
     resumed = run_training(config, run_dir, data_dir=uci_data_dir, progress=False,
                            resume_from=run_dir / "checkpoint.pt", save_state_to=tmp_path / "parts.pt")
@@ -158,7 +158,7 @@ def test_failure_is_recorded_and_raised(uci_data_dir, tmp_path, monkeypatch):
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(run_module.Tuner, "step", broken)
+    monkeypatch.setattr(Tuner, "step", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_training(config_for("random"), tmp_path, data_dir=uci_data_dir, progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -176,14 +176,14 @@ def test_sigterm_is_recorded_as_interrupted(uci_data_dir, tmp_path, monkeypatch)
     import os
     import signal
 
-    real_step = run_module.Tuner.step
+    real_step = Tuner.step
 
     def step(self, *args, **kwargs):
         if self.steps_taken == 5:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(run_module.Tuner, "step", step)
+    monkeypatch.setattr(Tuner, "step", step)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         run_training(config_for("random"), tmp_path, data_dir=uci_data_dir, progress=False)

@@ -1,4 +1,12 @@
-"""State files (checkpoints) are data, never code.
+"""State files (checkpoints): one layout, and data, never code.
+
+Every state file has the layout of :func:`run_state`: ``format``, ``config``,
+``steps``, ``model`` (its ``state_dict``) and ``versions``, then what its
+writer has: a single run's checkpoint (:func:`loop_state`) adds the tuner,
+the batch order, the task's validation draws, the RNG states, the clocks and
+the last log row; a search trial adds its metrics and events to that; a
+population member's final state has the model alone (the population's tuner
+is shared). :func:`load_checkpoint` reads one to continue a run.
 
 Every state file onepass writes (a run's ``checkpoint.pt``, a file saved with
 ``-s``/``save_state_to``, a search trial's ``state.pt``) holds only tensors
@@ -20,12 +28,16 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.torch_version
 
+from onepass.experiment.logging import CHECKPOINT, versions
 from onepass.experiment.record import atomic_write_bytes
+
+CHECKPOINT_FORMAT = 1
+"""``format`` of every state file (:func:`run_state`)."""
 
 SAFE_GLOBALS = (torch.torch_version.TorchVersion,)
 """Classes besides tensors and plain data that a state file may name."""
@@ -63,4 +75,57 @@ def write_state(state: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-__all__ = ["SAFE_GLOBALS", "UnsafeStateError", "read_state", "write_state"]
+def run_state(config: Mapping, steps: int, model: Mapping, **parts) -> dict:
+    """The one layout of a state file: ``format``, ``config``, ``steps``, the
+    ``model``'s ``state_dict``, ``versions`` and the writer's ``parts``."""
+    return {"format": CHECKPOINT_FORMAT, "config": config, "steps": steps, "model": model,
+            **parts, "versions": versions()}
+
+
+def loop_state(loop, *, copy: bool = False) -> dict:
+    """The resumable state of a one-run :class:`~onepass.experiment.loop.TrainingLoop`
+    (:func:`run_state` with ``tuner``, ``sampler``, ``task``, ``torch_rng``,
+    ``cuda_rng``, ``wall_time_s``, ``train_seconds``, ``last_row``). ``copy``:
+    tensors as CPU copies, which the run's later updates leave as they are."""
+    tuner, task = loop.tuner, loop.task
+    device = task.device
+    keep = to_device if copy else (lambda tree, _: tree)
+    return run_state(
+        loop.config, tuner.steps_taken, keep(loop.model.state_dict(), "cpu"),
+        tuner=keep(tuner.state_dict(), "cpu"), sampler=keep(task.sampler.state_dict(), "cpu"),
+        task=task.state_dict(), torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        wall_time_s=loop.clock.wall(), train_seconds=loop.clock.train_seconds,
+        last_row=loop.members[0].last_row)
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """Read a checkpoint to continue a run from (a run's ``checkpoint.pt``, or a
+    file saved with ``save_state_to``; a folder means its ``checkpoint.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = read_state(path, map_location=device)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a onepass training checkpoint")
+    if "tuner" not in state:
+        raise ValueError(f"{path} holds a model's weights only (a population member's final "
+                         "state), not a run's state to continue from")
+    return state
+
+
+def to_device(tree, device):
+    """``tree`` (dicts, lists, tuples) with every tensor detached and copied to ``device``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to(device, copy=True)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
+__all__ = ["CHECKPOINT_FORMAT", "SAFE_GLOBALS", "UnsafeStateError", "load_checkpoint",
+           "loop_state", "read_state", "run_state", "to_device", "write_state"]

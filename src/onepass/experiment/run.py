@@ -1,10 +1,12 @@
 """One training run of the paper: data, model, :class:`~onepass.Tuner`, loop, logs.
 
 :func:`run_training` is the public entry point (the CLI's ``onepass train`` and
-the sweeps call it): it loads the data, then opens the run folder, builds the
-tuner with :func:`~onepass.experiment.loop.tuner_from_config` and trains with
-:class:`~onepass.experiment.loop.TrainingLoop` (the loop population members and
-search trials share), checkpointing model, tuner and RNG states periodically.
+the sweeps call it): it builds the data, model and tuner, then opens the run
+folder and trains to the end with :mod:`onepass.experiment.runner` (which
+population members and search trials share), checkpointing model, tuner and
+RNG states periodically (:func:`~onepass.experiment.checkpoint.loop_state`).
+What is its own: continuing from a checkpoint, the progress bar and the
+periodic checkpoints.
 
 A run stops early, with status ``"diverged"``, when the tuner refuses a
 non-finite loss or hypergradient; ``KeyboardInterrupt`` (and SIGTERM, turned
@@ -21,31 +23,15 @@ from typing import Mapping
 
 import torch
 
-from onepass.core import Tuner
-from onepass.experiment.checkpoint import read_state, write_state
+from onepass.experiment.checkpoint import load_checkpoint, loop_state, write_state
 from onepass.experiment.config import resolve_config
-from onepass.experiment.logging import CHECKPOINT, LOSS_COLUMNS, RunLogger, versions, write_config
-from onepass.experiment.loop import (
-    Member, TrainClock, TrainingLoop, sigterm_raises_keyboard_interrupt, start_record,
-    tuner_from_config,
-)
-from onepass.experiment.record import write_record
-from onepass.experiment.tasks import make_task
+from onepass.experiment.logging import CHECKPOINT, LOSS_COLUMNS
+from onepass.experiment.loop import TrainClock, TrainingLoop
+from onepass.experiment.runner import build_run, open_run, resolve_device, train_to_end
 
-CHECKPOINT_FORMAT = 1
 # Keys that may differ between a checkpoint's config and the config continuing it.
 RESUMABLE_CHANGES = {("training", "steps"), ("logging", "interval"),
                      ("logging", "checkpoint_interval"), ("logging", "tensorboard")}
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; other names as ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available")
-    return device
 
 
 def run_training(
@@ -101,21 +87,16 @@ def run_training(
         checkpoint = load_checkpoint(resume_from, device)
         _check_resumable(checkpoint["config"], config, resume_from)
 
-    # ---- data (per dataset.kind, see onepass.experiment.tasks): train on
-    # train+val when the algorithm has no validation split
-    task = make_task(config, data_dir, device)
-
-    # ---- model: the same seed gives every algorithm the same initial weights
-    torch.manual_seed(config["seed"])
-    model = task.build_model().to(device)
-    tuner: Tuner = tuner_from_config(config, model, task.tuner_loss())
-    sampler = task.sampler
+    # ---- data (per dataset.kind, see onepass.experiment.tasks; train on train+val
+    # when the algorithm has no validation split), model and tuner
+    run = build_run(config, data_dir, device)
+    task, model, tuner = run.task, run.model, run.tuner
 
     steps_done, wall_before, train_before, last_row = 0, 0.0, 0.0, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         tuner.load_state_dict(checkpoint["tuner"])
-        sampler.load_state_dict(checkpoint["sampler"])
+        task.sampler.load_state_dict(checkpoint["sampler"])
         task.load_state_dict(checkpoint.get("task") or {"val_generator": checkpoint["val_generator"]})
         torch.set_rng_state(checkpoint["torch_rng"].cpu())
         if device.type == "cuda" and checkpoint.get("cuda_rng") is not None:
@@ -127,16 +108,13 @@ def run_training(
 
     same_folder = resume_from is not None and \
         Path(resume_from).resolve() == (run_dir / CHECKPOINT).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, config)
-    logger = RunLogger(run_dir, tuner.hyperparameters, tensorboard=log_cfg["tensorboard"],
-                       resume_step=steps_done if same_folder else None,
-                       metric_columns=[m for m in task.metrics if m not in LOSS_COLUMNS])
-    record = start_record(config, run_dir, device, steps=steps_done,
-                          resumed_from=None if resume_from is None else str(resume_from),
-                          **dict(record_fields or {}))
-    write_record(run_dir, record)
-    member = Member(run_dir, logger, record, last_row=last_row)
+    member = open_run(config, run_dir, tuner.hyperparameters, device,
+                      tensorboard=log_cfg["tensorboard"],
+                      resume_step=steps_done if same_folder else None,
+                      metric_columns=[m for m in task.metrics if m not in LOSS_COLUMNS],
+                      last_row=last_row, steps=steps_done,
+                      resumed_from=None if resume_from is None else str(resume_from),
+                      **dict(record_fields or {}))
 
     steps = config["training"]["steps"]
     window = tuner.update_interval
@@ -147,16 +125,8 @@ def run_training(
     clock = TrainClock(device, train_before=train_before, wall_before=wall_before)
 
     def save_state(path) -> None:
-        logger.flush()  # every row logged before the checkpoint is on disk with it
-        write_state({
-            "format": CHECKPOINT_FORMAT, "config": config, "steps": tuner.steps_taken,
-            "model": model.state_dict(), "tuner": tuner.state_dict(),
-            "sampler": sampler.state_dict(), "task": task.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "wall_time_s": clock.wall(), "train_seconds": clock.train_seconds,
-            "last_row": member.last_row, "versions": versions(),
-        }, path)
+        member.logger.flush()  # every row logged before the checkpoint is on disk with it
+        write_state(loop_state(loop), path)
 
     multiplier = config["algorithm"]["lr_multiplier"]
     loop = TrainingLoop(
@@ -164,43 +134,9 @@ def run_training(
         multipliers=None if multiplier is None else [multiplier], log_every=log_cfg["interval"],
         checkpoint_every=max(window, math.ceil(log_cfg["checkpoint_interval"] / window) * window),
         checkpoint=lambda: save_state(run_dir / CHECKPOINT), bar=bar)
-    status, error = "finished", None
-    try:
-        with sigterm_raises_keyboard_interrupt():
-            loop.run(steps)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
-        raise
-    except BaseException as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        try:
-            err.run_status = "failed"  # tells callers the run had started (record written)
-        except AttributeError:
-            pass
-        raise
-    finally:
-        bar.close()
-        loop.close()
-        (record,) = loop.finish(status, error)
-        if record.status == "finished" and save_state_to is not None:
-            save_state(save_state_to)
-            record = record.replace(state_saved_to=str(save_state_to))
-        summary = write_record(run_dir, record)
+    (summary,) = train_to_end(loop, steps, save_to=[save_state_to],
+                              save=lambda m, path: save_state(path))
     return summary
-
-
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint written by :func:`run_training` (periodic or ``save_state_to``),
-    as data only (:func:`~onepass.experiment.checkpoint.read_state`)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = read_state(path, map_location=device)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a onepass training checkpoint")
-    return state
 
 
 def _check_resumable(saved: Mapping, config: Mapping, source) -> None:

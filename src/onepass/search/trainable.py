@@ -21,16 +21,13 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 
+from onepass.experiment.checkpoint import loop_state, to_device
 from onepass.experiment.config import LR_CLIP, load_config, resolve_config
-from onepass.experiment.logging import (
-    METRICS, RunLogger, hyperparameter_summary, read_metrics, write_config,
-)
-from onepass.experiment.loop import Member, TrainClock, TrainingLoop, start_record, tuner_from_config
+from onepass.experiment.logging import METRICS, RunLogger, hyperparameter_summary, read_metrics
+from onepass.experiment.loop import Member, TrainClock, TrainingLoop
 from onepass.experiment.record import atomic_write_bytes, write_record
-from onepass.experiment.run import resolve_device
-from onepass.experiment.tasks import make_task
+from onepass.experiment.runner import build_run, open_run, resolve_device
 
 BASES = ("random_training_set_only", "ours_lr_momentum")
 """Algorithms a search may run inside each trial (the paper ran both)."""
@@ -112,24 +109,20 @@ class TrainingSession:
         if config["algorithm"]["validation"] != "split":
             raise ValueError("a search needs the validation split: use a base algorithm with "
                              "algorithm.validation: split")
-        self.task = make_task(config, data_dir, self.device)
-        torch.manual_seed(config["seed"])
-        self.model = self.task.build_model().to(self.device)
-        self.tuner = tuner_from_config(config, self.model, self.task.tuner_loss())
+        run = build_run(config, data_dir, self.device)
+        self.task, self.model, self.tuner = run.task, run.model, run.tuner
         self.max_steps = config["training"]["steps"]
         self.events: list[dict] = []
         self.summary: dict[str, Any] = dict(extra_summary or {})
         """Record fields this session adds (``search``, ``session``, ...)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.run_dir, config)
-        logger = RunLogger(self.run_dir, self.tuner.hyperparameters, tensorboard=False)
-        self._start = start_record(config, self.run_dir, self.device)
-        self._open_loop(logger, TrainClock(self.device, paused=True), None)
+        member = open_run(config, self.run_dir, self.tuner.hyperparameters, self.device,
+                          tensorboard=False)
+        self._start = member.record
+        self._open_loop(member, TrainClock(self.device, paused=True))
         self.write_summary()
 
-    def _open_loop(self, logger, clock, last_row) -> None:
+    def _open_loop(self, member: Member, clock: TrainClock) -> None:
         multiplier = self.config["algorithm"]["lr_multiplier"]
-        member = Member(self.run_dir, logger, self._start, last_row=last_row)
         self.loop = TrainingLoop(self.config, self.task, self.model, self.tuner, [member], clock,
                                  multipliers=None if multiplier is None else [multiplier])
 
@@ -192,18 +185,12 @@ class TrainingSession:
     def state(self) -> dict:
         """Model, tuner (optimiser state, hyperparameters), batch order, the
         metrics so far and the clocks: what a PBT exploit copies."""
-        member = self.loop.members[0]
-        return {
-            # Cloned: Tuner.state_dict() shares the hyper-optimiser's tensors, and SGD
-            # updates the weights in place, so an uncloned state would drift with this run.
-            "config": self.config, "steps": self.steps, "model": _cpu(self.model.state_dict()),
-            "tuner": _cpu(self.tuner.state_dict()), "sampler": _cpu(self.task.sampler.state_dict()),
-            "hyperparameters": hyperparameter_summary(self.tuner.hyperparameters),
-            "wall_time_s": self.loop.clock.wall(), "train_seconds": self.loop.clock.train_seconds,
-            "last_row": self.last_row, "outcome": member.outcome,
-            "metrics": self._metrics_so_far(),
-            "run_dir": str(self.run_dir), "events": list(self.events),
-        }
+        # Copied: Tuner.state_dict() shares the hyper-optimiser's tensors, and SGD
+        # updates the weights in place, so an uncopied state would drift with this run.
+        return {**loop_state(self.loop, copy=True),
+                "hyperparameters": hyperparameter_summary(self.tuner.hyperparameters),
+                "outcome": self.loop.members[0].outcome, "metrics": self._metrics_so_far(),
+                "run_dir": str(self.run_dir), "events": list(self.events)}
 
     def _metrics_so_far(self) -> list:
         self.logger.flush()
@@ -214,7 +201,7 @@ class TrainingSession:
         optimiser state, hyperparameters, batch order, clocks, and the
         metrics history up to that point (``metrics.csv`` is rewritten)."""
         self.model.load_state_dict(state["model"])
-        self.tuner.load_state_dict(_to(state["tuner"], self.device))
+        self.tuner.load_state_dict(to_device(state["tuner"], self.device))
         self.task.sampler.load_state_dict(state["sampler"])
         self.events = list(state.get("events", []))
         if note is not None:
@@ -225,7 +212,7 @@ class TrainingSession:
                            resume_step=int(state["steps"]))
         clock = TrainClock(self.device, train_before=float(state["train_seconds"]),
                            wall_before=float(state["wall_time_s"]), paused=True)
-        self._open_loop(logger, clock, state["last_row"])
+        self._open_loop(Member(self.run_dir, logger, self._start, last_row=state["last_row"]), clock)
         self.loop.members[0].outcome = state.get("outcome")
         if state.get("outcome") is not None:
             self.loop.frozen[0] = True
@@ -268,20 +255,6 @@ def _write_metrics(path: Path, columns, rows) -> None:
             values.append("" if v is None else (str(int(v)) if c == "step" else repr(float(v))))
         lines.append(",".join(values))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def _cpu(tree):
-    return _to(tree, "cpu")
-
-
-def _to(tree, device):
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to(device, copy=True)
-    if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to(v, device) for v in tree)
-    return tree
 
 
 __all__ = ["BASES", "DIVERGED_SCORE", "MOMENTUM_MAX", "SEARCH_SPACE", "TrainingSession",

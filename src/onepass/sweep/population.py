@@ -4,9 +4,11 @@
 ``P`` configs that differ only in their initialisation (``seed``, the
 hyperparameters and ``algorithm.lr_multiplier``): one
 :class:`~onepass.models.PopulationMLP` stacked from the per-member MLPs, built
-exactly as ``run_training`` builds its model (``torch.manual_seed(seed)`` then
-``task.build_model``), one Tuner from :func:`~onepass.experiment.loop.tuner_from_config`
-with ``population=P``, and the same :class:`~onepass.experiment.loop.TrainingLoop`
+exactly as ``run_training`` builds its model and one Tuner with ``population=P``
+(both by :func:`~onepass.experiment.runner.build_run`), the same run folders
+(:func:`~onepass.experiment.runner.open_run`), and the same
+:class:`~onepass.experiment.loop.TrainingLoop` trained to its end by
+:func:`~onepass.experiment.runner.train_to_end`
 (members whose loss or hypergradient is not finite are frozen and recorded
 ``diverged``; the stepped learning rate skips them).
 
@@ -31,17 +33,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from onepass.experiment.checkpoint import write_state
+from onepass.experiment.checkpoint import run_state, write_state
 from onepass.experiment.config import resolve_config
-from onepass.experiment.logging import RunLogger, versions, write_config
-from onepass.experiment.loop import (
-    Member, TrainClock, TrainingLoop, per_member, sigterm_raises_keyboard_interrupt, start_record,
-    tuner_from_config,
-)
-from onepass.experiment.record import write_record
-from onepass.experiment.run import resolve_device
-from onepass.experiment.tasks import make_task
-from onepass.models import PopulationMLP
+from onepass.experiment.loop import TrainClock, TrainingLoop, per_member
+from onepass.experiment.runner import build_run, open_run, resolve_device, train_to_end
 
 MEMBER_SECTIONS = ("hyperparameters",)
 MEMBER_KEYS = {("seed",), ("algorithm", "lr_multiplier")}
@@ -87,8 +82,9 @@ def train_population(
         extra_summary: per member, fields of its :class:`~onepass.experiment.record.RunRecord`
             (e.g. ``{"init_index": 3}``), written with every record.
         save_states_to: per member, a file (or ``None``) to save a finished
-            member's final state to: ``{"config", "steps", "model"}`` with
-            ``model`` the member's ``MLP.state_dict()`` (cf. ``save_state_to``
+            member's final state to, in the layout of
+            :func:`~onepass.experiment.checkpoint.run_state` with ``model`` the
+            member's ``MLP.state_dict()`` and nothing more (cf. ``save_state_to``
             of ``run_training``, which saves more: tuner and RNG states).
         progress: a tqdm bar over the updates.
 
@@ -112,61 +108,32 @@ def train_population(
     extra = [dict(e) for e in (extra_summary or [{}] * P)]
     device = resolve_device(device)
 
-    # ---- data (before any run folder): as run_training
-    task = make_task(base, data_dir, device, population=P)
-
-    # ---- model: member m is built exactly as run_training builds run m's model
-    models = []
-    for config in configs:
-        torch.manual_seed(config["seed"])
-        models.append(task.build_model().to(device))
-    population = PopulationMLP.from_models(models)
-    del models
-    tuner = tuner_from_config(base, population, task.tuner_loss(), members=configs)
+    # ---- data (before any run folder), then model and tuner: member m is
+    # built exactly as run_training builds run m's model
+    run = build_run(base, data_dir, device, members=configs)
+    population, tuner = run.model, run.tuner
 
     clock = TrainClock(device, share=P)
-    members = []
-    for m, (config, run_dir, hyper) in enumerate(zip(configs, run_dirs, per_member(tuner, tuner.hyperparameters, P))):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, config)
-        logger = RunLogger(run_dir, hyper, tensorboard=base["logging"]["tensorboard"])
-        record = start_record(config, run_dir, device, population={"size": P, "member": m},
-                              **extra[m])
-        write_record(run_dir, record)
-        members.append(Member(run_dir, logger, record))
+    members = [open_run(config, run_dir, hyper, device,
+                        tensorboard=base["logging"]["tensorboard"],
+                        population={"size": P, "member": m}, **extra[m])
+               for m, (config, run_dir, hyper) in enumerate(
+                   zip(configs, run_dirs, per_member(tuner, tuner.hyperparameters, P)))]
 
     steps = base["training"]["steps"]
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, unit="upd", leave=False,
                desc=f"{base['algorithm']['name']} {base['dataset']['name']} ×{P}")
     multipliers = [c["algorithm"]["lr_multiplier"] for c in configs]
-    loop = TrainingLoop(base, task, population, tuner, members, clock,
+    loop = TrainingLoop(base, run.task, population, tuner, members, clock,
                         multipliers=None if multipliers[0] is None else multipliers,
                         log_every=base["logging"]["interval"], bar=bar)
-    status, error = "finished", None
-    try:
-        with sigterm_raises_keyboard_interrupt():
-            loop.run(steps)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "KeyboardInterrupt"
-        raise
-    except BaseException as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        bar.close()
-        loop.close()
-        records = loop.finish(status, error)
-        written = []
-        for m, record in enumerate(records):
-            target = save_states_to[m] if save_states_to else None
-            if record.status == "finished" and target is not None:
-                write_state({"config": configs[m], "steps": tuner.steps_taken,
-                             "model": population.member(m).state_dict(),
-                             "versions": versions()}, target)
-                record = record.replace(state_saved_to=str(target))
-            written.append(write_record(run_dirs[m], record))
-    return written
+
+    def save(m: int, path) -> None:
+        write_state(run_state(configs[m], tuner.steps_taken, population.member(m).state_dict()),
+                    path)
+
+    return train_to_end(loop, steps, save_to=save_states_to or (), save=save)
 
 
 __all__ = ["MEMBER_KEYS", "population_applies", "train_population"]
