@@ -71,18 +71,22 @@ def tree_rebuild(tree, leaves):
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or hypergradient was NaN or infinite; nothing was updated.
+    """A loss, gradient or hypergradient was NaN or infinite.
 
     Attributes:
-        quantity: ``"training loss"``, ``"validation loss"`` or ``"hypergradient"``.
-        step: the 1-based index of the weight update that was refused.
+        quantity: ``"training loss"``, ``"training gradient"``, ``"validation loss"``
+            or ``"hypergradient"``.
+        step: the 1-based index of the weight update where it occurred.
+        where: the parameter it occurred in, when known.
     """
 
-    def __init__(self, quantity: str, step: int):
-        super().__init__(f"non-finite {quantity} at update {step}; weights and hyperparameters "
-                         "were left as they were")
+    def __init__(self, quantity: str, step: int, *, where: str | None = None,
+                 left: str = "weights and hyperparameters were left as they were"):
+        place = f" in {where}" if where else ""
+        super().__init__(f"non-finite {quantity} at update {step}{place}; {left}")
         self.quantity = quantity
         self.step = step
+        self.where = where
 
 
 @dataclass
