@@ -303,8 +303,11 @@ class _VJPPlan:
                         if isinstance(leaf, Tensor) and leaf.requires_grad]
 
     def __call__(self, outputs, cotangents) -> list:
-        got = iter(torch.autograd.grad(outputs, self.targets, cotangents, retain_graph=True,
-                                       allow_unused=True) if self.targets else ())
+        if not all(out.requires_grad for out in outputs):   # an output the update left as it was
+            kept = [(out, ct) for out, ct in zip(outputs, cotangents) if out.requires_grad]
+            outputs, cotangents = [out for out, _ in kept], [ct for _, ct in kept]
+        got = iter(torch.autograd.grad(outputs, self.targets, cotangents, retain_graph=True, allow_unused=True)
+                   if self.targets and outputs else [None] * len(self.targets))
         results = []
         for tree, leaves in zip(self.trees, self.flat):
             filled = []

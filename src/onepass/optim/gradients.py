@@ -316,6 +316,7 @@ class LoopExecution(Execution):
         self.agree_on_max_norm = agree_on_max_norm
         self.pinned: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in (pinned or {}).items() if v}
         self.lr_factors: tuple[float, ...] | None = None   # per group; None: all 1
+        self.exact: dict = {}
         self.current: StepGradient | None = None
         self._unscaled: dict | None = None
 
@@ -440,6 +441,24 @@ class LoopExecution(Execution):
         if factors != self.lr_factors:
             self.lr_factors = factors
             self._hyper_cache = self._hyper_floats = None
+
+    def set_exact(self, exact: dict) -> None:
+        """The fixed hyperparameters as the Python floats of ``param_groups``
+        (``{name: value per tensor}``): the plain updates use them, not their
+        float32 slots, so that ``tune=()`` is ``torch.optim`` bit for bit."""
+        exact = {name: values[0] if len(set(values)) == 1 else tuple(values) for name, values in exact.items()}
+        if exact != self.exact:
+            self.exact = exact
+            self._hyper_floats = None
+
+    def hyper_in_place(self) -> dict:
+        if self._hyper_floats is None:
+            out = {}
+            for name, value in self.hyper().items():
+                value = self.exact.get(name, value)
+                out[name] = value.item() if isinstance(value, Tensor) else value
+            self._hyper_floats = out
+        return self._hyper_floats
 
     @contextlib.contextmanager
     def weights_as(self, tensors):

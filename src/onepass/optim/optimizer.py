@@ -294,6 +294,9 @@ class TunedOptimizer(torch.optim.Optimizer):
             and self._capture.has_graph else 1.0
         source = StepGradient.read(self._params, self._capture, scale,
                                    loss if isinstance(loss, Tensor) else None)
+        if len(source.missing) == len(self._params):   # no gradient at all: torch.optim moves nothing
+            self._capture.clear()
+            return loss
         if position is not None:
             self._record_grad_norms(source.plain, position)
             if position == tuner.update_interval:
@@ -371,9 +374,13 @@ class TunedOptimizer(torch.optim.Optimizer):
             return
         self._groups_seen = key
         factors = []
+        exact = {name: [] for name in slots.fixed}
+        group_of = slots.group_of
         for g, group in enumerate(self.param_groups):
             factors.append(group["lr"] / group["base_lr"])
             values = self._natural_values(group, g)
+            for name in exact:
+                exact[name].extend(values[name] for owner in group_of if owner == g)
             for name, value in values.items():
                 if name == "lr" or value == self._seen[g][name]:
                     continue
@@ -385,6 +392,7 @@ class TunedOptimizer(torch.optim.Optimizer):
                 self._seen[g][name] = value
                 execution.invalidate()
         execution.set_lr_factors(tuple(factors))
+        execution.set_exact(exact)
 
     def _torch_key(self, name: str) -> str:
         return {"beta1": "betas", "beta2": "betas"}.get(name, name)
