@@ -157,7 +157,8 @@ def test_a_constant_schedule_factor_equals_the_tuner_at_the_scaled_rate():
         opt.step()
         scheduler.step()
         assert max_diff(a.parameters(), b.parameters()) < 1e-10
-        assert math.isclose(opt.hyperparameters["lr/group0"], tuner.hyperparameters["lr"], rel_tol=1e-10)
+        assert math.isclose(opt.hyperparameters["lr_in_use/group0"], tuner.hyperparameters["lr"], rel_tol=1e-10)
+        assert math.isclose(opt.hyperparameters["lr/group0"], 2 * tuner.hyperparameters["lr"], rel_tol=1e-10)
     assert opt.param_groups[0]["lr"] == 0.05
 
 
@@ -181,11 +182,12 @@ def test_warmup_then_cosine_multiplies_the_learned_rate_and_never_overwrites_it(
         factor = scheduled / opt.param_groups[0]["base_lr"]
         own = opt.tuner.hyperparameters["lr"]
         learned.append(own)
-        assert math.isclose(opt.hyperparameters["lr/group0"], own * factor, rel_tol=1e-12)
+        assert math.isclose(opt.hyperparameters["lr_in_use/group0"], own * factor, rel_tol=1e-12)
+        assert opt.hyperparameters["lr/group0"] == own                  # the learned value, by its own name
     train(model, opt, 30, scheduler=scheduler, after_step=check)
     assert math.isclose(learned[0], 0.1, rel_tol=1e-12)                 # the first window had not closed
     assert not math.isclose(learned[-1], 0.1, rel_tol=1e-3)             # it learned, under the schedule
-    assert opt.hyperparameters["lr/group0"] < 1e-3 * learned[-1]        # and the cosine still decayed it
+    assert opt.hyperparameters["lr_in_use/group0"] < 1e-3 * learned[-1]   # and the cosine still decayed it
 
 
 def test_a_warmup_from_zero_is_a_schedule_not_an_error():
@@ -194,7 +196,8 @@ def test_a_warmup_from_zero_is_a_schedule_not_an_error():
     opt = oo.AdamW(model.parameters(), lr=1e-2, update_interval=2, val_loss=val_loss_of(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 4))
     start = [p.detach().clone() for p in model.parameters()]
-    assert opt.hyperparameters["lr/group0"] == 0
+    assert opt.hyperparameters["lr_in_use/group0"] == 0
+    assert math.isclose(opt.hyperparameters["lr/group0"], 1e-2, rel_tol=1e-12)
     train(model, opt, 1, scheduler=scheduler)
     assert max_diff(start, model.parameters()) == 0
     train(model, opt, 8, scheduler=scheduler)

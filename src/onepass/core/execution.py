@@ -71,18 +71,22 @@ def tree_rebuild(tree, leaves):
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or hypergradient was NaN or infinite; nothing was updated.
+    """A loss, gradient or hypergradient was NaN or infinite.
 
     Attributes:
-        quantity: ``"training loss"``, ``"validation loss"`` or ``"hypergradient"``.
-        step: the 1-based index of the weight update that was refused.
+        quantity: ``"training loss"``, ``"training gradient"``, ``"validation loss"``
+            or ``"hypergradient"``.
+        step: the 1-based index of the weight update where it occurred.
+        where: the parameter it occurred in, when known.
     """
 
-    def __init__(self, quantity: str, step: int):
-        super().__init__(f"non-finite {quantity} at update {step}; weights and hyperparameters "
-                         "were left as they were")
+    def __init__(self, quantity: str, step: int, *, where: str | None = None,
+                 left: str = "weights and hyperparameters were left as they were"):
+        place = f" in {where}" if where else ""
+        super().__init__(f"non-finite {quantity} at update {step}{place}; {left}")
         self.quantity = quantity
         self.step = step
+        self.where = where
 
 
 @dataclass
@@ -299,8 +303,11 @@ class _VJPPlan:
                         if isinstance(leaf, Tensor) and leaf.requires_grad]
 
     def __call__(self, outputs, cotangents) -> list:
-        got = iter(torch.autograd.grad(outputs, self.targets, cotangents, retain_graph=True,
-                                       allow_unused=True) if self.targets else ())
+        if not all(out.requires_grad for out in outputs):   # an output the update left as it was
+            kept = [(out, ct) for out, ct in zip(outputs, cotangents) if out.requires_grad]
+            outputs, cotangents = [out for out, _ in kept], [ct for _, ct in kept]
+        got = iter(torch.autograd.grad(outputs, self.targets, cotangents, retain_graph=True, allow_unused=True)
+                   if self.targets and outputs else [None] * len(self.targets))
         results = []
         for tree, leaves in zip(self.trees, self.flat):
             filled = []

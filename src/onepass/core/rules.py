@@ -205,12 +205,12 @@ def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = Fals
         else:
             grads = torch._foreach_add(grads, weights, alpha=weight_decay)
     exp_avg, exp_avg_sq = list(state["exp_avg"]), list(state["exp_avg_sq"])
-    torch._foreach_mul_(exp_avg, beta1)
-    torch._foreach_add_(exp_avg, grads, alpha=1 - beta1)
+    # torch.optim.Adam's own operations, in its order: the same bits.
+    torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sq)
-    torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+    torch._foreach_div_(denom, (1 - beta2 ** t) ** 0.5)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(weights, exp_avg, denom, -lr / (1 - beta1 ** t))
     return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}

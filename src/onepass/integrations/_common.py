@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from ..optim import TunedOptimizer
+from ..optim.gradients import eval_mode
 
 
 def tuned_values(optimizer: TunedOptimizer) -> dict[str, float]:
@@ -14,18 +15,6 @@ def tuned_values(optimizer: TunedOptimizer) -> dict[str, float]:
     tuned = set(optimizer.tuner.tuned)
     return {k: float(v) for k, v in optimizer.hyperparameters.items()
             if k.split("/")[0] in tuned or k == "skipped_hypersteps"}
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module):
-    """``module.eval()`` inside the block; every submodule's own mode is put back after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def differentiable_attention(optimizer: TunedOptimizer):

@@ -79,7 +79,8 @@ class GradientCapture:
         for p in params:
             if id(p) not in _PARTS:
                 _PARTS[id(p)] = []
-                p.register_post_accumulate_grad_hook(_keep_graph)
+                if p.requires_grad:   # a frozen parameter never gets a gradient: torch.optim skips it
+                    p.register_post_accumulate_grad_hook(_keep_graph)
                 weakref.finalize(p, _forget, id(p))
 
     @property
@@ -114,14 +115,28 @@ class StepGradient:
     max_norm: float | None = None
     untouched: bool = False
     """``p.grad`` is still the copy the hook made, unchanged (no clipping, no unscaling)."""
+    missing: tuple[int, ...] = ()
+    """Indices of the parameters with no gradient (``p.grad is None``, frozen or
+    unused): as in ``torch.optim`` the update leaves them and their state alone."""
 
     @classmethod
     def read(cls, params: list[Tensor], capture: GradientCapture, scale: float = 1.0,
              loss: Tensor | None = None) -> "StepGradient":
-        plain = tuple(torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params)
+        plain, missing = [], []
+        for i, p in enumerate(params):
+            grad = p.grad
+            if grad is None:
+                missing.append(i)
+                plain.append(torch.zeros_like(p))
+                continue
+            if grad.is_sparse:
+                raise RuntimeError("onepass.optim does not support sparse gradients (nn.Embedding(sparse=True), "
+                                   "nn.EmbeddingBag(sparse=True)): use sparse=False")
+            plain.append(grad.detach())
         parts = capture.parts if capture.has_graph else {}
         untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
-        return cls(params, plain, parts, scale, _NO_LOSS if loss is None else loss.detach(), untouched=untouched)
+        return cls(params, tuple(plain), parts, scale, _NO_LOSS if loss is None else loss.detach(),
+                   untouched=untouched, missing=tuple(missing))
 
     def with_graph(self, reduce: Callable | None, agree_on_max_norm: Callable | None) -> Gradient:
         """The gradient with ``r ↦ ∇²L_T r``, values and products divided by the
@@ -144,11 +159,14 @@ class StepGradient:
             owners.extend([i] * len(parts))
         self.max_norm = self._max_norm(tuple(g.detach() for g in graph), agree_on_max_norm)
 
+        trainable = [i for i, p in enumerate(params) if p.requires_grad]
+        inputs = [params[i] for i in trainable]
+
         def hvp(r):
-            got = torch.autograd.grad(outputs, params, [r[i] for i in owners], retain_graph=True,
-                                      allow_unused=True)
-            products = tuple(torch.zeros_like(p) if g is None else (g / scale if scale != 1.0 else g)
-                             for p, g in zip(params, got))
+            got = dict(zip(trainable, torch.autograd.grad(outputs, inputs, [r[i] for i in owners],
+                                                          retain_graph=True, allow_unused=True)))
+            products = tuple(torch.zeros_like(p) if got.get(i) is None else
+                             (got[i] / scale if scale != 1.0 else got[i]) for i, p in enumerate(params))
             return tuple(reduce(products)) if reduce is not None else products
 
         graph = tuple(graph)
@@ -190,6 +208,18 @@ class StepGradient:
         return None if math.isinf(max_norm) else max_norm
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``module.eval()`` inside the block; every submodule's own mode is put back after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _same_view(a: Tensor, b: Tensor) -> bool:
     return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
             and a.dtype == b.dtype)
@@ -220,8 +250,10 @@ class LoopOps(Ops):
 
     def val_gradient(self, weights, batch: Callable) -> tuple[Tensors, Tensor]:
         execution = self.execution
-        with execution.weights_as([w.detach().to(p.dtype) for w, p in zip(weights, execution.params)]), \
-                torch.enable_grad():
+        params = execution.params
+        mode = eval_mode(execution.model) if execution.model is not None else contextlib.nullcontext()
+        with execution.weights_as([w.detach().to(p.dtype) for w, p in zip(weights, params)]), \
+                torch.enable_grad(), mode:
             loss = batch()
             if not isinstance(loss, Tensor) or loss.dim() != 0:
                 shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -229,8 +261,13 @@ class LoopOps(Ops):
             if not loss.requires_grad:
                 raise ValueError("val_loss() returned a loss that does not depend on the optimizer's "
                                  "parameters (was it computed under torch.no_grad()?)")
-            got = torch.autograd.grad(loss, execution.params, allow_unused=True)
-        v = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(execution.params, got))
+            trainable = [i for i, p in enumerate(params) if p.requires_grad]
+            got = dict(zip(trainable, torch.autograd.grad(loss, [params[i] for i in trainable],
+                                                          allow_unused=True)))
+        if all(g is None for g in got.values()):
+            raise ValueError("val_loss() does not depend on the optimizer's parameters: compute it with "
+                             "the model the optimizer trains, not a copy of it (deepcopy, EMA model)")
+        v = tuple(torch.zeros_like(p) if got.get(i) is None else got[i] for i, p in enumerate(params))
         return (tuple(self.reduce(v)) if self.reduce is not None else v), loss.detach().float()
 
     def linear_update(self, weights, state, gradient, raw, state_cotangents=True):
@@ -265,14 +302,21 @@ class LoopExecution(Execution):
     """An :class:`~onepass.core.execution.Execution` on gradients the loop
     computed: plain updates take ``p.grad``; the learning rate is scaled per
     parameter group by an LR scheduler's factor; clipping inside a
-    differentiated update is the one the loop applied."""
+    differentiated update is the one the loop applied; parameters with no
+    gradient are left alone (``torch.optim``'s rule); ``pinned`` values
+    (``{name: tensor indices}``) stay 0 for those tensors while the name is
+    tuned for the others; ``val_loss`` runs with ``eval_model`` in eval mode."""
 
-    def __init__(self, params, rule, slots, *, reduce=None, agree_on_max_norm=None):
+    def __init__(self, params, rule, slots, *, reduce=None, agree_on_max_norm=None, pinned=None,
+                 eval_model=None):
         super().__init__(_Holder(params), params, None, rule, slots, max_grad_norm=None, population=None,
                          compile=False)
+        self.model = eval_model
         self.reduce = reduce
         self.agree_on_max_norm = agree_on_max_norm
+        self.pinned: dict[str, frozenset[int]] = {k: frozenset(v) for k, v in (pinned or {}).items() if v}
         self.lr_factors: tuple[float, ...] | None = None   # per group; None: all 1
+        self.exact: dict = {}
         self.current: StepGradient | None = None
         self._unscaled: dict | None = None
 
@@ -288,8 +332,78 @@ class LoopExecution(Execution):
         max_norm = self.current.max_norm if self.current is not None else None
         return tuple(grads) if max_norm is None else clip_gradients(grads, max_norm)
 
+    def _missing(self) -> tuple[int, ...]:
+        return self.current.missing if self.current is not None else ()
+
+    def rule_update(self, weights, state, grads, raw, fixed, frozen, skip):
+        """The differentiated update; a parameter with no gradient keeps its weights and state."""
+        new_weights, new_state = super().rule_update(weights, state, grads, raw, fixed, frozen, skip)
+        missing = self._missing()
+        if not missing:
+            return new_weights, new_state
+        n = len(self.params)
+        keep = set(missing)
+
+        def merge(old, new):
+            if isinstance(new, (tuple, list)) and len(new) == n:
+                return type(new)(o if i in keep else x for i, (o, x) in enumerate(zip(old, new)))
+            return new
+        new_weights = merge(tuple(weights), tuple(new_weights))
+        return new_weights, {k: merge(state[k], v) for k, v in new_state.items()}
+
+    def update_without_graph(self, grads) -> None:
+        """The plain update on the parameters that have a gradient (all of them, usually)."""
+        missing = self._missing()
+        if not missing:
+            return super().update_without_graph(grads)
+        keep = set(missing)
+        n = len(self.params)
+        present = [i for i in range(n) if i not in keep]
+        if not present:
+            return
+        grads = self.clip(grads)
+
+        def subset(value):
+            if isinstance(value, (tuple, list)) and len(value) == n:
+                return tuple(value[i] for i in present)
+            return value
+
+        def merge(old, new):
+            if isinstance(old, (tuple, list)) and len(old) == n:
+                out = list(old)
+                for i, x in zip(present, new):
+                    out[i] = x
+                return tuple(out)
+            return new
+        weights = tuple(self.params[i] for i in present)
+        state = {k: subset(v) for k, v in self.state.items()}
+        with torch.no_grad():
+            if self.rule.update_in_place is not None:
+                hyper = {k: subset(v) for k, v in self.hyper_in_place().items()}
+                new_state = self.rule.update_in_place(weights, state, subset(grads), hyper)
+            else:
+                hyper = {k: subset(v) for k, v in self.hyper().items()}
+                new_weights, new_state = self.rule.update(weights, state, subset(grads), hyper)
+                for p, w in zip(weights, new_weights):
+                    p.data = w.detach().to(p.dtype)
+        self.state = {k: merge(self.state[k], v) for k, v in new_state.items()}
+
     def hyper_of(self, raw, fixed, frozen, skip) -> dict:
-        return self._scale_lr(self.slots.hyper(raw, fixed, frozen, skip))
+        return self._pin(self._scale_lr(self.slots.hyper(raw, fixed, frozen, skip)))
+
+    def _pin(self, hyper: dict) -> dict:
+        """Pinned values are 0 for their tensors (a group that keeps weight decay off)."""
+        if not self.pinned:
+            return hyper
+        hyper = dict(hyper)
+        n = len(self.params)
+        for name, indices in self.pinned.items():
+            if name not in hyper:
+                continue
+            value = hyper[name]
+            values = [value if isinstance(value, (Tensor, float, int)) else value[i] for i in range(n)]
+            hyper[name] = tuple(v * 0 if i in indices else v for i, v in enumerate(values))
+        return hyper
 
     def _scale_lr(self, hyper: dict) -> dict:
         """The learning rate times each group's schedule factor (one value when
@@ -312,8 +426,8 @@ class LoopExecution(Execution):
         if self._hyper_cache is None:
             if self._unscaled is None:
                 with torch.no_grad():
-                    self._unscaled = self.slots.hyper(self.slots.raw, self.slots.fixed, self.frozen(),
-                                                      self.slots.zero_fixed())
+                    self._unscaled = self._pin(self.slots.hyper(self.slots.raw, self.slots.fixed, self.frozen(),
+                                                                self.slots.zero_fixed()))
             with torch.no_grad():
                 self._hyper_cache = self._scale_lr(self._unscaled)
         return self._hyper_cache
@@ -327,6 +441,24 @@ class LoopExecution(Execution):
         if factors != self.lr_factors:
             self.lr_factors = factors
             self._hyper_cache = self._hyper_floats = None
+
+    def set_exact(self, exact: dict) -> None:
+        """The fixed hyperparameters as the Python floats of ``param_groups``
+        (``{name: value per tensor}``): the plain updates use them, not their
+        float32 slots, so that ``tune=()`` is ``torch.optim`` bit for bit."""
+        exact = {name: values[0] if len(set(values)) == 1 else tuple(values) for name, values in exact.items()}
+        if exact != self.exact:
+            self.exact = exact
+            self._hyper_floats = None
+
+    def hyper_in_place(self) -> dict:
+        if self._hyper_floats is None:
+            out = {}
+            for name, value in self.hyper().items():
+                value = self.exact.get(name, value)
+                out[name] = value.item() if isinstance(value, Tensor) else value
+            self._hyper_floats = out
+        return self._hyper_floats
 
     @contextlib.contextmanager
     def weights_as(self, tensors):

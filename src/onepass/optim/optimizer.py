@@ -77,13 +77,14 @@ class _LoopTuner(Tuner):
     """The Tuner's shell on gradients from the loop (:class:`LoopExecution`);
     in data-parallel runs the hypergradient is averaged before it is applied."""
 
-    def __init__(self, params, groups, *, reduce, agree_on_max_norm, **kwargs):
+    def __init__(self, params, groups, *, reduce, agree_on_max_norm, pinned, eval_model, **kwargs):
         self._reduce, self._agree = reduce, agree_on_max_norm
+        self._pinned, self._eval_model = pinned, eval_model
         super().__init__(_Holder(params), batch_loss=_no_batch_loss, params=groups, **kwargs)
 
     def _make_execution(self, model, params, batch_loss, compile):
         return LoopExecution(params, self.rule, self.slots, reduce=self._reduce,
-                             agree_on_max_norm=self._agree)
+                             agree_on_max_norm=self._agree, pinned=self._pinned, eval_model=self._eval_model)
 
     def _apply_hypergradient(self, hypergradient):
         if self._reduce is not None:
@@ -189,7 +190,13 @@ class TunedOptimizer(torch.optim.Optimizer):
         granularity = dict(granularity or {})
         if len(groups) > 1:   # fixed values stay per group, so a scheduler may change one group's
             granularity.update({n: "group" for n in names if n not in tune and n not in granularity})
+        tuner_groups, pinned_groups = _pin_zero_groups(groups, tune)
         bounds = [tuple(g.get("lr_bounds", lr_bounds)) for g in self.param_groups]
+        if "lr" in tune:
+            for index, (pair, group) in enumerate(zip(bounds, self.param_groups)):
+                if len(pair) == 2 and not pair[0] <= group["lr"] <= pair[1]:
+                    raise ValueError(f"param_groups[{index}] lr={group['lr']!r} is outside its lr_bounds="
+                                     f"{pair}: start the tuned lr inside them, or give lr_bounds= that contain it")
         group = distributed.process_group_for(process_group)
         self._group = group
         reduce = distributed.averaged(group) if group is not None else None
@@ -201,11 +208,16 @@ class TunedOptimizer(torch.optim.Optimizer):
         if group is not None:
             distributed.check_same_config(self._config, group)
         self._tuner = _LoopTuner(
-            params, [{"params": tensors, **values} for tensors, values in groups], reduce=reduce, agree_on_max_norm=agree, rule=rule, tune=tune, granularity=granularity,
+            params, [{"params": tensors, **values} for tensors, values in tuner_groups], reduce=reduce, agree_on_max_norm=agree, rule=rule, tune=tune, granularity=granularity,
             method=method, neumann_terms=neumann_terms, unroll_steps=unroll_steps,
             update_interval=update_interval, hyper_optimizer=hyper_optimizer, hyper_lr=hyper_lr,
-            lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after)
+            lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after,
+            pinned={name: [i for i, g in enumerate(self._tensor_groups(tuner_groups)) if g in owners]
+                    for name, owners in pinned_groups.items()},
+            eval_model=model)
+        self._pinned_groups = pinned_groups
         self._params = params
+        self._grad_norms: Tensor | None = None   # per update of the window and parameter: max |p.grad|
         self._capture = GradientCapture(params)
         self._val_loss = val_loss
         self._grad_scaler = grad_scaler
@@ -216,6 +228,10 @@ class TunedOptimizer(torch.optim.Optimizer):
         self.skipped_hypersteps = 0
 
     # ------------------------------------------------------------ construction helpers
+
+    @staticmethod
+    def _tensor_groups(groups) -> list[int]:
+        return [g for g, (tensors, _) in enumerate(groups) for _ in tensors]
 
     def _write(self, slots, name: str, group: int, value: float) -> None:
         indices = {slots.slot_of[name][i] for i, g in enumerate(slots.group_of) if g == group}
@@ -278,6 +294,13 @@ class TunedOptimizer(torch.optim.Optimizer):
             and self._capture.has_graph else 1.0
         source = StepGradient.read(self._params, self._capture, scale,
                                    loss if isinstance(loss, Tensor) else None)
+        if len(source.missing) == len(self._params):   # no gradient at all: torch.optim moves nothing
+            self._capture.clear()
+            return loss
+        if position is not None:
+            self._record_grad_norms(source.plain, position)
+            if position == tuner.update_interval:
+                self._check_window(step, position)
         execution.current = source
         try:
             tuner.step(source, (lambda: val) if val is not None else None)
@@ -289,6 +312,40 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._capture.clear()
             execution.current = None
         return loss
+
+    def _record_grad_norms(self, plain, position: int) -> None:
+        """Each update of a window writes ``max |p.grad|`` per parameter into a
+        device-side table (no host sync); the window's last update reads it."""
+        norms = torch._foreach_norm(list(plain), math.inf)
+        if self._grad_norms is None:
+            first = norms[0]
+            same = all(n.dtype == first.dtype and n.device == first.device for n in norms)
+            self._grad_norms = torch.zeros(self._tuner.update_interval, len(norms),
+                                           dtype=first.dtype if same else torch.float32, device=first.device)
+            self._norms_same = same
+        row = self._grad_norms[position - 1]
+        if self._norms_same:
+            torch.stack(norms, out=row)
+        else:
+            row.copy_(torch.stack([n.to(row.dtype).to(row.device) for n in norms]))
+
+    def _check_window(self, step: int, position: int) -> None:
+        """A non-finite training gradient in this window: name its update and parameter."""
+        bad = ~torch.isfinite(self._grad_norms[:position])
+        if not bool(bad.any()):
+            return
+        offset, index = (int(i) for i in bad.nonzero()[0])
+        update = step - position + 1 + offset
+        group = self._tuner.slots.group_of[index]
+        within = index - sum(1 for g in self._tuner.slots.group_of[:index] if g < group)
+        where = (f"param_groups[{group}]['params'][{within}] (shape {tuple(self._params[index].shape)})")
+        if update == step:
+            left = "weights and hyperparameters were left as they were"
+        else:
+            left = (f"updates {update}-{step - 1} were applied with it, as torch.optim would, so the weights "
+                    f"are not finite now; update {step} and the hyperparameters were left as they were: "
+                    "reload a checkpoint")
+        raise NonFiniteError("training gradient", update, where=where, left=left)
 
     def _skips(self) -> bool:
         if self._skip_non_finite is not None:
@@ -317,9 +374,13 @@ class TunedOptimizer(torch.optim.Optimizer):
             return
         self._groups_seen = key
         factors = []
+        exact = {name: [] for name in slots.fixed}
+        group_of = slots.group_of
         for g, group in enumerate(self.param_groups):
             factors.append(group["lr"] / group["base_lr"])
             values = self._natural_values(group, g)
+            for name in exact:
+                exact[name].extend(values[name] for owner in group_of if owner == g)
             for name, value in values.items():
                 if name == "lr" or value == self._seen[g][name]:
                     continue
@@ -331,6 +392,7 @@ class TunedOptimizer(torch.optim.Optimizer):
                 self._seen[g][name] = value
                 execution.invalidate()
         execution.set_lr_factors(tuple(factors))
+        execution.set_exact(exact)
 
     def _torch_key(self, name: str) -> str:
         return {"beta1": "betas", "beta2": "betas"}.get(name, name)
@@ -340,10 +402,12 @@ class TunedOptimizer(torch.optim.Optimizer):
     @property
     def hyperparameters(self) -> dict[str, float]:
         """Current values per parameter group in natural units, for a logger:
-        ``{"lr/group0": ..., "momentum/group0": ..., ...}``. ``lr`` is the rate
-        in use (learned × scheduled factor); per-tensor and per-weight values
-        give their mean over the group's weights. Under AMP also
-        ``"skipped_hypersteps"``."""
+        ``{"lr/group0": ..., "lr_in_use/group0": ..., "momentum/group0": ..., ...}``.
+        ``name/groupN`` is the hyperparameter's own (learned) value;
+        ``lr_in_use/groupN`` is the rate the update uses, learned × the
+        scheduler's factor ``group["lr"] / group["base_lr"]``. Per-tensor and
+        per-weight values give their mean over the group's weights. Under AMP
+        also ``"skipped_hypersteps"``."""
         slots = self._tuner.slots
         out = {}
         with torch.no_grad():
@@ -352,14 +416,16 @@ class TunedOptimizer(torch.optim.Optimizer):
                 for g, group in enumerate(self.param_groups):
                     members = [(natural[slots.slot_of[name][i]], slots.shapes[i].numel())
                                for i, owner in enumerate(slots.group_of) if owner == g]
-                    if all(v.dim() == 0 for v, _ in members) and len({float(v) for v, _ in members}) == 1:
+                    if g in self._pinned_groups.get(name, ()):
+                        value = 0.0
+                    elif all(v.dim() == 0 for v, _ in members) and len({float(v) for v, _ in members}) == 1:
                         value = float(members[0][0])
                     else:
                         value = sum(float(v.sum()) if v.dim() else float(v) * n for v, n in members) / \
                             sum(n for _, n in members)
-                    if name == "lr":
-                        value *= group["lr"] / group["base_lr"]
                     out[f"{name}/group{g}"] = value
+                    if name == "lr":
+                        out[f"lr_in_use/group{g}"] = value * group["lr"] / group["base_lr"]
         if self._skips():
             out["skipped_hypersteps"] = float(self.skipped_hypersteps)
         return out
@@ -389,7 +455,8 @@ class TunedOptimizer(torch.optim.Optimizer):
                 if any(v.numel() > 1 for v in values.values()):
                     raise ValueError("frozen() needs scalar, group or tensor granularity: per-weight values "
                                      "have no torch.optim form")
-                values = {name: float(v) for name, v in values.items()}
+                values = {name: 0.0 if slots.group_of[i] in self._pinned_groups.get(name, ()) else float(v)
+                          for name, v in values.items()}
                 group = self.param_groups[slots.group_of[i]]
                 values["lr"] *= group["lr"] / group["base_lr"]
                 groups.append((p, values))
@@ -430,12 +497,31 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._tuner.load_state_dict(extra["tuner"])
         self._seen = [dict(s) for s in extra["seen"]]
         self._groups_seen = None
+        self._grad_norms = None
         self.skipped_hypersteps = int(extra["skipped"])
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "_tuner"):
             raise ValueError("onepass.optim optimizers take all parameter groups at construction")
         super().add_param_group(param_group)
+
+
+def _pin_zero_groups(groups, tune):
+    """HF's usual groups: a tuned ``weight_decay`` (or ``momentum``) that is 0 in
+    some groups and not in others stays 0 there and is tuned in the rest. The
+    Tuner gets a tunable stand-in for those groups (another group's value);
+    :class:`LoopExecution` applies 0. Returns ``(groups, {name: pinned group indices})``."""
+    pinned = {}
+    for name in ("weight_decay", "momentum"):
+        if name not in tune:
+            continue
+        zero = {g for g, (_, values) in enumerate(groups) if values.get(name) == 0}
+        if zero and len(zero) < len(groups):
+            stand_in = next(values[name] for g, (_, values) in enumerate(groups) if g not in zero)
+            groups = [(tensors, {**values, name: stand_in} if g in zero else values)
+                      for g, (tensors, values) in enumerate(groups)]
+            pinned[name] = zero
+    return groups, pinned
 
 
 def _check_range(name: str, value, low: float, high: float | None, *, low_open: bool = False) -> float:
