@@ -97,10 +97,11 @@ def test_hyperparameters_move_and_are_logged_to_log_history_and_tensorboard(whol
     assert len({h["onepass/weight_decay/group0"] for h in history}) == 4    # one hyperparameter step apart
     assert all("onepass/val_loss" in h and "loss" in h for h in history)
     assert not any(k.startswith("onepass/beta") for k in history[0])     # the tuned values only
-    # The rate in use is the learned one times the Trainer's linear schedule (warm-up of 4 updates,
-    # then down to 0 at update 20): at the step-15 log, 5/16 of the learned rate.
-    assert history[2]["onepass/lr/group0"] != pytest.approx(LR * 5 / 16, rel=1e-3)
-    assert history[3]["onepass/lr/group0"] == 0.0
+    # lr/group0 is the learned value; lr_in_use/group0 is it times the Trainer's linear schedule
+    # (warm-up of 4 updates, then down to 0 at update 20): at the step-15 log, 5/16 of the learned rate.
+    assert history[-1]["onepass/lr/group0"] == pytest.approx(learned["lr"])
+    assert history[2]["onepass/lr_in_use/group0"] == pytest.approx(history[2]["onepass/lr/group0"] * 5 / 16, rel=1e-6)
+    assert history[3]["onepass/lr_in_use/group0"] == 0.0
     assert any(h["grad_norm"] > 1.0 for h in history)    # max_grad_norm=1 clipped, and onepass followed
 
     (events,) = Path(whole.args.output_dir).glob("runs/*")

@@ -11,8 +11,11 @@ from ..optim.gradients import eval_mode
 
 def tuned_values(optimizer: TunedOptimizer) -> dict[str, float]:
     """``optimizer.hyperparameters`` for a logger, the tuned names only (``lr/group0``
-    is the rate in use: learned × scheduled), with ``skipped_hypersteps`` under AMP."""
+    is the learned value, ``lr_in_use/group0`` the rate in use: learned × scheduled),
+    with ``skipped_hypersteps`` under AMP."""
     tuned = set(optimizer.tuner.tuned)
+    if "lr" in tuned:
+        tuned.add("lr_in_use")
     return {k: float(v) for k, v in optimizer.hyperparameters.items()
             if k.split("/")[0] in tuned or k == "skipped_hypersteps"}
 

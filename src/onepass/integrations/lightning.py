@@ -41,8 +41,8 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   gradients are on, and its ``self.log`` calls are ignored (the validation
   loop logs as usual). An optimizer built with its own ``val_loss=`` keeps it.
 * **Logging.** The tuned values go to Lightning's loggers through
-  ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the rate in use,
-  learned × scheduled; fixed values are not logged), with
+  ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the learned value;
+  ``onepass/lr_in_use/group0`` is the rate in use, learned × scheduled; fixed values are not logged), with
   ``onepass/val_loss``, the validation loss of the last hyperparameter step,
   after the optimizer steps Lightning writes (every ``log_every_n_steps``).
 * **Checkpoints.** The optimizer's ``state_dict`` holds the tuned values and

@@ -34,7 +34,7 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
   model in ``eval()`` mode, and its own ``outputs.loss``. The eval batches
   must carry labels.
 * **Logging.** Every training log of the Trainer (every ``logging_steps``) gets
-  the tuned values, ``onepass/lr/group0`` (the rate in use: learned ×
+  the tuned values, ``onepass/lr/group0`` (the learned value), ``onepass/lr_in_use/group0`` (the rate in use: learned ×
   scheduled) and ``onepass/weight_decay/group0``, and ``onepass/val_loss``
   (that of the last hyperparameter step), so they are in ``trainer.state.log_history`` and
   every ``report_to`` logger (TensorBoard, W&B, ...). ``learning_rate`` stays
