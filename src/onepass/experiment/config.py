@@ -16,7 +16,7 @@ run_training` takes.
 
 ``dataset.kind: python`` and ``model.kind: python`` name your own code
 (``target: "package.module:function"``, ``kwargs``, and the top-level
-``python_path``; :mod:`onepass.experiment.targets` says what the functions
+``python_path``; :mod:`onepass.experiment.python_targets` says what the functions
 return). The keys of a kind a config does not use are left out of its
 resolved form, so the paper's configs resolve as they always did.
 """
@@ -54,7 +54,7 @@ and ``baydin_exact`` (Baydin with the exact derivative through the momentum upda
 PYTHON = "python"
 """The ``dataset.kind`` and ``model.kind`` of a user's own code: ``target``
 (``"package.module:function"``) and ``kwargs`` name a Python callable that
-returns the splits or the model (see :mod:`onepass.experiment.targets`)."""
+returns the splits or the model (see :mod:`onepass.experiment.python_targets`)."""
 
 DATASET_KINDS = ("uci", "fashion_mnist", "penn_treebank", "cifar10", PYTHON)
 """Dataset families (``dataset.kind``); each is a task of :mod:`onepass.experiment.tasks`."""

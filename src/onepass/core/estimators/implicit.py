@@ -40,8 +40,8 @@ def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
     return hypergradient, update.weights, update.state, gradient.loss, val_loss
 
 
-def hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batch, val_batch,
-                  terms: int, solve: Callable | None = None):
+def implicit_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batch, val_batch,
+                           terms: int, solve: Callable | None = None):
     """:func:`hyperstep` for plain functions ``loss(weights, batch)`` and a rule's
     ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
     ``(hypergradient, new_weights, new_state, val_loss)``."""
