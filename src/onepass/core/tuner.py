@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from . import hyperparameters as hp
 from .estimators import ESTIMATORS, Schedule, StepResult
-from .execution import Execution, NonFiniteError, clone
+from .execution import Execution, NonFiniteError
+from .products import clone
 from .rules import UpdateRule, get_rule
 
 METHODS = tuple(ESTIMATORS)

@@ -12,13 +12,13 @@ and :func:`reverse_accumulate`.
 """
 from __future__ import annotations
 
-from ..execution import Ops, clone, tree_map
+from ..products import Ops, clone, tree_map
 from .base import Estimator, StepResult, register
 
 
 def advance(ops, weights, state, raw, batch, first: bool):
     """One update with its linearisation (a
-    :class:`~onepass.core.execution.LinearUpdate`) and its training loss.
+    :class:`~onepass.core.products.LinearUpdate`) and its training loss.
     The first update's gradient is a constant (no Hessian–vector products)."""
     gradient = ops.gradient(weights, batch, graph=not first)
     return ops.linear_update(weights, state, gradient, raw), gradient.loss
@@ -53,7 +53,7 @@ def replay(ops, weights, state, raw, batches, val_batch):
 def unrolled_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batches,
                            val_batch):
     """:func:`replay` for plain functions ``loss(weights, batch)`` and a rule's
-    ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
+    ``update`` (see :meth:`~onepass.core.products.Ops.of_functions`). Returns
     ``(hypergradient, (weights, state), val_loss)``."""
     ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
     h, weights, state, _, loss = replay(ops, tuple(weights), state, raw, tuple(train_batches), val_batch)
