@@ -181,6 +181,12 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     return {"rule": rule, **recipe(rule).get("loop", {}), **overrides}
 
 
+def optimizer_overrides(config: dict) -> dict:
+    """The optimizer's part of a :func:`onepass_config` (what a framework
+    integration can take: it has no loop step such as the fold)."""
+    return {k: v for k, v in config.items() if k not in ("rule", "fold")}
+
+
 def onepass_optimizer(params, config: dict, val_loss, model: nn.Module, start: dict | None = None):
     """(optimizer, fold) for a onepass row: ``config`` is :func:`onepass_config`'s."""
     config = dict(config)

@@ -8,7 +8,7 @@ validation and 1,000 test rows. Baselines: ``Trainer(optimizers=(opt,
 scheduler))`` on train+validation at a constant schedule (the cosine row
 gives its own). onepass: ``tune(Trainer(..., eval_dataset=validation))``,
 exactly the integration's default use (it tunes lr and weight decay, and has
-no fold step)."""
+no fold step); an ablation's optimizer settings go to ``tune(trainer, **settings)``."""
 from __future__ import annotations
 
 import functools
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Data, Workload, baseline_optimizer, set_mode
+from .base import Data, Workload, baseline_optimizer, optimizer_overrides, set_mode
 
 VOCAB, LENGTH, CLASSES, GROUP = 64, 24, 4, 4
 N_TRAIN, N_VAL, N_TEST = 1600, 400, 1000
@@ -88,10 +88,9 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
                                  dataloader_num_workers=0, eval_strategy="no")
         hyper = None
         if row == "onepass":
-            if options["config"] != workload_default_config():
-                raise ValueError("the HF workload runs tune(trainer) as it is; it takes no recipe overrides")
             trainer = tune(Trainer(model=model, args=args, train_dataset=_Rows(data.x_train, data.y_train),
-                                   eval_dataset=_Rows(data.x_val, data.y_val)))
+                                   eval_dataset=_Rows(data.x_val, data.y_val)),
+                           **optimizer_overrides(options["config"]))
         elif row == "onepass_sgd":
             raise ValueError("the HF workload has no onepass_sgd row (tune(trainer) gives AdamW)")
         else:
@@ -115,12 +114,6 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
         else:
             set_mode(opt, False)
     return wrapper, seconds, finite, hyper
-
-
-def workload_default_config() -> dict:
-    """The only onepass configuration this workload runs: the suite's default."""
-    from .base import onepass_config
-    return onepass_config()
 
 
 def workloads() -> list[Workload]:

@@ -3,7 +3,8 @@ real ``lightning.Trainer``. Baselines: ``configure_optimizers`` returns the
 row's optimizer (and its per-update scheduler), trained on train+validation.
 onepass: ``configure_optimizers`` returns ``onepass.optim.AdamW(self.parameters())``,
 ``Trainer(callbacks=[OnepassCallback()])`` and ``fit(model, train, val)``:
-the callback's default use (it has no fold step)."""
+the callback's default use (it has no fold step); an ablation's optimizer
+settings go to the optimizer, ``onepass_sgd`` uses ``onepass.optim.SGD``."""
 from __future__ import annotations
 
 import time
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from . import mnist_1d
-from .base import Workload, baseline_optimizer, onepass_config, set_mode
+from .base import Workload, baseline_optimizer, optimizer_overrides, set_mode
 
 
 def _net() -> nn.Module:
@@ -21,10 +22,14 @@ def _net() -> nn.Module:
 
 
 def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
+    import logging
+
     import lightning
     import onepass.optim
     from onepass.integrations.lightning import OnepassCallback
 
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)   # "GPU available: ..." and tips
     data = workload.data
     net = workload.model(seed)
     loss_fn = workload.loss
@@ -44,8 +49,9 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
             return loss_fn(self.net(x), y)
 
         def configure_optimizers(self):
-            if row == "onepass":
-                self.opt = onepass.optim.AdamW(self.parameters())
+            if row in ("onepass", "onepass_sgd"):
+                cls = onepass.optim.SGD if row == "onepass_sgd" else onepass.optim.AdamW
+                self.opt = cls(self.parameters(), **optimizer_overrides(options["config"]))
                 return self.opt
             self.opt, schedule = baseline_optimizer(row, self.parameters(), steps, lr=options.get("lr"),
                                                     weight_decay=options.get("weight_decay", 0.0))
@@ -54,11 +60,6 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
                 return self.opt
             return {"optimizer": self.opt, "lr_scheduler": {
                 "scheduler": torch.optim.lr_scheduler.LambdaLR(self.opt, schedule), "interval": "step"}}
-
-    if row == "onepass" and options["config"] != onepass_config():
-        raise ValueError("the Lightning workload runs OnepassCallback as it is; it takes no recipe overrides")
-    if row == "onepass_sgd":
-        raise ValueError("the Lightning workload has no onepass_sgd row")
 
     def loader(x, y, shuffle, batch):
         g = torch.Generator().manual_seed(10_000 + seed)
@@ -69,17 +70,17 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
     trainer = lightning.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, check_val_every_n_epoch=10**6,
-                                callbacks=[OnepassCallback()] if row == "onepass" else [])
+                                callbacks=[OnepassCallback()] if row in ("onepass", "onepass_sgd") else [])
     start = time.perf_counter()
-    if row == "onepass":
+    if row in ("onepass", "onepass_sgd"):
         trainer.fit(module, loader(data.x_train, data.y_train, True, workload.batch),
                     loader(data.x_val, data.y_val, False, 256))
     else:
         x, y = (data.x_train, data.y_train) if options.get("on_train") else (data.x_trainval, data.y_trainval)
         trainer.fit(module, loader(x, y, True, workload.batch))
     seconds = time.perf_counter() - start
-    hyper = module.opt.hyperparameters if row == "onepass" else None
-    if row != "onepass":
+    hyper = module.opt.hyperparameters if row in ("onepass", "onepass_sgd") else None
+    if row not in ("onepass", "onepass_sgd"):
         set_mode(module.opt, False)
     finite = all(torch.isfinite(p).all() for p in net.parameters())
     return net, seconds, finite, hyper
