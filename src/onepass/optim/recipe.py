@@ -5,9 +5,9 @@ One table per update rule: ``values`` are the starting values in
 ``torch.optim``'s names (used for every argument left at ``None``),
 ``settings`` the :class:`~onepass.optim.TunedOptimizer` arguments left at
 ``None``, and :func:`default_tune` decides what is tuned when ``tune`` is not
-given. ``benchmarks/versus_defaults.py`` measures the recipe against Adam's
-defaults, Prodigy, schedule-free and a grid search; ``benchmarks/README.md``
-keeps the ablation that chose it.
+given. ``benchmarks/suite.py`` measures the recipe against Adam, AdamW (also
+with warm-up + cosine), Prodigy, schedule-free, SGD and a grid search on
+eleven workloads; ``benchmarks/README.md`` keeps the ablation that chose it.
 """
 from __future__ import annotations
 
