@@ -183,8 +183,6 @@ class TunedOptimizer(torch.optim.Optimizer):
             groups.append((group["params"], values))
         params = [p for group in self.param_groups for p in group["params"]]
         distributed.check_supported(params, model)
-        if val_loss is not None and not callable(val_loss):
-            raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
         names = list(groups[0][1])
         tune = default_tune(rule, [values for _, values in groups]) if tune is None else tuple(tune)
         granularity = dict(granularity or {})
@@ -219,9 +217,9 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._params = params
         self._grad_norms: Tensor | None = None   # per update of the window and parameter: max |p.grad|
         self._capture = GradientCapture(params)
-        self._val_loss = val_loss
-        self._grad_scaler = grad_scaler
-        self._skip_non_finite = skip_non_finite
+        self.val_loss = val_loss
+        self.grad_scaler = grad_scaler
+        self.skip_non_finite = skip_non_finite
         self._autocast_seen = False
         self._seen = [dict(values) for _, values in groups]
         self._groups_seen = None
@@ -261,6 +259,43 @@ class TunedOptimizer(torch.optim.Optimizer):
     @property
     def steps_taken(self) -> int:
         return self._tuner.steps_taken
+
+    # The constructor's val_loss, grad_scaler and skip_non_finite are also public,
+    # settable attributes, so a framework's integration sets them instead of
+    # wrapping step().
+
+    @property
+    def val_loss(self) -> Callable | None:
+        """The validation loss callable (the constructor's ``val_loss``); settable.
+        A ``val_loss=`` given to :meth:`step` takes precedence."""
+        return self._val_loss
+
+    @val_loss.setter
+    def val_loss(self, value: Callable | None) -> None:
+        if value is not None and not callable(value):
+            raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
+        self._val_loss = value
+
+    @property
+    def grad_scaler(self):
+        """The ``torch.amp.GradScaler`` scaling the loss, or ``None``; settable."""
+        return self._grad_scaler
+
+    @grad_scaler.setter
+    def grad_scaler(self, value) -> None:
+        if value is not None and not callable(getattr(value, "get_scale", None)):
+            raise ValueError(f"grad_scaler must be a torch.amp.GradScaler (with get_scale()), got "
+                             f"{type(value).__name__}")
+        self._grad_scaler = value
+
+    @property
+    def skip_non_finite(self) -> bool | None:
+        """The constructor's ``skip_non_finite`` (``None``: on under AMP); settable."""
+        return self._skip_non_finite
+
+    @skip_non_finite.setter
+    def skip_non_finite(self, value: bool | None) -> None:
+        self._skip_non_finite = None if value is None else bool(value)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._capture.clear()
