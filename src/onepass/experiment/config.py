@@ -245,6 +245,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "unroll_steps": Field("int", 5, "updates differentiated through (unroll)", check=_at_least(1)),
         "update_interval": Field("int", 10, "weight updates per hyperparameter update",
                                  check=_at_least(1)),
+        "cost_budget": Field("float", None, "wall-clock accepted as a multiple of the plain "
+                             "updates' (e.g. 1.5): the run times its first windows, then fixes a "
+                             "longer update_interval if needed (null: update_interval throughout)",
+                             nullable=True, check=lambda v: None if math.isfinite(v) and v > 1 else
+                             f"must be a finite number > 1, got {v!r}"),
         "hyper_optimizer": Field("str", "adam", "optimiser of the raw hyperparameters",
                                  choices=("adam", "sgd")),
         "hyper_lr": Field("float", 0.05, "learning rate of the hyper-optimiser", check=_positive),
@@ -693,6 +698,15 @@ def _check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> 
     if algo["reset_each_window"] and method != "unroll":
         raise fail("algorithm.reset_each_window", f"needs method 'unroll' (long Diff-through-Opt), "
                    f"got {method!r}")
+    if algo["cost_budget"] is not None:
+        fixed = ("lr_multiplier", "steps its lr every update_interval updates") if algo["lr_multiplier"] \
+            is not None else ("reset_each_window", "restarts every window") if algo["reset_each_window"] else None
+        if method not in ("neumann", "cg"):
+            raise fail("algorithm.cost_budget", f"needs method 'neumann' or 'cg' (a hyperparameter step "
+                       f"that closes a window), got {method!r}")
+        if fixed is not None:
+            raise fail("algorithm.cost_budget", f"cannot be combined with algorithm.{fixed[0]}, which "
+                       f"{fixed[1]}")
     if algo["reset_optimizer_state"] and not algo["reset_each_window"]:
         raise fail("algorithm.reset_optimizer_state", "needs algorithm.reset_each_window: true")
     if algo["lr_multiplier"] is not None and "lr" in tune:
