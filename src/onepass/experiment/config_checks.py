@@ -83,6 +83,15 @@ def check_consistency(config: dict, sources: Mapping[tuple[str, ...], str]) -> N
     if algo["reset_each_window"] and method != "unroll":
         raise fail("algorithm.reset_each_window", f"needs method 'unroll' (long Diff-through-Opt), "
                    f"got {method!r}")
+    if algo["cost_budget"] is not None:
+        fixed = ("lr_multiplier", "steps its lr every update_interval updates") if algo["lr_multiplier"] \
+            is not None else ("reset_each_window", "restarts every window") if algo["reset_each_window"] else None
+        if method not in ("neumann", "cg"):
+            raise fail("algorithm.cost_budget", f"needs method 'neumann' or 'cg' (a hyperparameter step "
+                       f"that closes a window), got {method!r}")
+        if fixed is not None:
+            raise fail("algorithm.cost_budget", f"cannot be combined with algorithm.{fixed[0]}, which "
+                       f"{fixed[1]}")
     if algo["reset_optimizer_state"] and not algo["reset_each_window"]:
         raise fail("algorithm.reset_optimizer_state", "needs algorithm.reset_each_window: true")
     if algo["lr_multiplier"] is not None and "lr" in tune:

@@ -223,6 +223,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "unroll_steps": Field("int", 5, "updates differentiated through (unroll)", check=_at_least(1)),
         "update_interval": Field("int", 10, "weight updates per hyperparameter update",
                                  check=_at_least(1)),
+        "cost_budget": Field("float", None, "wall-clock accepted as a multiple of the plain "
+                             "updates' (e.g. 1.5): the run times its first windows, then fixes a "
+                             "longer update_interval if needed (null: update_interval throughout)",
+                             nullable=True, check=lambda v: None if math.isfinite(v) and v > 1 else
+                             f"must be a finite number > 1, got {v!r}"),
         "hyper_optimizer": Field("str", "adam", "optimiser of the raw hyperparameters",
                                  choices=("adam", "sgd")),
         "hyper_lr": Field("float", 0.05, "learning rate of the hyper-optimiser", check=_positive),
