@@ -6,12 +6,30 @@ neither the caller's environment nor a user cache (``~/.cache/onepass``) can
 feed a test: a UCI set resolves to the shipped copy unless a test passes its
 own data directory. ``tests/test_uci.py`` checks that the shipped copies are
 what an unset environment finds.
+
+Each test process compiles into its own, new ``TORCHINDUCTOR_CACHE_DIR``
+(set here, before anything is compiled, and removed at exit): the default
+cache is shared in ``/tmp`` and a run killed mid-compile once left a 0-byte
+file there that failed the next run's compile test.
+
+Ray starts once per test process (:func:`ray_session`). The tests that use
+Ray are in the xdist group ``"ray"`` so that ``-n 2 --dist loadgroup`` runs
+them in one worker, one after the other, on the one Ray instance.
 """
-from pathlib import Path
+import atexit
+import os
+import shutil
+import tempfile
 
-import pytest
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="onepass-tests-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
-from onepass.data import PACKAGED_DATA_DIR
+from pathlib import Path  # noqa: E402  (after the cache folder is set)
+
+import pytest  # noqa: E402
+
+from onepass.data import PACKAGED_DATA_DIR  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -49,3 +67,23 @@ def uci_data_dir() -> Path:
 def shared_data(uci_data_dir) -> Path:
     """Former name of :func:`uci_data_dir` (no longer outside the checkout)."""
     return uci_data_dir
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) for the whole test process, shut down at
+    its end. A missing Ray fails the test that asks for it (the ``test`` extra
+    installs it): no skip."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """A test that asks for :func:`ray_session` is in the xdist group ``"ray"``."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -1,7 +1,8 @@
 """onepass.optim: torch.optim optimizers that tune themselves.
 
 Every check is in float64 against an independent run: the same run through
-the Tuner (every rule x method x granularity, tuned and fixed mixed), the
+the Tuner (every pair of rule, method, granularity and a fixed or tuned
+second hyperparameter; tests/test_matrix.py holds every cell to an oracle), the
 ``torch.optim`` namesake when nothing is tuned, one batch against its
 micro-batches, clipping against ``Tuner(max_grad_norm=...)``, a GradScaler
 against no scaler, a resumed run against an uninterrupted one.
@@ -89,12 +90,45 @@ def two_groups(model, lr_first=None, key="lr"):
     return [group, {"params": list(second.parameters())}]
 
 
-@pytest.mark.parametrize("granularity", GRANULARITIES)
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("rule", RULES)
-def test_optimizer_equals_tuner_update_by_update(rule, method, granularity):
+OTHERS = ("fixed", "tuned")    # the rule's other hyperparameter (RULES' last column) beside lr
+
+
+def feasible(method, others) -> bool:
+    """Baydin's methods tune lr only."""
+    return not (method.startswith("baydin") and others == "tuned")
+
+
+def pairwise_cases():
+    """rule × method × granularity × others in 20 cases that hold every feasible pair
+    of values (test_matrix.py holds every rule × method × granularity cell to its
+    oracle): each method meets each granularity once, the rule cycles with both
+    (a Latin square), and the other hyperparameter is tuned where the pairs ask."""
+    rules = list(RULES)
+    tuned = {("neumann", "scalar"), ("neumann", "group"), ("cg", "tensor"), ("cg", "weight"),
+             ("unroll", "scalar")}
+    return [(rules[(m + g) % len(rules)], method, granularity,
+             "tuned" if (method, granularity) in tuned else "fixed")
+            for m, method in enumerate(METHODS) for g, granularity in enumerate(GRANULARITIES)]
+
+
+PAIRWISE = pairwise_cases()
+
+
+def test_the_pairwise_cases_hold_every_pair():
+    factors = (tuple(RULES), METHODS, GRANULARITIES, OTHERS)
+    want = {(i, a, j, b) for i in range(4) for j in range(i + 1, 4)
+            for a in factors[i] for b in factors[j]}
+    want = {p for p in want if not (p[0] == 1 and p[2] == 3 and not feasible(p[1], p[3]))}
+    have = {(i, case[i], j, case[j]) for case in PAIRWISE for i in range(4) for j in range(i + 1, 4)}
+    assert all(feasible(case[1], case[3]) for case in PAIRWISE)
+    assert want - have == set(), sorted(want - have)
+    assert len(PAIRWISE) == len(set(PAIRWISE)) == 20
+
+
+@pytest.mark.parametrize("rule, method, granularity, others", PAIRWISE)
+def test_optimizer_equals_tuner_update_by_update(rule, method, granularity, others):
     cls, kwargs, values, extra = RULES[rule]
-    tune = ("lr",) if method.startswith("baydin") else ("lr",) + extra
+    tune = ("lr",) + (extra if others == "tuned" else ())
     settings = dict(method=method, update_interval=4, unroll_steps=3, neumann_terms=3,
                     granularity={"lr": granularity})
     lr_first = None if granularity == "scalar" else values["lr"] * 2   # groups differ

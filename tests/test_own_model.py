@@ -142,18 +142,13 @@ def test_sweep_with_random_inits_on_two_workers_then_report(tmp_path, capsys):
     assert (root / "report" / "table.csv").is_file()
 
 
-def test_ray_sweep_imports_the_users_module_on_its_workers(tmp_path):
+def test_ray_sweep_imports_the_users_module_on_its_workers(ray_session, tmp_path):
     """Ray workers do not share the driver's sys.path: only python_path lets them
     import my_project. The results equal a local sweep's."""
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        def sweep(root, *extra):
-            return main(["sweep", "-c", str(CONFIG), "-a", "ours_lr", "-N", "2", "--steps", "20",
-                         "-l", str(root), *QUIET, *extra])
-        assert sweep(tmp_path / "ray", "--executor", "ray") == 0
-    finally:
-        ray.shutdown()
+    def sweep(root, *extra):
+        return main(["sweep", "-c", str(CONFIG), "-a", "ours_lr", "-N", "2", "--steps", "20",
+                     "-l", str(root), *QUIET, *extra])
+    assert sweep(tmp_path / "ray", "--executor", "ray") == 0
     assert sweep(tmp_path / "local") == 0
     on_ray = {r.init_index: r for r in load_runs(tmp_path / "ray")}
     local = {r.init_index: r for r in load_runs(tmp_path / "local")}
@@ -177,9 +172,8 @@ def test_bayesopt_study_on_the_users_problem(tmp_path, capsys):
     assert "best evaluation" in capsys.readouterr().err
 
 
-def test_asha_study_on_the_users_data(tmp_path, monkeypatch):
+def test_asha_study_on_the_users_data(ray_session, tmp_path, monkeypatch):
     """Ray's trials run in other folders: the config path and python_path must reach them."""
-    import ray  # noqa: F401  (the extra must be installed: fails, not skips)
     monkeypatch.chdir(EXAMPLE)                         # a relative config path, as a user types it
     assert main(["asha", "-c", "config.yaml", "--num-samples", "2", "--max-steps", "40",
                  "--grace-period", "20", "--num-cpus", "2", "--cpus-per-trial", "1",

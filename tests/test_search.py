@@ -100,13 +100,7 @@ def test_bayesopt_runs_and_a_rerun_continues_the_study(uci_data_dir, tmp_path, c
 
 # ------------------------------------------------------------------ Ray Tune
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray  # fails the test when the extra is missing
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
+# ray_session (tests/conftest.py): one Ray instance for the test process.
 
 def test_asha_trials_are_run_folders(ray_session, uci_data_dir, tmp_path):
     from onepass.search.ray_tune import run_ray_search

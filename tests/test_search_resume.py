@@ -14,7 +14,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import ray  # noqa: F401  (a missing Ray fails these tests)
+
+# Their drivers start their own Ray (the case a user's kill -9 hits). The group runs them
+# in the worker that runs the other Ray tests, so that no two studies share the cores.
+pytestmark = pytest.mark.xdist_group("ray")
 
 POLL_LIMIT_S = 300
 

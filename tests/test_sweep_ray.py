@@ -10,21 +10,8 @@ import pytest
 from onepass.analysis.runs import load_runs
 from onepass.cli.main import main
 
-try:
-    import ray
-except ImportError:  # reported by the test below, not skipped
-    ray = None
 
-
-@pytest.fixture(scope="module")
-def local_ray():
-    assert ray is not None, "Ray is not installed: pip install -e '.[ray]'"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_executor_runs_a_tiny_sweep(local_ray, uci_data_dir, tmp_path):
+def test_ray_executor_runs_a_tiny_sweep(ray_session, uci_data_dir, tmp_path):
     def sweep(root, *extra):
         return main(["sweep", "-c", "uci_energy", "-a", "random", "ours_lr", "-N", "3",
                      "-l", str(root), "--steps", "20", "--data-dir", str(uci_data_dir),
