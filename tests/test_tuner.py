@@ -11,7 +11,7 @@ from torch.func import functional_call
 import onepass
 from onepass.core import hyperparameters as hp
 from onepass.core.estimators.baydin import exact_hypergradient_of as baydin_hypergradient_functional
-from onepass.core.estimators.implicit import hypergradient as implicit_hypergradient_functional
+from onepass.core.estimators.implicit import implicit_hypergradient as implicit_hypergradient_functional
 from onepass.core.estimators.unroll import unrolled_hypergradient as unrolled_hypergradient_functional
 
 DTYPE = torch.float64
