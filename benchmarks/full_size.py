@@ -1,35 +1,41 @@
-"""Cost of the one-pass tuner on the paper's full-size models (synthetic data).
+"""What onepass costs at its default budget, per model, against the bare optimizer.
 
-For each experiment (Fashion-MNIST MLP 784-50-10, batch 50; Penn Treebank
-2-layer LSTM 650/650 over 10,000 words, 40 sequences × 70 tokens, gradient
-clipping 0.25; CIFAR-10 ResNet-18, batch 100) it times ``--updates`` weight
-updates of
+For each model it builds ``torch.optim.AdamW`` (the bare optimizer) and
+``onepass.optim.AdamW`` with the recipe's settings (tuning lr, the recipe's
+``cost_budget``, 1.5 unless ``--budget``), on the same initial weights and
+synthetic data of the real shapes (no download), each in the plain loop
+(``zero_grad``, ``backward(create_graph=opt.needs_graph)``, ``clip_grad_norm_``
+for Penn Treebank, ``step``). ``--rule sgd`` compares ``onepass.optim.SGD``
+(Ours WD+LR+M: lr, momentum and weight decay tuned) with ``torch.optim.SGD``.
 
-* plain SGD: ``torch.optim.SGD`` (lr, momentum, weight decay) on the same
-  model, with ``clip_grad_norm_`` for Penn Treebank;
-* the :class:`~onepass.Tuner` with Ours (WD+LR+M): Neumann K=5, one
-  hyperparameter update every 10 weight updates, tuning lr, momentum and
-  weight decay (scalar values);
-* the same Ours (WD+LR+M) through the optimizer front end,
-  ``onepass.optim.SGD``, in the plain loop (``backward(create_graph=
-  opt.needs_graph)``, ``clip_grad_norm_`` for Penn Treebank, ``opt.step()``;
-  the validation loss, like the Tuner's, in train mode with the model's
-  buffers left untouched);
+The models:
 
-on random data of the real shapes (no download), after ``--warmup`` untimed
-updates, and prints the seconds per update and the ratios tuner / SGD (the
-paper reports 2–3×) and optimizer / SGD. The three front ends are built
-together and take their updates in turn (one update each, the order rotating),
-so that a drift in machine speed hits them alike. With ``--repeats N`` that is
-done N times on fresh models; the table gives medians, the JSON every sample;
-``optim/tuner`` is the median of the per-repeat optimizer / tuner ratios and
-``by position`` is the ratio of a window's cost built from the median time
-of each update position in the window (1st, ..., 10th: the hyperstep), which
-discounts bursts of a neighbour's load::
+=================  ==============================================================
+``fashion_mnist``  MLP 784-50-10, batch 50
+``cifar10``        ResNet-18 on 3×32×32 images, batch 100 (``--size cpu``: width 16, batch 32)
+``penn_treebank``  2-layer LSTM LM, 10,000 words, 40 sequences × 70 tokens, clip 0.25
+                   (``cpu``: width 200, 20 × 35)
+``gru_adding``     GRU (hidden 32) on the adding problem, length 40, batch 64
+``gpt2_lm``        ``benchmarks/language_model.py``'s GPT-2-style LM, 4 × 256 tokens
+                   (``cpu``: 2 layers, width 128, context 64, 2,048 words)
+=================  ==============================================================
 
-    python benchmarks/full_size.py --updates 100 --json bench.json
-    python benchmarks/full_size.py --only cifar10 --updates 10 --repeats 3
-    python benchmarks/full_size.py --only fashion_mnist cifar10 --device cuda
+Per model: first the bare optimizer takes ``--warmup`` updates and onepass
+runs alone until its budget has made its choice (its first windows are timed
+by itself; running alone, nothing else in the loop inflates its own timings),
+then on to a window boundary. Then both take ``--windows`` of onepass's
+chosen windows of updates in turn, one update each, the order alternating,
+so that a drift in machine speed hits both alike. Reported: seconds per
+update of each, their ratio (onepass ÷ bare, to hold ≤ the budget), the
+same ratio from medians (a window built from the median plain and closing
+update of onepass over the bare optimizer's median update: it discounts a
+neighbour's bursts on a shared machine), the interval chosen (the recipe's is
+the least; shown chosen/recipe), and the budget's own estimate of the ratio
+from what it measured::
+
+    python benchmarks/full_size.py                         # every model, --size cpu on a CPU
+    python benchmarks/full_size.py --only gru_adding --windows 5 --json out.json
+    python benchmarks/full_size.py --device cuda --size full
 """
 from __future__ import annotations
 
@@ -39,40 +45,77 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch import nn
 
 import onepass.optim
-from onepass.core import Tuner
 from onepass.experiment.tasks import HiddenCarrier, lm_batch_loss
 from onepass.models import MLP, LSTMLanguageModel, ResNet18
 
-EXPERIMENTS = ("fashion_mnist", "penn_treebank", "cifar10")
-HYPER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-4}
-VOCAB, BPTT, SEQUENCES = 10_000, 70, 40
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import language_model  # noqa: E402  (the GPT-2-style LM, one definition)
+
+MODELS = ("fashion_mnist", "cifar10", "penn_treebank", "gru_adding", "gpt2_lm")
+SIZES = ("full", "cpu", "tiny")
+SGD_HYPER = {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-4}
+ADAMW_HYPER = {"lr": 1e-3, "weight_decay": 1e-2}
 
 
-def setup(name: str, device, *, small: bool = False, seed: int = 0):
-    """``(model, batch_loss, next_batch, next_val_batch, max_grad_norm)`` for one
-    experiment on synthetic data; ``small`` shrinks the models (for testing this script)."""
+class AddingGRU(nn.Module):
+    """The adding problem's GRU: a sequence of (value, marker) pairs → the sum of
+    the two marked values, read from the last hidden state."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        self.gru = nn.GRU(2, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.head(self.gru(x)[0][:, -1])
+
+
+def adding_batch(batch: int, length: int, g: torch.Generator):
+    values = torch.rand(batch, length, generator=g)
+    marks = torch.zeros(batch, length)
+    first = torch.randint(0, length // 2, (batch,), generator=g)
+    second = torch.randint(length // 2, length, (batch,), generator=g)
+    rows = torch.arange(batch)
+    marks[rows, first] = marks[rows, second] = 1.0
+    return torch.stack([values, marks], dim=-1), (values * marks).sum(1, keepdim=True)
+
+
+def setup(name: str, device, size: str = "cpu", seed: int = 0):
+    """``(model, loss, next_batch, next_val_batch, max_grad_norm)`` on synthetic data;
+    ``loss(model, batch)`` is the training loss."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    tiny, full = size == "tiny", size == "full"
+
+    def on_device(*tensors):
+        return tuple(t.to(device) for t in tensors)
+
+    def cross_entropy(model, b):
+        return F.cross_entropy(model(b[0]), b[1])
+
     if name == "fashion_mnist":
-        model = MLP(784, [8] if small else [50], 10)
+        model = MLP(784, [8] if tiny else [50], 10)
 
         def batch():
-            return (torch.randn(50, 784, generator=g).to(device),
-                    torch.randint(0, 10, (50,), generator=g).to(device))
+            return on_device(torch.randn(50, 784, generator=g), torch.randint(0, 10, (50,), generator=g))
+        return model.to(device), cross_entropy, batch, batch, None
+    if name == "cifar10":
+        width, rows = (4, 8) if tiny else (64, 100) if full else (16, 32)
+        model = ResNet18(10, width=width)
 
-        def batch_loss(forward, b):
-            return F.cross_entropy(forward(b[0]), b[1])
-        return model.to(device), batch_loss, batch, batch, None
+        def batch():
+            return on_device(torch.randn(rows, 3, 32, 32, generator=g), torch.randint(0, 10, (rows,), generator=g))
+        return model.to(device), cross_entropy, batch, batch, None
     if name == "penn_treebank":
-        vocab = 100 if small else VOCAB
-        width = 8 if small else 650
+        vocab, width, bptt, sequences = (100, 8, 10, 4) if tiny else (10_000, 650, 70, 40) if full \
+            else (10_000, 200, 35, 20)
         model = LSTMLanguageModel(vocab, width, width, 2)
         streams = {}
 
@@ -80,43 +123,33 @@ def setup(name: str, device, *, small: bool = False, seed: int = 0):
             carrier = streams.setdefault(key, HiddenCarrier())
 
             def next_window():
-                tokens = torch.randint(0, vocab, (BPTT + 1, SEQUENCES), generator=g).to(device)
+                tokens = torch.randint(0, vocab, (bptt + 1, sequences), generator=g).to(device)
                 return tokens[:-1], tokens[1:], carrier
             return next_window
         return model.to(device), lm_batch_loss, stream("train"), stream("valid"), 0.25
-    if name == "cifar10":
-        model = ResNet18(10, width=4 if small else 64)
+    if name == "gru_adding":
+        length, hidden, rows = (10, 8, 16) if tiny else (40, 32, 64)
+        model = AddingGRU(hidden)
 
         def batch():
-            return (torch.randn(100, 3, 32, 32, generator=g).to(device),
-                    torch.randint(0, 10, (100,), generator=g).to(device))
+            return on_device(*adding_batch(rows, length, g))
 
-        def batch_loss(forward, b):
-            return F.cross_entropy(forward(b[0]), b[1])
-        return model.to(device), batch_loss, batch, batch, None
-    raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+        def mse(model, b):
+            return F.mse_loss(model(b[0]), b[1])
+        return model.to(device), mse, batch, batch, None
+    if name == "gpt2_lm":
+        sizes = dict(n_layer=1, n_embd=32, n_head=2, n_positions=16, vocab_size=128) if tiny else {} if full \
+            else dict(n_layer=2, n_embd=128, n_head=4, n_positions=64, vocab_size=2048)
+        model = language_model.model(seed, **sizes)
+        context, vocab = model.config.n_positions, model.config.vocab_size
 
+        def batch():
+            return torch.randint(0, vocab, (4, context), generator=g).to(device)
 
-def make_tuner(model, batch_loss, max_grad_norm, neumann_terms: int = 5) -> Tuner:
-    """Ours (WD+LR+M) as in configs/ours_lr_momentum.yaml."""
-    return Tuner(model, batch_loss=batch_loss, hyperparameters=dict(HYPER),
-                 tune=("lr", "momentum", "weight_decay"), method="neumann",
-                 neumann_terms=neumann_terms, update_interval=10, hyper_optimizer="adam",
-                 hyper_lr=0.05, max_grad_norm=max_grad_norm)
-
-
-def make_optimizer(model, batch_loss, val_batch, neumann_terms: int = 5) -> onepass.optim.SGD:
-    """Ours (WD+LR+M) through ``onepass.optim.SGD``, with :func:`make_tuner`'s settings.
-
-    The validation loss is the Tuner's: the model in its current (train) mode,
-    on a copy of its buffers, so BatchNorm running statistics are not updated."""
-    def forward(*args, **kwargs):
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        return functional_call(model, buffers, args, kwargs) if buffers else model(*args, **kwargs)
-    return onepass.optim.SGD(model.parameters(), **HYPER, tune=("lr", "momentum", "weight_decay"),
-                             method="neumann", neumann_terms=neumann_terms, update_interval=10,
-                             hyper_optimizer="adam", hyper_lr=0.05, granularity={}, tune_after=0,
-                             val_loss=lambda: batch_loss(forward, val_batch()))
+        def lm_loss(model, tokens):
+            return model(tokens, labels=tokens).loss
+        return model.to(device), lm_loss, batch, batch, None
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def _sync(device) -> None:
@@ -124,142 +157,106 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def sgd_stepper(name, device, small=False) -> Callable[[], None]:
-    """One update of plain ``torch.optim.SGD`` on the experiment's model."""
-    model, batch_loss, batch, _, clip = setup(name, device, small=small)
-    optimizer = torch.optim.SGD(model.parameters(), **HYPER)
+def stepper(name, device, size, rule, tuned: bool, budget):
+    """One update of the bare optimizer or of onepass, in the plain loop; the
+    returned function has ``.optimizer``."""
+    model, loss, batch, val_batch, clip = setup(name, device, size)
+    hyper = SGD_HYPER if rule == "sgd" else ADAMW_HYPER
+    if not tuned:
+        optimizer = (torch.optim.SGD if rule == "sgd" else torch.optim.AdamW)(model.parameters(), **hyper)
+    else:
+        cls = onepass.optim.SGD if rule == "sgd" else onepass.optim.AdamW
+        extra = {} if budget is None else {"cost_budget": budget}
+        optimizer = cls(model.parameters(), **hyper, val_loss=lambda: loss(model, val_batch()), model=model,
+                        **extra)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(model, batch())
-        loss.backward()
+        loss(model, batch()).backward(create_graph=getattr(optimizer, "needs_graph", False))
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
+    step.optimizer = optimizer
     return step
 
 
-def tuner_stepper(name, device, small=False) -> Callable[[], None]:
-    """One update of Ours (WD+LR+M) through the :class:`~onepass.Tuner`;
-    ``step.steps_taken()`` counts them."""
-    model, batch_loss, batch, val_batch, clip = setup(name, device, small=small)
-    tuner = make_tuner(model, batch_loss, clip)
-
-    def step():
-        tuner.step(batch(), val_batch=val_batch)
-    step.steps_taken = lambda: tuner.steps_taken
-    return step
-
-
-def optimizer_stepper(name, device, small=False) -> Callable[[], None]:
-    """One update of Ours (WD+LR+M) through ``onepass.optim.SGD`` in the plain loop."""
-    model, batch_loss, batch, val_batch, clip = setup(name, device, small=small)
-    optimizer = make_optimizer(model, batch_loss, val_batch)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(model, batch())
-        loss.backward(create_graph=optimizer.needs_graph)
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-    step.steps_taken = lambda: optimizer.steps_taken
-    return step
-
-
-STEPPERS = {"sgd": sgd_stepper, "tuner": tuner_stepper, "optimizer": optimizer_stepper}
-WINDOW = 10   # make_tuner's update_interval
-
-
-def measure(name, device, updates, warmup, small=False, fronts=tuple(STEPPERS)) -> dict[str, list[float]]:
-    """Seconds of each of ``updates`` updates per front end. All are built
-    first and warmed up (``warmup`` updates; the tuned ones then on to a
-    window boundary, so whole windows are timed and hypersteps counted
-    fairly); then they take their updates in turn, the order rotating by one
-    each update, so that a drift in machine speed hits all of them alike."""
-    steps = {front: STEPPERS[front](name, device, small) for front in fronts}
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-        while getattr(step, "steps_taken", lambda: 0)() % WINDOW:
-            step()
-    seconds = {front: [] for front in fronts}
-    order = list(fronts)
-    for u in range(updates):
-        shift = u % len(order)
-        for front in order[shift:] + order[:shift]:
+def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=None) -> dict:
+    """One interleaved run of the bare optimizer and onepass on model ``name``."""
+    bare = stepper(name, device, size, rule, False, None)
+    tuned = stepper(name, device, size, rule, True, budget)
+    tuner = tuned.optimizer.tuner
+    asked = tuner.update_interval
+    for _ in range(warmup):
+        bare()
+    while tuner.cost_budget is not None and tuner.cost_budget.measuring:   # alone: its own timings
+        tuned()
+    while tuner.steps_taken == 0 or tuner.position(tuner.steps_taken) != tuner.update_interval:
+        tuned()
+    interval = tuner.update_interval
+    seconds = {"bare": [], "onepass": []}
+    fronts = (("bare", bare), ("onepass", tuned))
+    for u in range(windows * interval):
+        for front, step in (fronts if u % 2 == 0 else fronts[::-1]):
             _sync(device)
             start = time.perf_counter()
-            steps[front]()
+            step()
             _sync(device)
             seconds[front].append(time.perf_counter() - start)
-    return seconds
-
-
-def time_sgd(name, device, updates, warmup, small=False) -> float:
-    return sum(measure(name, device, updates, warmup, small, ("sgd",))["sgd"]) / updates
-
-
-def time_tuner(name, device, updates, warmup, small=False) -> float:
-    return sum(measure(name, device, updates, warmup, small, ("tuner",))["tuner"]) / updates
-
-
-def time_optimizer(name, device, updates, warmup, small=False) -> float:
-    return sum(measure(name, device, updates, warmup, small, ("optimizer",))["optimizer"]) / updates
+    assert tuner.update_interval == interval, "the budget's interval moved after its choice"
+    bare_s, tuned_s = (sum(seconds[f]) / len(seconds[f]) for f in ("bare", "onepass"))
+    # robust to a neighbour's bursts: a window from the medians of its plain and closing updates
+    closes = [(u + 1) % interval == 0 for u in range(windows * interval)]
+    tuned_plain = statistics.median(t for t, c in zip(seconds["onepass"], closes) if not c)
+    tuned_closing = statistics.median(t for t, c in zip(seconds["onepass"], closes) if c)
+    by_medians = ((interval - 1) * tuned_plain + tuned_closing) / (interval * statistics.median(seconds["bare"]))
+    cost = tuner.cost_budget
+    estimate = measured = None
+    if cost is not None and cost.plain and cost.closing:
+        plain, closing = statistics.median(cost.plain), statistics.median(cost.closing)
+        estimate = (interval * plain + max(closing - plain, 0.0)) / (interval * plain)
+        measured = {"plain_s": plain, "closing_s": closing}
+    return {"bare_s_per_update": bare_s, "onepass_s_per_update": tuned_s, "ratio": tuned_s / bare_s,
+            "ratio_by_medians": by_medians, "budget": None if cost is None else cost.ratio, "interval": interval,
+            "recipe_interval": asked, "budget_estimate": estimate, "budget_measured": measured,
+            "update_seconds": seconds, "hyperparameters": tuned.optimizer.hyperparameters}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=100, help="timed updates per measurement "
-                        "(default 100; a multiple of 10 counts whole tuner windows)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed updates first (default 2)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="measurements of each front end, each on fresh models (default 1; medians)")
-    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--only", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--size", choices=SIZES, default=None,
+                        help="full: the papers' sizes; cpu: smaller ones (default on a CPU); tiny: to test the script")
+    parser.add_argument("--rule", choices=("adamw", "sgd"), default="adamw",
+                        help="adamw (the recipe, default) or sgd (Ours WD+LR+M)")
+    parser.add_argument("--budget", type=float, default=None, help="cost_budget (default: the recipe's)")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows of the chosen interval (default 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates of the bare optimizer first")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--small", action="store_true", help="tiny models (to test the script)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
     args = parser.parse_args(argv)
-    if args.updates < 1:
-        parser.error("--updates must be ≥ 1")
-    if args.repeats < 1:
-        parser.error("--repeats must be ≥ 1")
+    if args.windows < 1:
+        parser.error("--windows must be ≥ 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     from onepass.experiment.run import resolve_device
     device = resolve_device(args.device)
+    size = args.size or ("cpu" if torch.device(device).type == "cpu" else "full")
     results = {}
-    print(f"{'experiment':15s} {'SGD s/upd':>10s} {'tuner s/upd':>12s} {'ratio':>6s} "
-          f"{'optim s/upd':>12s} {'ratio':>6s} {'optim/tuner':>12s} {'by position':>12s}")
+    print(f"{'model':14s} {'bare s/upd':>11s} {'onepass s/upd':>14s} {'ratio':>6s} {'medians':>8s} {'budget':>7s} "
+          f"{'interval':>8s} {'estimate':>9s}")
     for name in args.only:
-        samples = {front: [] for front in STEPPERS}   # seconds per update, one per repeat
-        by_position = {front: [[] for _ in range(WINDOW)] for front in STEPPERS}
-        updates = {front: [] for front in STEPPERS}   # every update's seconds, per repeat
-        for _ in range(args.repeats):
-            seconds = measure(name, device, args.updates, args.warmup, args.small)
-            for front in STEPPERS:
-                updates[front].append(seconds[front])
-                samples[front].append(sum(seconds[front]) / args.updates)
-                for u, t in enumerate(seconds[front]):   # timing starts on a window boundary
-                    by_position[front][u % WINDOW].append(t)
-        sgd, tuned, optim = (statistics.median(samples[front]) for front in STEPPERS)
-        paired = statistics.median(o / t for o, t in zip(samples["optimizer"], samples["tuner"]))
-        window = {front: sum(statistics.median(ts) for ts in positions if ts)
-                  for front, positions in by_position.items()}
-        each = window["optimizer"] / window["tuner"]
-        results[name] = {"sgd_s_per_update": sgd, "tuner_s_per_update": tuned, "ratio": tuned / sgd,
-                         "optimizer_s_per_update": optim, "optimizer_ratio": optim / sgd,
-                         "optimizer_over_tuner": paired, "optimizer_over_tuner_by_position": each,
-                         "samples": samples, "update_seconds": updates}
-        print(f"{name:15s} {sgd:10.4f} {tuned:12.4f} {tuned / sgd:6.2f} {optim:12.4f} {optim / sgd:6.2f} "
-              f"{paired:12.3f} {each:11.3f}", flush=True)
+        r = measure(name, device, size, args.rule, args.windows, args.warmup, args.budget)
+        results[name] = r
+        estimate = "-" if r["budget_estimate"] is None else f"{r['budget_estimate']:.2f}"
+        budget = "-" if r["budget"] is None else f"{r['budget']:.2f}"
+        print(f"{name:14s} {r['bare_s_per_update']:11.4f} {r['onepass_s_per_update']:14.4f} {r['ratio']:6.2f} "
+              f"{r['ratio_by_medians']:8.2f} {budget:>7s} {r['interval']:5d}/{r['recipe_interval']:<2d} {estimate:>9s}", flush=True)
     if args.json:
-        info = {"device": str(device), "threads": torch.get_num_threads(), "updates": args.updates,
-                "repeats": args.repeats,
-                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                "small": args.small, "results": results}
+        info = {"device": str(device), "threads": torch.get_num_threads(), "size": size, "rule": args.rule,
+                "windows": args.windows, "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(), "results": results}
         with open(args.json, "w") as f:
             json.dump(info, f, indent=2)
     return 0

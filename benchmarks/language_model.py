@@ -19,11 +19,13 @@ import torch
 import onepass.optim
 
 
-def model(seed: int):
+def model(seed: int, n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_positions: int = 256,
+          vocab_size: int = 8192):
+    """The GPT-2-style LM (the sizes: this benchmark's; ``full_size.py`` also builds smaller ones)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=256, vocab_size=8192, bos_token_id=0, eos_token_id=0,
-                        attn_implementation="eager")
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
+                        vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
     return GPT2LMHeadModel(config)
 
 

@@ -347,3 +347,28 @@ def test_logged_names_say_learned_value_and_rate_in_use(name):
     learned = opt.tuner.hyperparameters["lr"]
     assert hyper["lr/group0"] == pytest.approx(learned, rel=1e-12) and learned != pytest.approx(kwargs["lr"])
     assert hyper["lr_in_use/group0"] == 0.0                 # the end of the schedule
+
+
+# ----------------------------------------------------- public attributes (what the integrations set)
+
+@pytest.mark.parametrize("name", NAMES)
+def test_val_loss_grad_scaler_and_skip_non_finite_are_public_settable_attributes(name):
+    """``val_loss`` set after construction is the constructor's ``val_loss=``, update for update."""
+    cls, _, kwargs = OPTIMIZERS[name]
+    a, b = WithHead(), WithHead()
+    opt_a = cls(a.parameters(), **kwargs, update_interval=3, val_loss=val_loss_of(a))
+    opt_b = cls(b.parameters(), **kwargs, update_interval=3)
+    assert opt_b.val_loss is None and opt_b.grad_scaler is None and opt_b.skip_non_finite is None
+    opt_b.val_loss = val_loss_of(b)
+    run(a, opt_a, 7)
+    run(b, opt_b, 7)
+    for n, p in snapshot(a).items():
+        assert torch.equal(p, snapshot(b)[n]), n
+    assert opt_a.hyperparameters == opt_b.hyperparameters
+    with pytest.raises(ValueError, match="^val_loss must be a zero-argument callable"):
+        opt_b.val_loss = 1.0
+    with pytest.raises(ValueError, match="^grad_scaler must be a torch.amp.GradScaler"):
+        opt_b.grad_scaler = 2.0
+    opt_b.grad_scaler = torch.amp.GradScaler("cpu")
+    opt_b.skip_non_finite = True
+    assert "skipped_hypersteps" in opt_b.hyperparameters    # AMP mode: a bad hyperparameter step is skipped

@@ -7,7 +7,7 @@ import torch
 
 from onepass.core import hyperparameters as hp
 from onepass.core.estimators.baydin import exact_hypergradient_of as baydin_hypergradient_functional
-from onepass.core.estimators.implicit import hypergradient as implicit_hypergradient_functional
+from onepass.core.estimators.implicit import implicit_hypergradient as implicit_hypergradient_functional
 from onepass.core.estimators.unroll import unrolled_hypergradient as unrolled_hypergradient_functional
 from onepass.core.rules import get_rule
 from onepass.core.solvers import conjugate_gradient, neumann_series

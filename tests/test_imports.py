@@ -202,7 +202,7 @@ def test_imports_are_resolved_as_python_runs_them(tmp_path):
         "    from .. import plan\n"                      # relative; sweep already runs
         "    import onepass.sweep\n"                     # nothing new runs
         "    from ..executors import local\n"            # itself
-        "    from onepass.sweep import make_tasks\n"     # a name from an enclosing __init__
+        "    from onepass.sweep import make_units\n"     # a name from an enclosing __init__
         "if TYPE_CHECKING:\n"
         "    from onepass.experiment.run import x\n")    # never runs
     deps = dependencies("onepass.sweep.executors.local", source, known)

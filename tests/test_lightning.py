@@ -235,8 +235,9 @@ def test_bf16_mixed_runs_and_equals_the_plain_loop_under_autocast(tmp_path):
     net, ref = plain_loop(15, dtype=torch.float32, autocast=True)
     assert hypersteps(run) == 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    # The optimizer saw autocast (the callback asks needs_graph inside training_step), so it is
-    # in AMP mode: a non-finite hypergradient would skip a hyperparameter step, not raise.
+    # The callback sets skip_non_finite under a mixed precision, so the optimizer is in
+    # AMP mode: a non-finite hypergradient would skip a hyperparameter step, not raise.
+    assert opt.skip_non_finite is True and opt.val_loss is None   # the callback's val_loss is unset at teardown
     assert opt.hyperparameters.pop("skipped_hypersteps") == 0.0
     assert_same(model, opt, net, ref, rel=1e-5)
     assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02)
@@ -380,3 +381,42 @@ def test_attention_takes_the_math_kernel_on_the_differentiated_updates(tmp_path)
     run.fit(model, *loaders())
     assert hypersteps(run) == 2
     assert run.optimizers[0].hyperparameters["lr/group0"] != pytest.approx(0.02)
+
+
+def test_a_compiled_model_equals_the_plain_loop(tmp_path):
+    """A module whose network is ``torch.compile``d: a compiled graph has no double backward,
+    so the callback runs the differentiated updates' training_step on the eager code.
+    (``trainer.fit(torch.compile(module))`` compiles training_step itself, whose ``self.log``
+    torch.compile cannot trace, with any optimizer.)"""
+    net = make_net().double()
+    compiled = torch.compile(net, backend="aot_eager")
+    loss = mse_loss(compiled(X[:16].double()), Y[:16].double())
+    g = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
+    with pytest.raises(RuntimeError, match="does not currently support double backward"):
+        torch.autograd.grad(sum(v.sum() for v in g), list(net.parameters()))   # what the plain loop meets
+    model = Regression()
+    model.net = torch.compile(model.net, backend="aot_eager")
+    run = trainer(tmp_path, max_steps=12)
+    run.fit(model, *loaders())
+    assert hypersteps(run) == 2
+    reference, ref = plain_loop(12)
+    assert_same(model, run.optimizers[0], reference, ref)
+
+
+def test_the_callback_sets_public_attributes_and_wraps_only_backward(tmp_path):
+    """The optimizer gets the validation loss as its public ``val_loss`` attribute (unset at
+    teardown); the module's ``backward`` is the one method the callback wraps."""
+    seen = {}
+
+    class Look(lightning.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            opt = trainer.optimizers[0]
+            seen["module"] = sorted(k for k in vars(pl_module) if callable(vars(pl_module)[k]))
+            seen["optimizer"] = sorted(k for k in vars(opt) if k in ("step", "zero_grad"))
+            seen["val_loss"] = callable(opt.val_loss)
+
+    model = Regression()
+    run = trainer(tmp_path, max_steps=2, callbacks=[Look()])
+    run.fit(model, *loaders())
+    assert seen == {"module": ["backward"], "optimizer": [], "val_loss": True}
+    assert run.optimizers[0].val_loss is None and "backward" not in vars(model)

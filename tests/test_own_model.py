@@ -25,9 +25,9 @@ from onepass.cli.main import main
 from onepass.experiment.config import ConfigError, draw_random_initialisation, load_config, \
     resolve_config
 from onepass.experiment.run import run_training
-from onepass.experiment.targets import TargetError, build_model, load_splits
-from onepass.sweep import make_tasks
-from onepass.sweep.executors import SingleTask
+from onepass.experiment.python_targets import TargetError, build_model, load_splits
+from onepass.sweep import make_units
+from onepass.sweep.executors import SingleUnit
 from onepass.sweep.plan import Sweep
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_model"
@@ -117,7 +117,7 @@ def test_sweep_with_random_inits_on_two_workers_then_report(tmp_path, capsys):
             "--steps", "20", "-l", str(root), *QUIET]
     # no population for a python model: one task per run
     sweep = Sweep(root, str(CONFIG), algorithms, 3, steps=20)
-    assert all(isinstance(t, SingleTask) for t in make_tasks(sweep.runs()))
+    assert all(isinstance(t, SingleUnit) for t in make_units(sweep.runs()))
     assert main(args) == 0
     runs = load_runs(root)
     assert sorted((r.algorithm, r.init_index) for r in runs) == \

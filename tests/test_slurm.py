@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from onepass.sweep import make_tasks
+from onepass.sweep import make_units
 from onepass.sweep.plan import Sweep
 
 
@@ -29,7 +29,7 @@ def test_local_jobs_run_a_tiny_sweep_and_resume(uci_data_dir, tmp_path):
     specs = sweep.runs()
     executor = SlurmExecutor(tmp_path / "slurm", cluster="local", chunk_size=2, poll_s=0.2,
                              timeout_min=5)
-    tasks = make_tasks(specs, population="off")
+    tasks = make_units(specs, population="off")
     results = [r for batch in executor.run(tasks, data_dir=uci_data_dir) for r in batch]
     assert sorted((r.algorithm, r.init_index, r.status) for r in results) == \
         [("ours_lr", 0, "finished"), ("ours_lr", 1, "finished")]
@@ -41,7 +41,7 @@ def test_local_jobs_run_a_tiny_sweep_and_resume(uci_data_dir, tmp_path):
     # Resumable: finished runs are not submitted again, a missing one is.
     (specs[1].run_dir / "summary.json").unlink()
     again = SlurmExecutor(tmp_path / "slurm", cluster="local", poll_s=0.2, timeout_min=5)
-    tasks = make_tasks(specs, population="off")
+    tasks = make_units(specs, population="off")
     results = [r for batch in again.run(tasks, data_dir=uci_data_dir) for r in batch]
     assert sorted((r.init_index, r.status) for r in results) == [(0, "finished"), (1, "finished")]
     assert len(again.jobs) == 1
@@ -55,7 +55,7 @@ def test_a_dead_job_reports_failed_runs(tmp_path):
     from onepass.sweep.executors import SlurmExecutor
 
     sweep = tiny_sweep(tmp_path / "runs")
-    tasks = make_tasks(sweep.runs()[:1], population="off")
+    tasks = make_units(sweep.runs()[:1], population="off")
     executor = SlurmExecutor(tmp_path / "slurm", cluster="debug", poll_s=0.05)
     # A corrupt energy file under this data_dir (it wins over the shipped copy): the run
     # fails inside the job, recorded, not raised.

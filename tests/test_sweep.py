@@ -11,8 +11,8 @@ import pytest
 from onepass.analysis.runs import load_runs
 from onepass.cli.main import main
 from onepass.experiment.config import CONFIG_DIR, draw_random_initialisation
-from onepass.sweep import make_tasks, run_sweep
-from onepass.sweep.executors import PopulationTask, SingleTask
+from onepass.sweep import make_units, run_sweep
+from onepass.sweep.executors import PopulationUnit, SingleUnit
 from onepass.sweep.plan import Sweep
 
 ALGOS = ["random", "ours_lr"]
@@ -131,12 +131,12 @@ def test_population_sweep_matches_single_runs(uci_data_dir, tmp_path):
 
 def test_tasks_chunk_per_algorithm(uci_data_dir, tmp_path):
     sweep = Sweep(tmp_path, "uci_energy", ["random", "ours_lr"], 5, steps=10)
-    tasks = make_tasks(sweep.runs(), population_size=2)
-    assert [type(t) for t in tasks] == [PopulationTask] * 4 + [SingleTask] * 2
+    tasks = make_units(sweep.runs(), population_size=2)
+    assert [type(t) for t in tasks] == [PopulationUnit] * 4 + [SingleUnit] * 2
     assert [[s.init_index for s in t.specs] for t in tasks[:2]] == [[0, 1], [0, 1]]
     # costliest algorithm first in every round
     assert [t.specs[0].algorithm for t in tasks] == ["ours_lr", "random"] * 3
-    assert all(isinstance(t, SingleTask) for t in make_tasks(sweep.runs(), population="off"))
+    assert all(isinstance(t, SingleUnit) for t in make_units(sweep.runs(), population="off"))
 
 
 def test_ray_executor_without_ray_says_how_to_install(uci_data_dir, tmp_path, monkeypatch, capsys):

@@ -144,6 +144,57 @@ def test_bf16_runs(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+class Generating(Trainer):
+    """As TRL's trainers do, ``_prepare_inputs`` makes the training batch itself (here the
+    labels, from the inputs, as a generation step would) and keeps state: the batches it saw."""
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        self.seen = getattr(self, "seen", []) + [inputs["input_ids"]]
+        return {**inputs, "labels": inputs["input_ids"].clone()}
+
+
+def test_a_trl_style_trainer_overriding_prepare_inputs_equals_the_plain_trainer(tmp_path):
+    """The validation batches do not go through the Trainer's ``_prepare_inputs``: the
+    subclass sees the training batches only, and the run equals the plain Trainer's on
+    the same batches with their labels."""
+    options = dict(max_steps=10, save_strategy="no", report_to=[])
+    plain = trained(tmp_path / "plain", **options)
+    generating = tune(Generating(model=model(), args=arguments(tmp_path / "trl", **options),
+                                 train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5)
+    generating.train()
+    assert len(generating.seen) == 10 and onepass_of(generating).validation.taken == 2
+    train_rows = {tuple(row["input_ids"].tolist()) for row in TRAIN}
+    assert all(tuple(row.tolist()) in train_rows for ids in generating.seen for row in ids)
+    for p, q in zip(generating.model.parameters(), plain.model.parameters()):
+        assert torch.equal(p, q)
+    assert onepass_of(generating).tuner.hyperparameters == onepass_of(plain).tuner.hyperparameters
+
+
+def test_a_compiled_model_equals_the_eager_run(tmp_path):
+    """``torch_compile=True``: a compiled graph has no double backward, so the differentiated
+    updates run the model's eager code; the others, and the validation, the compiled one."""
+    options = dict(max_steps=10, save_strategy="no", report_to=[], dropout=0.0)
+    eager = trained(tmp_path / "eager", **options)
+    compiled = trained(tmp_path / "compiled", torch_compile=True, torch_compile_backend="aot_eager", **options)
+    assert type(compiled.model_wrapped).__name__ == "OptimizedModule"
+    assert onepass_of(compiled).validation.taken == 2
+    for p, q in zip(compiled.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert onepass_of(compiled).tuner.hyperparameters == pytest.approx(onepass_of(eager).tuner.hyperparameters,
+                                                                       rel=1e-5)
+
+
+def test_tune_wraps_only_the_accelerators_backward(tmp_path):
+    trainer = Trainer(model=model(), args=arguments(tmp_path), train_dataset=TRAIN, eval_dataset=EVAL)
+    before = dict(vars(trainer))
+    tune(trainer)
+    changed = sorted(k for k, v in vars(trainer).items() if k not in before or before[k] is not v)
+    assert changed == ["optimizer"]                 # Trainer(optimizers=...)'s own attribute
+    assert sorted(k for k in vars(trainer.accelerator) if k == "backward") == ["backward"]
+    assert type(trainer.callback_handler.callbacks[0]).__module__ == "onepass.integrations.transformers"
+
+
 # ------------------------------------------------------------------ bad input
 
 

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 import onepass
 from onepass.core import hyperparameters as hp
-from onepass.core.estimators.implicit import hypergradient as implicit_hypergradient_functional
+from onepass.core.estimators.implicit import implicit_hypergradient as implicit_hypergradient_functional
 
 DTYPE = torch.float64
 REPO = Path(__file__).resolve().parents[1]

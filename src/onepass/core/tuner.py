@@ -26,14 +26,17 @@ file in :mod:`onepass.core.estimators`:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import hyperparameters as hp
+from .budget import CostBudget
 from .estimators import ESTIMATORS, Schedule, StepResult
-from .execution import Execution, NonFiniteError, clone
+from .execution import Execution, NonFiniteError
+from .products import clone
 from .rules import UpdateRule, get_rule
 
 METHODS = tuple(ESTIMATORS)
@@ -121,6 +124,15 @@ class Tuner:
             steps and replayed, differentiated, in one compiled function at
             the window's last update (hyperparameters may then only be changed
             between windows).
+        cost_budget: the wall-clock the user accepts as a multiple of the bare
+            optimizer's (``1.5``: 50% more), or a
+            :class:`~onepass.core.budget.CostBudget` (to inject a clock). The
+            run times its own updates over its first windows, then fixes
+            :attr:`update_interval` (never below ``update_interval``) so that a
+            window costs at most that ratio of plain updates; the choice is in
+            :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
+            (the paper's schedule). Not for ``"baydin"`` methods (every
+            update) or ``reset_each_window``.
         population: train ``P`` independent runs at once. Every parameter then
             has a leading dimension ``P`` (member ``m`` owns slice ``m``), the
             loss returns one value per member, shape ``(P,)``, and each
@@ -156,6 +168,7 @@ class Tuner:
         reset_optimizer_state: bool = False,
         compile: bool = False,
         population: int | None = None,
+        cost_budget: float | CostBudget | None = None,
     ):
         self.model = model
         self.rule = get_rule(rule)
@@ -234,6 +247,13 @@ class Tuner:
                              "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
         self.steps_taken = 0
         self._input_shapes: list | None = None
+        self.cost_budget = CostBudget.of(cost_budget)
+        if self.cost_budget is not None and (estimator.every_step or self.reset_each_window):
+            raise ValueError(f"cost_budget needs windows of updates: {method!r}"
+                             f"{' with reset_each_window' if self.reset_each_window else ''} has a fixed schedule")
+        if self.cost_budget is not None:
+            self.cost_budget.attach(params[0].device, self._budget_agreement())
+        self._window_origin = self.tune_after   # windows count from the update after this one
 
     def _make_execution(self, model, params, batch_loss, compile: bool) -> Execution:
         """Where gradients come from: here the model and ``batch_loss``
@@ -248,7 +268,7 @@ class Tuner:
         ``None`` for an update that tunes nothing (``tune_after``, or nothing tuned)."""
         if not self.tuned or step <= self.tune_after:
             return None
-        return (step - self.tune_after - 1) % self.update_interval + 1
+        return (step - self._window_origin - 1) % self.update_interval + 1
 
     def step(self, batch: Any, val_batch: Any = None) -> StepResult:
         """Take one weight update on ``batch``; on the last update of a window,
@@ -275,6 +295,7 @@ class Tuner:
             result = self._estimator.step(self._execution, batch, val_batch, step, position,
                                           self._apply_hypergradient)
         self.steps_taken = step
+        self._budget_after(step, position)
         return result
 
     @property
@@ -325,6 +346,8 @@ class Tuner:
             "estimator": self._estimator.state_dict(),
             "diverged": clone(self._execution.diverged),
             "initial": clone(self._initial),
+            **({"cost_budget": self.cost_budget.state_dict(), "update_interval": self.update_interval,
+                "window_origin": self._window_origin} if self.cost_budget is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -341,6 +364,13 @@ class Tuner:
         execution.any_diverged = execution.diverged is not None and bool(execution.diverged.any())
         if self.reset_each_window:
             self._initial = clone(state["initial"])
+        if "update_interval" in state:   # written with a budget: its choice holds
+            self._set_interval(int(state["update_interval"]), int(state["window_origin"]))
+        if self.cost_budget is not None:
+            if "cost_budget" in state:
+                self.cost_budget.load_state_dict(state["cost_budget"])
+            else:   # written without one: its fixed interval goes on
+                self.cost_budget.load_state_dict({"chosen": self.update_interval, "plain": [], "closing": []})
         execution.invalidate()
 
     # ------------------------------------------------------ the hyper-optimiser
@@ -381,6 +411,29 @@ class Tuner:
                 natural = transform.to_natural(leaf)
                 natural = transform.into_domain(natural - step * g / transform.slope(natural))
                 leaf.copy_(transform.to_raw(natural))
+
+    # ------------------------------------------------------------ the cost budget
+
+    def _budget_agreement(self):
+        """How ranks agree on the budget's interval (data parallelism: the first
+        rank's); ``None`` for a single process."""
+        return None
+
+    def _budget_after(self, step: int, position: int | None) -> None:
+        """Time update ``step``; at the end of the measurement fix the interval."""
+        budget = self.cost_budget
+        if budget is None or position is None or not budget.measuring:
+            return
+        window = (step - self._window_origin - 1) // self.update_interval
+        chosen = budget.observe(window, position == self.update_interval, self.update_interval)
+        if chosen is not None:
+            self._set_interval(chosen, step)
+
+    def _set_interval(self, interval: int, origin: int) -> None:
+        """Windows of ``interval`` updates from the update after ``origin``."""
+        self.update_interval, self._window_origin = interval, origin
+        if self._estimator.schedule.update_interval != interval:
+            self._estimator.schedule = dataclasses.replace(self._estimator.schedule, update_interval=interval)
 
     # ---------------------------------------------------------------- helpers
 

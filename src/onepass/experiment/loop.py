@@ -70,7 +70,7 @@ def tuner_from_config(config: Mapping, model: torch.nn.Module, loss: Mapping[str
         hyper_optimizer=algo["hyper_optimizer"], hyper_lr=algo["hyper_lr"], lr_bounds=LR_CLIP,
         max_grad_norm=training["max_grad_norm"], reset_each_window=algo["reset_each_window"],
         reset_optimizer_state=algo["reset_optimizer_state"], compile=training["compile"],
-        population=population)
+        population=population, cost_budget=algo["cost_budget"])
 
 
 def step_learning_rate(tuner: Tuner, multipliers: Sequence[float],

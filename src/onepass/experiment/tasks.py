@@ -36,7 +36,7 @@ logging loop:
 ``model.kind: python`` replaces the model of every family but Penn Treebank by
 the ``torch.nn.Module`` a ``model.target`` function returns; ``dataset.kind:
 python`` takes the splits from a ``dataset.target`` function
-(:mod:`onepass.experiment.targets` says what each must return).
+(:mod:`onepass.experiment.python_targets` says what each must return).
 
 The UCI task reproduces, operation for operation, the loop ``run_training``
 had before tasks existed, so UCI results are unchanged bit for bit.
@@ -154,7 +154,7 @@ class Task:
     # model and loss
     def build_model(self) -> nn.Module:
         if self.config["model"]["kind"] == PYTHON:
-            from onepass.experiment.targets import build_model as build_target_model
+            from onepass.experiment.python_targets import build_model as build_target_model
             return build_target_model(self.config)
         spec = {"kind": self.config["model"]["kind"]}
         spec.update({k: self.config["model"][k] for k in MODEL_KEYS[spec["kind"]]})
@@ -353,7 +353,7 @@ class CIFAR10Task(ClassificationTask):
 
 class PythonTask(TensorTask):
     """Your own data: the splits a ``dataset.target`` function returns
-    (:func:`onepass.experiment.targets.load_splits`), trained with
+    (:func:`onepass.experiment.python_targets.load_splits`), trained with
     ``training.loss`` (``mse``, or ``cross_entropy`` with ``test_accuracy``
     tracked) on your ``model.target`` or the MLP. Whole splits are evaluated
     in chunks of :data:`EVAL_CHUNK`; :meth:`build_model` checks the model's
@@ -361,7 +361,7 @@ class PythonTask(TensorTask):
 
     def __init__(self, config, data_dir, device):
         super().__init__(config, data_dir, device)
-        from onepass.experiment.targets import TargetError, load_splits
+        from onepass.experiment.python_targets import TargetError, load_splits
         data = load_splits(config)
         if config["model"]["kind"] == "mlp" and data.x_train.dim() != 2:
             raise TargetError(f"dataset.target {config['dataset']['target']!r} returned inputs x "
@@ -373,7 +373,7 @@ class PythonTask(TensorTask):
         self.n_inputs, self.n_outputs = data.n_inputs, data.n_outputs
 
     def build_model(self) -> nn.Module:
-        from onepass.experiment.targets import check_output
+        from onepass.experiment.python_targets import check_output
         model = super().build_model()
         check_output(model, self.data, self.config)
         return model
@@ -571,8 +571,8 @@ def check_data(config: Mapping, data_dir=None) -> None:
 def _check_targets(config: Mapping, data_dir) -> None:
     """Import and call a config's python targets once (your data: the splits and
     the model's output on them), on the CPU, leaving the global RNGs as they were;
-    raises :class:`~onepass.experiment.targets.TargetError` (one line)."""
-    from onepass.experiment.targets import build_model, fixed_seed
+    raises :class:`~onepass.experiment.python_targets.TargetError` (one line)."""
+    from onepass.experiment.python_targets import build_model, fixed_seed
     with fixed_seed(int(config["seed"])):
         if config["dataset"]["kind"] == PYTHON:
             task = make_task(config, data_dir, "cpu")

@@ -30,6 +30,22 @@ def differentiable_attention(optimizer: TunedOptimizer):
     return _sdpa_kernel([_MATH])
 
 
+def differentiated_forward(optimizer: TunedOptimizer):
+    """What the forward of an update whose gradient is differentiated runs under:
+    ``scaled_dot_product_attention``'s math kernel (:func:`differentiable_attention`)
+    and, for a ``torch.compile``d model, the eager code (``torch.compiler``'s
+    ``"force_eager"`` stance: compiled graphs have no double backward). Other
+    updates keep the fast kernels and the compiled code."""
+    if not optimizer.needs_graph:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(differentiable_attention(optimizer))
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is not None:   # torch >= 2.6
+        stack.enter_context(set_stance("force_eager"))
+    return stack
+
+
 try:
     from torch.nn.attention import SDPBackend as _SDPBackend, sdpa_kernel as _sdpa_kernel
     _MATH = _SDPBackend.MATH

@@ -23,10 +23,14 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
 
 * **backward.** The module's ``backward`` (which Lightning's precision plugin
   calls for the loss of ``training_step``) is given
-  ``create_graph=optimizer.needs_graph``. A module that overrides
-  ``backward`` must pass its keyword arguments on to ``loss.backward``.
-  ``training_step`` runs ``scaled_dot_product_attention`` on its math kernel
-  for those updates (the fused kernels have no double backward).
+  ``create_graph=optimizer.needs_graph``: the one method the callback wraps.
+  A module that overrides ``backward`` must pass its keyword arguments on to
+  ``loss.backward``. From ``on_train_batch_start`` to
+  ``on_before_optimizer_step`` of those updates, ``scaled_dot_product_attention``
+  takes its math kernel (the fused kernels have no double backward) and a
+  ``torch.compile``d network runs its eager code (``torch.compiler``'s
+  ``"force_eager"`` stance: compiled graphs have no double backward); the
+  other updates keep both.
 * **Validation loss.** On the last update of each window the optimizer asks
   for the validation loss at the new weights. The callback takes the next
   batch of the validation data, cycled: ``OnepassCallback(val_dataloader=...)``,
@@ -39,7 +43,9 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   value ``validation_step(batch, batch_idx)`` returns (a scalar tensor, or a
   dict with ``"loss"``). The module is in ``eval()`` mode for that call,
   gradients are on, and its ``self.log`` calls are ignored (the validation
-  loop logs as usual). An optimizer built with its own ``val_loss=`` keeps it.
+  loop logs as usual). The callback hands this to the optimizer as its public
+  ``val_loss`` attribute for the fit; an optimizer built with its own
+  ``val_loss=`` keeps it.
 * **Logging.** The tuned values go to Lightning's loggers through
   ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the learned value;
   ``onepass/lr_in_use/group0`` is the rate in use, learned × scheduled; fixed values are not logged), with
@@ -57,7 +63,8 @@ the update, and the hyperparameters, of one batch of their concatenation);
 ``gradient_clip_val`` with the default ``gradient_clip_algorithm="norm"``
 works and is seen by the hyperparameter step, ``"value"`` is refused;
 ``precision`` ``"32-true"``, ``"64-true"``, ``"bf16-mixed"``, ``"16-mixed"``
-(its ``GradScaler`` is handed to the optimizer) and LR schedulers from
+(its ``GradScaler`` is set as the optimizer's ``grad_scaler``; under either
+mixed precision ``skip_non_finite`` is set on) and LR schedulers from
 ``configure_optimizers`` (``"interval": "step"`` or ``"epoch"``) work. (With
 ``"64-true"`` Lightning loads a checkpoint into the module before converting
 it to float64, so a resumed run's weights pass through float32; a module
@@ -76,10 +83,12 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from ..optim import TunedOptimizer
-from ._common import differentiable_attention, eval_mode, own_randomness, tuned_values
+from ._common import differentiated_forward, eval_mode, own_randomness, tuned_values
+from ._private import lightning_fit_val_loader
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
 except ImportError as error:   # pragma: no cover - the extra is installed in CI
     raise ImportError("onepass.integrations.lightning needs Lightning: pip install 'onepass[lightning]'") from error
 
@@ -116,6 +125,8 @@ class OnepassCallback(pl.Callback):
         self._last_val: torch.Tensor | None = None
         self._logged_at: list[int] = []
         self._patched: list[tuple[Any, str, Any]] = []   # (object, attribute, previous instance value)
+        self._given: list[tuple[TunedOptimizer, str]] = []   # optimizer attributes the callback set
+        self._forward = contextlib.ExitStack()   # the differentiated update's forward context
 
     # ------------------------------------------------------------------ setup
 
@@ -133,7 +144,7 @@ class OnepassCallback(pl.Callback):
         if trainer.gradient_clip_val and trainer.gradient_clip_algorithm == "value":
             raise ValueError("OnepassCallback: gradient_clip_algorithm='value' is not supported by onepass.optim "
                              "(the hyperparameter step can differentiate clipping by norm only); use 'norm'")
-        needs_data = [o for o in self._optimizers if getattr(o, "_val_loss", None) is None]
+        needs_data = [o for o in self._optimizers if o.val_loss is None]
         if needs_data:
             self._loader = self._find_loader(trainer)
             if self._loader is None:
@@ -150,22 +161,23 @@ class OnepassCallback(pl.Callback):
         self._restored = None
         self._check_backward(pl_module)
         self._patch(pl_module, "backward", self._backward_with_graph(pl_module.backward))
-        self._patch(pl_module, "training_step", self._step_with_attention_kernel(pl_module.training_step))
         scaler = getattr(trainer.precision_plugin, "scaler", None)
+        val_loss = functools.partial(self._validation_loss, trainer, pl_module)
         for optimizer in self._optimizers:
             if optimizer in needs_data:
-                self._patch(optimizer, "step", self._step_with_val_loss(optimizer.step, trainer, pl_module))
-            if scaler is not None and getattr(optimizer, "_grad_scaler", None) is None:
-                optimizer._grad_scaler = scaler   # the hyperparameter step divides the loss scale out
+                self._give(optimizer, "val_loss", val_loss)
+            if scaler is not None and optimizer.grad_scaler is None:
+                optimizer.grad_scaler = scaler   # the hyperparameter step divides the loss scale out
+            if "mixed" in str(trainer.precision) and optimizer.skip_non_finite is None:
+                optimizer.skip_non_finite = True   # AMP: a non-finite hypergradient skips that hyperparameter step
         self._logged_at = [o.steps_taken for o in self._optimizers]
 
     def _find_loader(self, trainer: "pl.Trainer"):
         if self._loader_given is not None:
             return self._loader_given
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        if source.instance is None or not source.is_defined():
-            return None
-        loader = source.dataloader()
+        loader = trainer.val_dataloaders   # public, once Lightning's validation loop has loaded it
+        if loader is None:
+            loader = lightning_fit_val_loader(trainer)
         if isinstance(loader, Mapping):
             loader = next(iter(loader.values()), None)
         elif isinstance(loader, (list, tuple)):
@@ -187,7 +199,16 @@ class OnepassCallback(pl.Callback):
         self._patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
         setattr(obj, name, value)
 
+    def _give(self, optimizer: TunedOptimizer, name: str, value) -> None:
+        """Set one of the optimizer's public attributes for this fit only (unset at teardown)."""
+        setattr(optimizer, name, value)
+        self._given.append((optimizer, name))
+
     def _unpatch(self) -> None:
+        self._forward.close()
+        while self._given:
+            optimizer, name = self._given.pop()
+            setattr(optimizer, name, None)
         while self._patched:
             obj, name, previous = self._patched.pop()
             if previous is _MISSING:
@@ -204,25 +225,20 @@ class OnepassCallback(pl.Callback):
             return backward(loss, *args, **kwargs)
         return backward_with_graph
 
-    def _step_with_attention_kernel(self, training_step: Callable) -> Callable:
-        optimizers = self._optimizers
+    # ------------------------------------------------------------------ the differentiated updates' forward
 
-        @functools.wraps(training_step)
-        def training_step_with_attention_kernel(*args, **kwargs):
-            with contextlib.ExitStack() as stack:
-                for optimizer in optimizers:
-                    stack.enter_context(differentiable_attention(optimizer))
-                return training_step(*args, **kwargs)
-        return training_step_with_attention_kernel
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """``training_step`` of an update whose gradient is differentiated runs
+        attention on its math kernel and a compiled model's eager code."""
+        self._forward.close()
+        for optimizer in self._optimizers:
+            self._forward.enter_context(differentiated_forward(optimizer))
 
-    def _step_with_val_loss(self, step: Callable, trainer, pl_module) -> Callable:
-        val_loss = lambda: self._validation_loss(trainer, pl_module)   # noqa: E731
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._forward.close()   # after backward: the update and the validation loss run as usual
 
-        @functools.wraps(step)   # keeps an LR scheduler's mark on the step it wrapped
-        def step_with_val_loss(closure=None, **kwargs):
-            kwargs.setdefault("val_loss", val_loss)
-            return step(closure, **kwargs)
-        return step_with_val_loss
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._forward.close()
 
     # ------------------------------------------------------------------ validation batches
 
@@ -250,8 +266,9 @@ class OnepassCallback(pl.Callback):
             batch_idx = self._index - 1
             precision = trainer.precision_plugin
             batch = precision.convert_input(batch)
-            if hasattr(pl_module, "_on_before_batch_transfer"):
-                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+            datamodule = trainer.datamodule   # whose hook Lightning calls: the datamodule's if it overrides it
+            owner = datamodule if is_overridden("on_before_batch_transfer", datamodule) else pl_module
+            batch = owner.on_before_batch_transfer(batch, 0)
             batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
             with eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
                 if self._loss_fn is not None:
@@ -268,7 +285,7 @@ class OnepassCallback(pl.Callback):
 
     # ------------------------------------------------------------------ logging
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _log(self, trainer, pl_module) -> None:
         optimizers = self._optimizers
         if not optimizers:
             return
@@ -278,7 +295,8 @@ class OnepassCallback(pl.Callback):
         self._logged_at = steps
         # Only on the steps Lightning writes (every log_every_n_steps), as its own
         # LearningRateMonitor does: self.log costs more than the values themselves.
-        if trainer.loggers and getattr(trainer._logger_connector, "should_update_logs", True):
+        every = trainer.log_every_n_steps
+        if trainer.loggers and every and (trainer.global_step % every == 0 or trainer.should_stop):
             pl_module.log_dict(self.hyperparameters, on_step=True, on_epoch=False, logger=True)
 
     @property
@@ -305,6 +323,10 @@ class OnepassCallback(pl.Callback):
         self.val_batches_taken = int(state_dict["val_batches_taken"])
         last = state_dict.get("last_val")
         self._last_val = None if last is None else torch.tensor(last)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._forward.close()   # a micro-batch of gradient accumulation takes no optimizer step
+        self._log(trainer, pl_module)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._unpatch()

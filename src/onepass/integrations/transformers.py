@@ -21,19 +21,26 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
   so the Trainer's exemption of biases and LayerNorm weights does not apply.
 * **backward.** ``Trainer.training_step`` calls
   ``self.accelerator.backward(loss)``; that call gets
-  ``create_graph=optimizer.needs_graph``. The forward of those updates runs
-  ``scaled_dot_product_attention`` on its math kernel (``sdpa``'s fused
-  kernels have no double backward); the other updates keep the fast one.
-  Under DDP those updates run on the unwrapped model (``trainer.model``):
-  DDP all-reduces first-order gradients only, and the optimizer averages the
-  gradient, its Hessian-vector products and the validation gradient itself.
+  ``create_graph=optimizer.needs_graph``: the one method :func:`tune` wraps.
+  The rest is a ``TrainerCallback`` (first in the Trainer's list): from
+  ``on_step_begin`` to ``on_pre_optimizer_step`` of those updates,
+  ``scaled_dot_product_attention`` takes its math kernel (``sdpa``'s fused
+  kernels have no double backward) and a compiled model
+  (``torch_compile=True``) runs its eager code (``torch.compiler``'s
+  ``"force_eager"`` stance: compiled graphs have no double backward); the
+  other updates keep both. Under DDP those updates run in the model's
+  ``no_sync()``: DDP all-reduces first-order gradients only, and the
+  optimizer averages the gradient, its Hessian-vector products and the
+  validation gradient itself.
 * **Validation loss.** On the last update of each window the optimizer asks
   for the validation loss at the new weights: the next batch of
   ``trainer.get_eval_dataloader()`` (the eval dataset with the Trainer's
-  collator, cycled; the first one if ``eval_dataset`` is a dict), fed to the
-  model in ``eval()`` mode, and its own ``outputs.loss``. The eval batches
-  must carry labels.
-* **Logging.** Every training log of the Trainer (every ``logging_steps``) gets
+  collator, cycled; the first one if ``eval_dataset`` is a dict), moved to
+  the device with accelerate's ``send_to_device`` (not the Trainer's
+  ``_prepare_inputs``, which TRL-style subclasses override for their training
+  batches), fed to the model in ``eval()`` mode, and its own ``outputs.loss``.
+  The eval batches must carry labels.
+* **Logging.** Every training log of the Trainer (every ``logging_steps``; the callback's ``on_log``) gets
   the tuned values, ``onepass/lr/group0`` (the learned value), ``onepass/lr_in_use/group0`` (the rate in use: learned ×
   scheduled) and ``onepass/weight_decay/group0``, and ``onepass/val_loss``
   (that of the last hyperparameter step), so they are in ``trainer.state.log_history`` and
@@ -55,16 +62,18 @@ no eval dataset.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Mapping
 
 import torch
 
 from ..optim import AdamW
-from ._common import differentiable_attention, eval_mode, own_randomness, tuned_values
+from ._common import differentiated_forward, eval_mode, own_randomness, tuned_values
 
 try:
     import transformers
+    from accelerate.utils import send_to_device
 except ImportError as error:   # pragma: no cover - the extra is installed in CI
     raise ImportError("onepass.integrations.transformers needs transformers: "
                       "pip install 'onepass[transformers]'") from error
@@ -123,37 +132,9 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
         if optimizer.needs_graph:
             kwargs["create_graph"] = True
         return backward(loss, **kwargs)
-    trainer.accelerator.backward = backward_with_graph
-
-    training_step = trainer.training_step
-
-    @functools.wraps(training_step)
-    def training_step_unwrapped_when_differentiated(model, inputs, *args, **kwargs):
-        if optimizer.needs_graph:   # DDP does not all-reduce a graph: the optimizer averages what it needs
-            model = trainer.model
-        return training_step(model, inputs, *args, **kwargs)
-    trainer.training_step = training_step_unwrapped_when_differentiated
-
-    context = trainer.compute_loss_context_manager
-
-    @functools.wraps(context)
-    def context_with_attention_kernel():
-        stack = context()
-        stack.enter_context(differentiable_attention(optimizer))
-        return stack
-    trainer.compute_loss_context_manager = context_with_attention_kernel
-
-    log = trainer.log
-
-    @functools.wraps(log)
-    def log_with_hyperparameters(logs: dict, *args, **kwargs):
-        if "loss" in logs or "learning_rate" in logs:   # a training log (not evaluation, not the summary)
-            logs.update({prefix + k: v for k, v in tuned_values(optimizer).items()})
-            if validation.last is not None:
-                logs[prefix + "val_loss"] = validation.last
-        return log(logs, *args, **kwargs)
-    trainer.log = log_with_hyperparameters
-    trainer.add_callback(_ClearGraphs(optimizer))
+    trainer.accelerator.backward = backward_with_graph   # the one method tune() wraps
+    # First among the callbacks: the report_to loggers' on_log then see the tuned values.
+    trainer.callback_handler.callbacks.insert(0, _Tuning(trainer, optimizer, validation, prefix))
     return trainer
 
 
@@ -229,7 +210,8 @@ class _Validation:
         trainer = self.trainer
         model = trainer.model
         with own_randomness():
-            inputs = trainer._prepare_inputs(self._next_batch())
+            # Not trainer._prepare_inputs: TRL-style Trainers override it for their training batches.
+            inputs = send_to_device(self._next_batch(), trainer.args.device)
             with eval_mode(model), trainer.compute_loss_context_manager():
                 outputs = model(**inputs)
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else None
@@ -241,14 +223,50 @@ class _Validation:
         return loss
 
 
-class _ClearGraphs(transformers.TrainerCallback):
-    """The Trainer zeroes gradients with ``model.zero_grad()``; this also drops the
-    graphs the optimizer kept from an update it did not take (a step an fp16
-    ``GradScaler`` skipped)."""
+class _Tuning(transformers.TrainerCallback):
+    """What :func:`tune` adds to the Trainer's loop, on its callback events.
 
-    def __init__(self, optimizer: TrainerAdamW):
-        self.optimizer = optimizer
+    * ``on_step_begin``: the Trainer zeroes gradients with ``model.zero_grad()``;
+      this also drops the graphs the optimizer kept from an update it did not
+      take (a step an fp16 ``GradScaler`` skipped). On an update whose gradient
+      is differentiated, until ``on_pre_optimizer_step``: attention on its math
+      kernel and a ``torch.compile``d model's eager code
+      (:func:`~onepass.integrations._common.differentiated_forward`), and under
+      DDP the model's ``no_sync()``: DDP all-reduces first-order gradients only,
+      and the optimizer averages the gradient, its Hessian-vector products and
+      the validation gradient itself.
+    * ``on_log``: a training log gets the tuned values and the last validation loss.
+    """
+
+    def __init__(self, trainer, optimizer: TrainerAdamW, validation: _Validation, prefix: str):
+        self.trainer, self.optimizer, self.validation, self.prefix = trainer, optimizer, validation, prefix
+        self._forward = contextlib.ExitStack()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer = self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        self._forward.close()
+        if optimizer.needs_graph:
+            self._forward.enter_context(differentiated_forward(optimizer))
+            wrapped = self.trainer.model_wrapped
+            if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+                self._forward.enter_context(wrapped.no_sync())
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._forward.close()   # after backward and clipping: the update and the validation loss as usual
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._forward.close()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._forward.close()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or not ("loss" in logs or "learning_rate" in logs):
+            return   # not a training log (an evaluation, the summary)
+        extra = {self.prefix + k: v for k, v in tuned_values(self.optimizer).items()}
+        if self.validation.last is not None:
+            extra[self.prefix + "val_loss"] = self.validation.last
+        logs.update(extra)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(extra)   # the Trainer appended its copy of logs before on_log

@@ -5,7 +5,7 @@ runs on the unwrapped module (``backward(create_graph=True)`` through a
 DDP-wrapped module fails, and DDP does not synchronise higher-order
 gradients, pytorch#63929), so the optimizer averages the loss's part itself:
 the gradient, every Hessian–vector product and the validation gradient
-(:class:`~onepass.core.execution.Ops` ``reduce``). The rule's part is applied
+(:class:`~onepass.core.products.Ops` ``reduce``). The rule's part is applied
 to the averaged vectors, which matters for Adam, whose update is not linear
 in the gradient. The hypergradient is averaged too, so that every rank holds
 bit-identical hyperparameters.

@@ -17,7 +17,7 @@ factor. The differentiated update then clips inside, as
 ``Tuner(max_grad_norm=...)`` does. Anything else is refused.
 
 The estimators see this through :class:`LoopOps` and :class:`LoopExecution`,
-the :class:`~onepass.core.execution.Ops` and
+the :class:`~onepass.core.products.Ops` and
 :class:`~onepass.core.execution.Execution` of a loop; they contain no
 estimator arithmetic.
 """
@@ -32,7 +32,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..core.execution import Execution, Gradient, Ops, Tensors
+from ..core.execution import Execution
+from ..core.products import Gradient, Ops, Tensors
 from ..core.rules import clip_gradients
 
 
@@ -231,7 +232,7 @@ def _norm(tensors: Tensors) -> float:
 
 @dataclass
 class LoopOps(Ops):
-    """:class:`~onepass.core.execution.Ops` whose "batch" is a
+    """:class:`~onepass.core.products.Ops` whose "batch" is a
     :class:`StepGradient` and whose validation batch is the user's
     zero-argument ``val_loss`` callable."""
 

@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 
 from ..core import hyperparameters as hp
+from ..core.budget import CostBudget, first_rank_choice
+from ..core.estimators import ESTIMATORS
 from ..core.execution import NonFiniteError
 from ..core.tuner import Tuner
 from . import distributed
@@ -77,14 +79,19 @@ class _LoopTuner(Tuner):
     """The Tuner's shell on gradients from the loop (:class:`LoopExecution`);
     in data-parallel runs the hypergradient is averaged before it is applied."""
 
-    def __init__(self, params, groups, *, reduce, agree_on_max_norm, pinned, eval_model, **kwargs):
+    def __init__(self, params, groups, *, reduce, agree_on_max_norm, pinned, eval_model, agree_on_interval=None,
+                 **kwargs):
         self._reduce, self._agree = reduce, agree_on_max_norm
+        self._agree_on_interval = agree_on_interval
         self._pinned, self._eval_model = pinned, eval_model
         super().__init__(_Holder(params), batch_loss=_no_batch_loss, params=groups, **kwargs)
 
     def _make_execution(self, model, params, batch_loss, compile):
         return LoopExecution(params, self.rule, self.slots, reduce=self._reduce,
                              agree_on_max_norm=self._agree, pinned=self._pinned, eval_model=self._eval_model)
+
+    def _budget_agreement(self):
+        return self._agree_on_interval
 
     def _apply_hypergradient(self, hypergradient):
         if self._reduce is not None:
@@ -112,6 +119,16 @@ class TunedOptimizer(torch.optim.Optimizer):
         method: ``"neumann"`` (the paper), ``"cg"``, ``"unroll"``, ``"baydin"``, ``"baydin_exact"``.
         neumann_terms, unroll_steps, update_interval, hyper_optimizer, hyper_lr:
             as for :class:`~onepass.Tuner`.
+        cost_budget: the wall-clock you accept, as a multiple of the bare
+            ``torch.optim`` loop's (default: the recipe's, 1.5). Over its first
+            windows the run times its own loop (your forward and backward
+            included), then fixes the interval once (never below
+            ``update_interval``) so that a window costs at most this ratio;
+            ``hyperparameters["interval"]`` shows it and ``state_dict()`` keeps
+            it. ``None``: ``update_interval`` throughout. To replay a run with
+            no clock, give its chosen interval as ``update_interval`` and
+            ``cost_budget=None``. A :class:`~onepass.core.budget.CostBudget`
+            sets the clock. Under DDP every rank takes rank 0's choice.
         lr_bounds: the learned learning rate is kept in this range, one pair for
             all groups or a list with one per group (a group's ``"lr_bounds"``
             key also works). Default ``(1e-10, 1)``: a rate above 1 diverges on
@@ -163,13 +180,15 @@ class TunedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, rule: str, *, tune=None, granularity=None, method=None,
                  neumann_terms=None, unroll_steps=None, update_interval=None, hyper_optimizer=None,
                  hyper_lr=None, lr_bounds=(1e-10, 1.0), max_hyper_step=None, tune_after=None, val_loss=None,
-                 grad_scaler=None, skip_non_finite=None, model=None, process_group=None):
+                 grad_scaler=None, skip_non_finite=None, model=None, process_group=None, cost_budget="recipe"):
         table = recipe(rule)
         defaults = {k: table["values"][k] if v is None else v for k, v in defaults.items()}
         given = dict(granularity=granularity, method=method, neumann_terms=neumann_terms,
                      unroll_steps=unroll_steps, update_interval=update_interval, hyper_optimizer=hyper_optimizer,
                      hyper_lr=hyper_lr, tune_after=tune_after)
         settings = {k: table["settings"][k] if v is None else v for k, v in given.items()}
+        if isinstance(cost_budget, str) and cost_budget == "recipe":
+            cost_budget = table["settings"]["cost_budget"]
         granularity, method, neumann_terms, unroll_steps, update_interval, tune_after = (
             settings[k] for k in ("granularity", "method", "neumann_terms", "unroll_steps", "update_interval",
                                   "tune_after"))
@@ -183,8 +202,6 @@ class TunedOptimizer(torch.optim.Optimizer):
             groups.append((group["params"], values))
         params = [p for group in self.param_groups for p in group["params"]]
         distributed.check_supported(params, model)
-        if val_loss is not None and not callable(val_loss):
-            raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
         names = list(groups[0][1])
         tune = default_tune(rule, [values for _, values in groups]) if tune is None else tuple(tune)
         granularity = dict(granularity or {})
@@ -201,9 +218,13 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._group = group
         reduce = distributed.averaged(group) if group is not None else None
         agree = distributed.agreement(group) if group is not None else None
+        if method in ESTIMATORS and ESTIMATORS[method].every_step:
+            cost_budget = None   # a hyperparameter step every update: nothing to choose
+        cost_budget = CostBudget.of(cost_budget)
         self._config = {"rule": rule, "method": method, "tune": tune, "granularity": sorted(granularity.items()),
                         "neumann_terms": neumann_terms, "unroll_steps": unroll_steps,
                         "update_interval": update_interval, "tune_after": tune_after,
+                        "cost_budget": None if cost_budget is None else cost_budget.ratio,
                         "shapes": [tuple(p.shape) for p in params]}
         if group is not None:
             distributed.check_same_config(self._config, group)
@@ -214,14 +235,15 @@ class TunedOptimizer(torch.optim.Optimizer):
             lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after,
             pinned={name: [i for i, g in enumerate(self._tensor_groups(tuner_groups)) if g in owners]
                     for name, owners in pinned_groups.items()},
-            eval_model=model)
+            eval_model=model, cost_budget=cost_budget,
+            agree_on_interval=first_rank_choice(group, params[0].device) if group is not None else None)
         self._pinned_groups = pinned_groups
         self._params = params
         self._grad_norms: Tensor | None = None   # per update of the window and parameter: max |p.grad|
         self._capture = GradientCapture(params)
-        self._val_loss = val_loss
-        self._grad_scaler = grad_scaler
-        self._skip_non_finite = skip_non_finite
+        self.val_loss = val_loss
+        self.grad_scaler = grad_scaler
+        self.skip_non_finite = skip_non_finite
         self._autocast_seen = False
         self._seen = [dict(values) for _, values in groups]
         self._groups_seen = None
@@ -261,6 +283,43 @@ class TunedOptimizer(torch.optim.Optimizer):
     @property
     def steps_taken(self) -> int:
         return self._tuner.steps_taken
+
+    # The constructor's val_loss, grad_scaler and skip_non_finite are also public,
+    # settable attributes, so a framework's integration sets them instead of
+    # wrapping step().
+
+    @property
+    def val_loss(self) -> Callable | None:
+        """The validation loss callable (the constructor's ``val_loss``); settable.
+        A ``val_loss=`` given to :meth:`step` takes precedence."""
+        return self._val_loss
+
+    @val_loss.setter
+    def val_loss(self, value: Callable | None) -> None:
+        if value is not None and not callable(value):
+            raise ValueError("val_loss must be a zero-argument callable returning the validation loss")
+        self._val_loss = value
+
+    @property
+    def grad_scaler(self):
+        """The ``torch.amp.GradScaler`` scaling the loss, or ``None``; settable."""
+        return self._grad_scaler
+
+    @grad_scaler.setter
+    def grad_scaler(self, value) -> None:
+        if value is not None and not callable(getattr(value, "get_scale", None)):
+            raise ValueError(f"grad_scaler must be a torch.amp.GradScaler (with get_scale()), got "
+                             f"{type(value).__name__}")
+        self._grad_scaler = value
+
+    @property
+    def skip_non_finite(self) -> bool | None:
+        """The constructor's ``skip_non_finite`` (``None``: on under AMP); settable."""
+        return self._skip_non_finite
+
+    @skip_non_finite.setter
+    def skip_non_finite(self, value: bool | None) -> None:
+        self._skip_non_finite = None if value is None else bool(value)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._capture.clear()
@@ -317,7 +376,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Each update of a window writes ``max |p.grad|`` per parameter into a
         device-side table (no host sync); the window's last update reads it."""
         norms = torch._foreach_norm(list(plain), math.inf)
-        if self._grad_norms is None:
+        if self._grad_norms is None or len(self._grad_norms) != self._tuner.update_interval:
             first = norms[0]
             same = all(n.dtype == first.dtype and n.device == first.device for n in norms)
             self._grad_norms = torch.zeros(self._tuner.update_interval, len(norms),
@@ -407,7 +466,8 @@ class TunedOptimizer(torch.optim.Optimizer):
         ``lr_in_use/groupN`` is the rate the update uses, learned × the
         scheduler's factor ``group["lr"] / group["base_lr"]``. Per-tensor and
         per-weight values give their mean over the group's weights. Under AMP
-        also ``"skipped_hypersteps"``."""
+        also ``"skipped_hypersteps"``; when anything is tuned, ``"interval"``:
+        the updates per hyperparameter step now (the cost budget's choice)."""
         slots = self._tuner.slots
         out = {}
         with torch.no_grad():
@@ -428,6 +488,8 @@ class TunedOptimizer(torch.optim.Optimizer):
                         out[f"lr_in_use/group{g}"] = value * group["lr"] / group["base_lr"]
         if self._skips():
             out["skipped_hypersteps"] = float(self.skipped_hypersteps)
+        if slots.names:
+            out["interval"] = float(self._tuner.update_interval)
         return out
 
     @property
@@ -490,7 +552,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         if extra is None:
             raise ValueError("this state_dict was not written by a onepass.optim optimizer")
         for key, value in self._config.items():
-            if extra["config"].get(key) != value:
+            if key != "cost_budget" and extra["config"].get(key) != value:   # the state holds the choice
                 raise ValueError(f"state_dict is from a different configuration: {key} was "
                                  f"{extra['config'].get(key)!r}, this optimizer has {value!r}")
         super().load_state_dict(state_dict)

@@ -7,7 +7,7 @@
 
 * :mod:`.plan`: the runs, their folders, the manifest, resume state;
 * :mod:`.population`: many initialisations trained as one computation;
-* :mod:`.executors`: where tasks run, one interface (local processes, Ray, SLURM);
+* :mod:`.executors`: where units run, one interface (local processes, Ray, SLURM);
 * :mod:`.reproduce`: the paper's named experiments (sweep + report).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from onepass.experiment.record import find_record
-from onepass.sweep.executors import EXECUTORS, PopulationTask, SingleTask
+from onepass.sweep.executors import EXECUTORS, PopulationUnit, SingleUnit
 from onepass.sweep.plan import (
     PAPER_ALGORITHMS, RootLock, RunSpec, Sweep, SweepError, check_or_write_manifest, run_is_done,
 )
@@ -54,11 +54,11 @@ def relative_cost(config) -> float:
     return 1.4 if per_weight else 1.3
 
 
-def make_tasks(specs: Sequence[RunSpec], *, population: str = "auto",
+def make_units(specs: Sequence[RunSpec], *, population: str = "auto",
                population_size: int = DEFAULT_POPULATION_SIZE) -> list:
-    """Group pending runs into tasks: population chunks (per algorithm, in
+    """Group pending runs into units: population chunks (per algorithm, in
     initialisation order, at most ``population_size``) where they apply, single
-    runs elsewhere; interleaved so early tasks cover every algorithm, costliest
+    runs elsewhere; interleaved so early units cover every algorithm, costliest
     algorithm first in each round (:func:`relative_cost`) so the cheapest
     chunks end the sweep and the workers finish together."""
     from onepass.sweep.population import population_applies
@@ -72,17 +72,17 @@ def make_tasks(specs: Sequence[RunSpec], *, population: str = "auto",
         if population == "auto" and population_size > 1 and population_applies(spec.config):
             by_algorithm.setdefault(spec.algorithm, []).append(spec)
         else:
-            singles.append(SingleTask(spec))
+            singles.append(SingleUnit(spec))
     chunked = {a: [s[k:k + population_size] for k in range(0, len(s), population_size)]
                for a, s in by_algorithm.items()}
     order = sorted(chunked, key=lambda a: -relative_cost(by_algorithm[a][0].config))
-    tasks = []
+    units = []
     for k in range(max((len(c) for c in chunked.values()), default=0)):
         for chunks in (chunked[a] for a in order):
             if k < len(chunks):
                 chunk = chunks[k]
-                tasks.append(PopulationTask(chunk) if len(chunk) > 1 else SingleTask(chunk[0]))
-    return tasks + singles
+                units.append(PopulationUnit(chunk) if len(chunk) > 1 else SingleUnit(chunk[0]))
+    return units + singles
 
 
 def run_sweep(
@@ -131,7 +131,7 @@ def run_sweep(
         check_or_write_manifest(sweep)
         specs = sweep.runs()
         pending = [s for s in specs if not run_is_done(s)]
-        tasks = make_tasks(pending, population=population, population_size=population_size)
+        units = make_units(pending, population=population, population_size=population_size)
         outcome = SweepOutcome(sweep.root, len(specs), len(specs) - len(pending), 0)
         from tqdm.auto import tqdm
         bar = tqdm(total=len(specs), initial=outcome.skipped, disable=not progress,
@@ -140,7 +140,7 @@ def run_sweep(
         try:
             runner = EXECUTORS[executor].for_sweep(sweep.root, workers=workers, address=address,
                                                    slurm=slurm)
-            for results in runner.run(tasks, data_dir=data_dir, device=device):
+            for results in runner.run(units, data_dir=data_dir, device=device):
                 for result in results:
                     counts[result.status] += 1
                     if result.status not in ("finished", "diverged"):
@@ -159,4 +159,4 @@ def run_sweep(
 
 
 __all__ = ["DEFAULT_POPULATION_SIZE", "EXECUTORS", "PAPER_ALGORITHMS", "Sweep", "SweepError",
-           "SweepOutcome", "make_tasks", "relative_cost", "run_sweep"]
+           "SweepOutcome", "make_units", "relative_cost", "run_sweep"]

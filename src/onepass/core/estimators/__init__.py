@@ -1,7 +1,7 @@
 """Hypergradient estimators, one file each, registered by name.
 
 Every estimator holds its arithmetic once, as pure functions of explicit
-tensors written against :class:`~onepass.core.execution.Ops` (so the same
+tensors written against :class:`~onepass.core.products.Ops` (so the same
 function runs eagerly on autograd or compiled on ``torch.func``, for one run
 or a population), plus a small :class:`Estimator` that tells the
 :class:`~onepass.Tuner` which updates it differentiates. Adding one means a

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..execution import Gradient, Ops, clone
+from ..products import Gradient, Ops, clone
 from .base import Estimator, StepResult, register
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from ..execution import Ops
+from ..products import Ops
 from ..solvers import conjugate_gradient, neumann_series
 from .base import Estimator, StepResult, register
 
@@ -40,10 +40,10 @@ def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
     return hypergradient, update.weights, update.state, gradient.loss, val_loss
 
 
-def hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batch, val_batch,
-                  terms: int, solve: Callable | None = None):
+def implicit_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batch, val_batch,
+                           terms: int, solve: Callable | None = None):
     """:func:`hyperstep` for plain functions ``loss(weights, batch)`` and a rule's
-    ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
+    ``update`` (see :meth:`~onepass.core.products.Ops.of_functions`). Returns
     ``(hypergradient, new_weights, new_state, val_loss)``."""
     ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
     solve = solve or partial(neumann_series, terms=terms)

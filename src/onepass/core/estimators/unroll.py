@@ -8,23 +8,23 @@ contributes ``(∂u/∂λ)ᵀ`` of the cotangent reaching it, and passes back
 state. Eager runs take the updates as they come and keep their
 linearisations; compiled populations take plain steps and replay the
 stretch at the window's end (:func:`replay`). Both call :func:`advance`
-and :func:`hypergradient`.
+and :func:`reverse_accumulate`.
 """
 from __future__ import annotations
 
-from ..execution import Ops, clone, tree_map
+from ..products import Ops, clone, tree_map
 from .base import Estimator, StepResult, register
 
 
 def advance(ops, weights, state, raw, batch, first: bool):
     """One update with its linearisation (a
-    :class:`~onepass.core.execution.LinearUpdate`) and its training loss.
+    :class:`~onepass.core.products.LinearUpdate`) and its training loss.
     The first update's gradient is a constant (no Hessian–vector products)."""
     gradient = ops.gradient(weights, batch, graph=not first)
     return ops.linear_update(weights, state, gradient, raw), gradient.loss
 
 
-def hypergradient(updates: list, v):
+def reverse_accumulate(updates: list, v):
     """Reverse accumulation of ``dL_V/dλ`` through ``updates``, with ``v = ∂L_V/∂w_T``."""
     if updates[-1].connected:   # one graph through the stretch: autograd runs the loop below
         return updates[-1].backward(v, wrt=("raw",))[0]
@@ -47,13 +47,13 @@ def replay(ops, weights, state, raw, batches, val_batch):
         weights, state = update.weights, update.state
         updates.append(update)
     v, val_loss = ops.val_gradient(weights, val_batch)
-    return hypergradient(updates, v), weights, state, loss, val_loss
+    return reverse_accumulate(updates, v), weights, state, loss, val_loss
 
 
 def unrolled_hypergradient(update, train_loss, val_loss, weights, state, raw, to_hyper, train_batches,
                            val_batch):
     """:func:`replay` for plain functions ``loss(weights, batch)`` and a rule's
-    ``update`` (see :meth:`~onepass.core.execution.Ops.of_functions`). Returns
+    ``update`` (see :meth:`~onepass.core.products.Ops.of_functions`). Returns
     ``(hypergradient, (weights, state), val_loss)``."""
     ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
     h, weights, state, _, loss = replay(ops, tuple(weights), state, raw, tuple(train_batches), val_batch)
@@ -98,7 +98,7 @@ class Unroll(Estimator):
             updates.append(update)   # only once it is taken: a refused update is not part of the stretch
             return StepResult(loss.detach())
         v, val_loss = ops.val_gradient(update.weights, val_batch)
-        result = (hypergradient(updates + [update], v), update.weights, update.state, loss, val_loss)
+        result = (reverse_accumulate(updates + [update], v), update.weights, update.state, loss, val_loss)
         checked = execution.finish(result, weights, state, step, execution.slots.leaves())
         self._stretch = None
         return StepResult(loss.detach(), val_loss.detach(), apply(checked))

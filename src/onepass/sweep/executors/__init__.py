@@ -1,26 +1,26 @@
-"""Where a sweep's tasks run: one interface, three implementations.
+"""Where a sweep's units run: one interface, three implementations.
 
 Every executor follows :class:`~onepass.sweep.executors.base.Executor`:
-``executor.run(tasks, data_dir=..., device=...)`` yields one list of
-:class:`RunResult` per task as each task completes, and
+``executor.run(units, data_dir=..., device=...)`` yields one list of
+:class:`RunResult` per unit as each unit completes, and
 ``Executor.for_sweep(root, workers=..., address=..., slurm=...)`` builds the
 one ``onepass sweep --executor NAME`` uses.
 
 * ``local`` (:class:`~onepass.sweep.executors.local.LocalExecutor`): in this
   process, or a pool of local worker processes;
 * ``ray`` (:class:`~onepass.sweep.executors.ray.RayExecutor`): one Ray task per
-  sweep task, run folders shipped back to the driver;
+  sweep unit, run folders shipped back to the driver;
 * ``slurm`` (:class:`~onepass.sweep.executors.slurm.SlurmExecutor`): SLURM job
   arrays through submitit.
 
-The tasks, their results and the work a task does (:func:`execute_task`)
+The units, their results and the work a unit does (:func:`execute_unit`)
 live in :mod:`.base`, which the implementations import (never this package's
 ``__init__``); Ray and submitit are imported only when used.
 """
 from __future__ import annotations
 
 from onepass.sweep.executors.base import (
-    Executor, PopulationTask, RunResult, SingleTask, execute_task,
+    Executor, PopulationUnit, RunResult, SingleUnit, execute_unit,
 )
 from onepass.sweep.executors.local import LocalExecutor
 from onepass.sweep.executors.ray import RayExecutor, import_ray
@@ -29,5 +29,5 @@ from onepass.sweep.executors.slurm import SlurmExecutor, import_submitit
 EXECUTORS: dict[str, type] = {cls.name: cls for cls in (LocalExecutor, RayExecutor, SlurmExecutor)}
 """``--executor`` name → class."""
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PopulationTask", "RayExecutor", "RunResult",
-           "SingleTask", "SlurmExecutor", "execute_task", "import_ray", "import_submitit"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PopulationUnit", "RayExecutor", "RunResult",
+           "SingleUnit", "SlurmExecutor", "execute_unit", "import_ray", "import_submitit"]

@@ -1,8 +1,8 @@
-"""What every executor shares: the tasks, their results, the work itself, the interface.
+"""What every executor shares: the units, their results, the work itself, the interface.
 
-A *task* is one single run (:class:`SingleTask`) or one population chunk
-(:class:`PopulationTask`, several initialisations of one algorithm trained as
-one computation). :func:`execute_task` runs a task wherever it is called and
+A *unit* is one single run (:class:`SingleUnit`) or one population chunk
+(:class:`PopulationUnit`, several initialisations of one algorithm trained as
+one computation). :func:`execute_unit` runs a unit wherever it is called and
 returns one :class:`RunResult` per run; an :class:`Executor` only decides where.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from onepass.sweep.plan import RunSpec, clear_run_dir, run_is_done
 
 
 @dataclass(frozen=True)
-class SingleTask:
+class SingleUnit:
     spec: RunSpec
 
     @property
@@ -27,7 +27,7 @@ class SingleTask:
 
 
 @dataclass(frozen=True)
-class PopulationTask:
+class PopulationUnit:
     specs: list[RunSpec] = field(default_factory=list)
 
 
@@ -40,11 +40,11 @@ class RunResult:
 
 
 class Executor(Protocol):
-    """Where a sweep's tasks run.
+    """Where a sweep's units run.
 
-    ``run`` yields one list of :class:`RunResult` per task (one result per run,
-    in the task's order) as each task completes, in completion order. Closing
-    the iterator early (an exception, Ctrl-C) stops or cancels the tasks still
+    ``run`` yields one list of :class:`RunResult` per unit (one result per run,
+    in the unit's order) as each unit completes, in completion order. Closing
+    the iterator early (an exception, Ctrl-C) stops or cancels the units still
     running; their runs are redone when the sweep is run again.
     """
 
@@ -61,7 +61,7 @@ class Executor(Protocol):
         """The executor ``onepass sweep`` uses for the sweep under ``root``
         (each implementation reads the options that concern it)."""
 
-    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu"
+    def run(self, units: Sequence, *, data_dir=None, device: str = "cpu"
             ) -> Iterator[list[RunResult]]:
         ...
 
@@ -77,27 +77,27 @@ def import_extra(module: str, hint: str):
 
 # ------------------------------------------------------------ the work itself
 
-def execute_task(task, data_dir=None, device="cpu") -> list[RunResult]:
-    """Run ``task`` here; every run folder ends with a final ``summary.json``
+def execute_unit(unit, data_dir=None, device="cpu") -> list[RunResult]:
+    """Run ``unit`` here; every run folder ends with a final ``summary.json``
     holding ``init_index`` (unless the process is killed). The index is part of
     each record from its first write; a run that never started gets a ``failed``
     record of its own."""
-    for spec in task.specs:
+    for spec in unit.specs:
         clear_run_dir(spec.run_dir)
-    if isinstance(task, PopulationTask):
-        return _execute_population(task, data_dir, device)
-    return [_execute_single(task.spec, data_dir, device)]
+    if isinstance(unit, PopulationUnit):
+        return _execute_population(unit, data_dir, device)
+    return [_execute_single(unit.spec, data_dir, device)]
 
 
-def task_done(task) -> bool:
-    """Whether every run of ``task`` already holds a final result."""
-    return all(run_is_done(spec) for spec in task.specs)
+def unit_done(unit) -> bool:
+    """Whether every run of ``unit`` already holds a final result."""
+    return all(run_is_done(spec) for spec in unit.specs)
 
 
-def done_results(task) -> list[RunResult]:
-    """The results of a task whose runs are done, read from their records."""
+def done_results(unit) -> list[RunResult]:
+    """The results of a unit whose runs are done, read from their records."""
     out = []
-    for spec in task.specs:
+    for spec in unit.specs:
         record = find_record(spec.run_dir)
         out.append(RunResult(spec.algorithm, spec.init_index,
                              "finished" if record is None else record.status,
@@ -105,9 +105,9 @@ def done_results(task) -> list[RunResult]:
     return out
 
 
-def failed_results(task, message: str) -> list[RunResult]:
-    """One ``failed`` result per run of ``task`` (its worker or job died)."""
-    return [RunResult(s.algorithm, s.init_index, "failed", message) for s in task.specs]
+def failed_results(unit, message: str) -> list[RunResult]:
+    """One ``failed`` result per run of ``unit`` (its worker or job died)."""
+    return [RunResult(s.algorithm, s.init_index, "failed", message) for s in unit.specs]
 
 
 def _record_unstarted_failure(spec: RunSpec, message: str) -> None:
@@ -141,10 +141,10 @@ def _execute_single(spec: RunSpec, data_dir, device) -> RunResult:
     return RunResult(spec.algorithm, spec.init_index, summary["status"], summary.get("error"))
 
 
-def _execute_population(task: PopulationTask, data_dir, device) -> list[RunResult]:
+def _execute_population(unit: PopulationUnit, data_dir, device) -> list[RunResult]:
     from onepass.sweep.population import train_population
 
-    specs = task.specs
+    specs = unit.specs
     try:
         summaries = train_population([s.config for s in specs], [s.run_dir for s in specs],
                                      data_dir=data_dir, device=device,
@@ -155,10 +155,10 @@ def _execute_population(task: PopulationTask, data_dir, device) -> list[RunResul
         message = f"{type(error).__name__}: {error}"
         for s in specs:
             _record_unstarted_failure(s, message)
-        return failed_results(task, message)
+        return failed_results(unit, message)
     return [RunResult(s.algorithm, s.init_index, summary["status"], summary.get("error"))
             for s, summary in zip(specs, summaries)]
 
 
-__all__ = ["Executor", "PopulationTask", "RunResult", "SingleTask", "done_results",
-           "execute_task", "failed_results", "import_extra", "task_done"]
+__all__ = ["Executor", "PopulationUnit", "RunResult", "SingleUnit", "done_results",
+           "execute_unit", "failed_results", "import_extra", "unit_done"]

@@ -1,4 +1,4 @@
-"""Run a sweep's tasks on this machine: in this process, or in a pool of worker processes.
+"""Run a sweep's units on this machine: in this process, or in a pool of worker processes.
 
 * ``workers=1``: in this process, with one torch thread;
 * ``workers>1``: a pool of spawned processes, each with
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import ClassVar, Iterator, Mapping, Sequence
 
-from onepass.sweep.executors.base import RunResult, execute_task
+from onepass.sweep.executors.base import RunResult, execute_unit
 
 
 class LocalExecutor:
@@ -37,16 +37,16 @@ class LocalExecutor:
                   slurm: Mapping | None = None) -> "LocalExecutor":
         return cls(workers)
 
-    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu"
+    def run(self, units: Sequence, *, data_dir=None, device: str = "cpu"
             ) -> Iterator[list[RunResult]]:
-        """Yield each task's results as it completes."""
-        if self.workers <= 1 or len(tasks) <= 1:
+        """Yield each unit's results as it completes."""
+        if self.workers <= 1 or len(units) <= 1:
             import torch
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                for task in tasks:
-                    yield execute_task(task, data_dir, device)
+                for unit in units:
+                    yield execute_unit(unit, data_dir, device)
             finally:
                 torch.set_num_threads(threads)
             return
@@ -58,7 +58,7 @@ class LocalExecutor:
                                    initializer=_worker_init)
         completed = False
         try:
-            pending = {pool.submit(execute_task, task, data_dir, device) for task in tasks}
+            pending = {pool.submit(execute_unit, unit, data_dir, device) for unit in units}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -101,7 +101,7 @@ def _die_with_parent() -> None:
 
 
 def _shutdown_pool(pool) -> None:
-    """Stop the pool now: running tasks are killed (their runs are redone on resume)."""
+    """Stop the pool now: running units are killed (their runs are redone on resume)."""
     processes = list(getattr(pool, "_processes", {}).values())
     for p in processes:
         if p.is_alive():

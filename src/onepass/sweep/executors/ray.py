@@ -1,6 +1,6 @@
-"""Run a sweep's tasks on Ray (``pip install 'onepass[ray]'``).
+"""Run a sweep's units on Ray (``pip install 'onepass[ray]'``).
 
-One Ray task per sweep task (``num_cpus=1``). The worker trains into a
+One Ray task per sweep unit (``num_cpus=1``). The worker trains into a
 temporary folder and ships the run folders back as bytes; the driver writes
 them under the log root, the run record (``summary.json``, naming the real run
 folder) last, so the cluster needs no shared filesystem (the dataset must exist under ``data_dir`` on every node). A worker
@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator, Mapping, Sequence
 
 from onepass.experiment.record import SUMMARY, RunRecord, atomic_write_bytes, find_record, write_record
 from onepass.sweep.executors.base import (
-    PopulationTask, RunResult, SingleTask, execute_task, failed_results, import_extra,
+    PopulationUnit, RunResult, SingleUnit, execute_unit, failed_results, import_extra,
 )
 from onepass.sweep.plan import RunSpec, SweepError, clear_run_dir
 
@@ -45,9 +45,9 @@ class RayExecutor:
                   slurm: Mapping | None = None) -> "RayExecutor":
         return cls(address)
 
-    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu"
+    def run(self, units: Sequence, *, data_dir=None, device: str = "cpu"
             ) -> Iterator[list[RunResult]]:
-        """Yield each task's results as it completes on Ray."""
+        """Yield each unit's results as it completes on Ray."""
         ray = import_ray()
         if not ray.is_initialized():
             try:
@@ -57,7 +57,7 @@ class RayExecutor:
                                  f": {' '.join(str(error).split())[:300]}") from None
         remote = ray.remote(num_cpus=1, max_retries=0)(_ray_execute)
         data_dir = None if data_dir is None else str(Path(data_dir).resolve())
-        task_of = {remote.remote(task, data_dir, device): task for task in tasks}
+        task_of = {remote.remote(unit, data_dir, device): unit for unit in units}
         pending = list(task_of)
         try:
             while pending:
@@ -76,7 +76,7 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
 
 
-def _ray_execute(task, data_dir, device
+def _ray_execute(unit, data_dir, device
                  ) -> tuple[list[RunResult], dict[str, dict[str, bytes]], dict[str, RunRecord]]:
     """On a Ray worker: train into a temporary folder; return the results, each
     run folder's files but its record, and its record (naming the real run folder)."""
@@ -84,12 +84,12 @@ def _ray_execute(task, data_dir, device
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="onepass-sweep-") as tmp:
         moved = []
-        for k, spec in enumerate(task.specs):
+        for k, spec in enumerate(unit.specs):
             moved.append(RunSpec(spec.algorithm, spec.init_index, spec.config, Path(tmp) / str(k)))
-        local = PopulationTask(moved) if isinstance(task, PopulationTask) else SingleTask(moved[0])
-        results = execute_task(local, data_dir, device)
+        local = PopulationUnit(moved) if isinstance(unit, PopulationUnit) else SingleUnit(moved[0])
+        results = execute_unit(local, data_dir, device)
         files, records = {}, {}
-        for spec, local_spec in zip(task.specs, moved):
+        for spec, local_spec in zip(unit.specs, moved):
             contents = {str(p.relative_to(local_spec.run_dir)): p.read_bytes()
                         for p in sorted(local_spec.run_dir.rglob("*")) if p.is_file()}
             record = find_record(local_spec.run_dir)

@@ -1,16 +1,16 @@
-"""Run a sweep's tasks as SLURM jobs through ``submitit`` (``pip install 'onepass[slurm]'``).
+"""Run a sweep's units as SLURM jobs through ``submitit`` (``pip install 'onepass[slurm]'``).
 
 ::
 
     from onepass.sweep.executors.slurm import SlurmExecutor
     executor = SlurmExecutor("runs/energy/.slurm", partition="gpu", timeout_min=120,
                              gpus_per_node=1, chunk_size=10)
-    for results in executor.run(tasks, data_dir="/shared/data", device="auto"):
+    for results in executor.run(units, data_dir="/shared/data", device="auto"):
         ...
 
-* **Jobs.** Tasks are grouped in chunks of ``chunk_size`` (one task per job by
-  default) and submitted as one SLURM job array; each job runs its tasks one
-  after the other with :func:`~onepass.sweep.executors.base.execute_task`,
+* **Jobs.** Units are grouped in chunks of ``chunk_size`` (one unit per job by
+  default) and submitted as one SLURM job array; each job runs its units one
+  after the other with :func:`~onepass.sweep.executors.base.execute_unit`,
   writing the run folders directly (the log root must be on a filesystem
   shared with the compute nodes, as must ``data_dir``). ``max_parallel`` caps
   the jobs of the array that run at once (``--array=...%N``).
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 from onepass.sweep.executors.base import (
-    RunResult, done_results, execute_task, failed_results, import_extra, task_done,
+    RunResult, done_results, execute_unit, failed_results, import_extra, unit_done,
 )
 
 SLURM_HINT = "the slurm executor needs submitit: pip install 'onepass[slurm]'"
@@ -45,20 +45,20 @@ def import_submitit():
     return import_extra("submitit", SLURM_HINT)
 
 
-def run_chunk(tasks: Sequence, data_dir=None, device: str = "cpu", threads: int = 1
+def run_chunk(units: Sequence, data_dir=None, device: str = "cpu", threads: int = 1
               ) -> list[RunResult]:
-    """What one SLURM job runs: its tasks in order, skipping those already done.
+    """What one SLURM job runs: its units in order, skipping those already done.
 
-    Returns the flat list of results, one per run, in task order.
+    Returns the flat list of results, one per run, in unit order.
     """
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     results = []
-    for task in tasks:
-        results.extend(done_results(task) if task_done(task) else
-                       execute_task(task, data_dir, device))
+    for unit in units:
+        results.extend(done_results(unit) if unit_done(unit) else
+                       execute_unit(unit, data_dir, device))
     return results
 
 
@@ -70,7 +70,7 @@ class SlurmExecutor:
             (one sub-folder per job is made by submitit).
         cluster: ``None`` or ``"slurm"`` for SLURM; ``"local"`` to run the
             jobs as local processes; ``"debug"`` to run them in this process.
-        chunk_size: tasks per job (1: one job per run or population chunk).
+        chunk_size: units per job (1: one job per run or population chunk).
         partition, timeout_min, cpus_per_task, gpus_per_node, mem_gb: the
             usual job resources (``None`` leaves the cluster's default).
         max_parallel: jobs of the array running at once (``None``: no cap).
@@ -135,18 +135,18 @@ class SlurmExecutor:
         """submitit's files go to ``root/.slurm``; ``slurm`` holds this class's options."""
         return cls(Path(root) / ".slurm", **(slurm or {}))
 
-    def run(self, tasks: Sequence, *, data_dir=None, device: str = "cpu"
+    def run(self, units: Sequence, *, data_dir=None, device: str = "cpu"
             ) -> Iterator[list[RunResult]]:
-        """Yield each task's results as its job completes.
+        """Yield each unit's results as its job completes.
 
-        Tasks whose runs are all done already are yielded at once, unsubmitted.
+        Units whose runs are all done already are yielded at once, unsubmitted.
         """
         pending = []
-        for task in tasks:
-            if task_done(task):
-                yield done_results(task)
+        for unit in units:
+            if unit_done(unit):
+                yield done_results(unit)
             else:
-                pending.append(task)
+                pending.append(unit)
         if not pending:
             return
         chunks = [pending[k:k + self.chunk_size] for k in range(0, len(pending), self.chunk_size)]
@@ -177,12 +177,12 @@ class SlurmExecutor:
         except Exception as error:  # noqa: BLE001  (the job died: its runs are redone on resume)
             message = f"slurm job {job.job_id}: {type(error).__name__}: " \
                       f"{' '.join(str(error).split())[:500]}"
-            for task in chunk:
-                yield done_results(task) if task_done(task) else failed_results(task, message)
+            for unit in chunk:
+                yield done_results(unit) if unit_done(unit) else failed_results(unit, message)
             return
         k = 0
-        for task in chunk:
-            n = len(task.specs)
+        for unit in chunk:
+            n = len(unit.specs)
             yield flat[k:k + n]
             k += n
 

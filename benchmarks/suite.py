@@ -1,0 +1,440 @@
+"""The benchmark suite: onepass's default use against what a practitioner runs anyway.
+
+Eleven workloads of different kinds (``benchmarks/workloads``: UCI Energy,
+Kin8nm, Power, Naval with the paper's MLP; digits MLP and CNN; MNIST-1D MLP and
+CNN; a byte-level transformer LM on the Python standard library's source; a
+tiny BERT through Hugging Face's ``Trainer`` + ``tune()``; an MLP through
+Lightning with ``OnepassCallback``), on shipped or locally generated data.
+Rows, each at its published defaults: ``onepass`` (``onepass.optim.AdamW``
+with nothing given, plus the recipe's fold), ``onepass_sgd``
+(``onepass.optim.SGD``), ``adam``, ``adamw``, ``adamw_cosine``, ``prodigy``,
+``schedulefree``, ``sgd``, and ``adam_grid`` (on request: Adam over 6 lr x 2
+weight decays, chosen on validation, retrained on train+validation). Baselines
+train on train+validation.
+
+    python benchmarks/suite.py --seeds 3 --runs runs.jsonl --json suite.json --markdown --plot suite.png
+    python benchmarks/suite.py --workloads uci_energy digits_cnn --rows onepass adam --seeds 1 --steps 0.1
+    python benchmarks/suite.py --workloads heldout --runs runs.jsonl        # the held-out check
+    python benchmarks/suite.py --rows onepass --onepass '{"hyper_lr": 0.1}' --runs runs.jsonl   # an ablation
+    python benchmarks/suite.py --from-json suite.json --markdown --plot suite.png                # re-render
+
+``--runs`` caches every finished run as a line of JSON keyed by everything
+that determines it (workload, row, seed, updates, configuration), so an
+interrupted suite loses nothing and ablations reuse the baselines' runs.
+``--robustness N`` starts the recipe from N learning rates 10^U(-6,-1) on
+Energy and the digits CNN and reports the fraction that ends within 1.2x of
+Adam's default median.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import ALL, BASELINES, HELDOUT, SUITE, onepass_config  # noqa: E402
+
+ROWS = ("onepass", "onepass_sgd", "adam", "adamw", "adamw_cosine", "prodigy", "schedulefree", "sgd", "adam_grid")
+DEFAULT_ROWS = ROWS[:-1]
+DEFAULTS = ("adam", "adamw", "adamw_cosine", "prodigy", "schedulefree")   # "the best single default"
+ONEPASS_ROWS = ("onepass", "onepass_sgd")
+GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+GRID_WDS = (0.0, 1e-4)
+ROBUSTNESS_WORKLOADS = ("uci_energy", "digits_cnn")
+WITHIN = 1.2
+
+
+# ----------------------------------------------------------------------------- jobs and the cache
+
+def job(workload: str, row: str, seed: int, steps: int, **options) -> dict:
+    return {"workload": workload, "row": row, "seed": seed, "steps": steps, "options": options}
+
+
+def key(j: dict) -> str:
+    return json.dumps(j, sort_keys=True)
+
+
+def _quiet() -> None:
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _work(j: dict) -> tuple[dict, dict]:
+    import contextlib
+    import io
+
+    import torch
+    from workloads import run
+    _quiet()
+    torch.set_num_threads(1)
+    with contextlib.redirect_stdout(io.StringIO()):   # the frameworks print their summaries
+        record = run(ALL[j["workload"]], j["row"], j["seed"], j["steps"], j["options"])
+    return j, record
+
+
+class Runs:
+    """Records by job key, appended to ``path`` (JSON lines) as they finish."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.records = path, {}
+        if path is not None and path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.records[key(entry["job"])] = entry["record"]
+
+    def run(self, jobs: list[dict], workers: int, progress: bool = True) -> list[dict]:
+        todo, seen = [], set()
+        for j in jobs:
+            k = key(j)
+            if k not in self.records and k not in seen:
+                todo.append(j)
+                seen.add(k)
+        if todo:
+            bar = _progress(len(todo), progress)
+            if workers <= 1:
+                results = map(_work, todo)
+                for j, record in results:
+                    self._keep(j, record)
+                    bar.update(1)
+            else:
+                with cf.ProcessPoolExecutor(max_workers=workers, initializer=_quiet) as pool:
+                    futures = [pool.submit(_work, j) for j in todo]
+                    for future in cf.as_completed(futures):
+                        j, record = future.result()
+                        self._keep(j, record)
+                        bar.update(1)
+            bar.close()
+        return [self.records[key(j)] for j in jobs]
+
+    def _keep(self, j: dict, record: dict) -> None:
+        self.records[key(j)] = record
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"job": j, "record": record}) + "\n")
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, disable=not enabled, file=sys.stderr, desc="runs", smoothing=0)
+    except ImportError:   # pragma: no cover
+        class Bar:
+            def update(self, n):
+                pass
+
+            def close(self):
+                pass
+        return Bar()
+
+
+# ----------------------------------------------------------------------------- the suite
+
+def steps_of(name: str, scale: float) -> int:
+    return max(2, int(round(ALL[name].steps * scale)))
+
+
+def row_jobs(name: str, row: str, seed: int, steps: int, config: dict, sgd_config: dict) -> list[dict]:
+    if row == "onepass":
+        return [job(name, row, seed, steps, config=config)]
+    if row == "onepass_sgd":
+        return [job(name, row, seed, steps, config=sgd_config)]
+    return [job(name, row, seed, steps)]
+
+
+def grid_search(name: str, seed: int, steps: int) -> list[dict]:
+    return [job(name, "grid", seed, steps, lr=lr, weight_decay=wd, on_train=True)
+            for lr in GRID_LRS for wd in GRID_WDS]
+
+
+def supports(name: str, row: str) -> bool:
+    """The HF workload has no SGD front end (``tune(trainer)`` gives AdamW)."""
+    return not (name == "hf_bert" and row == "onepass_sgd")
+
+
+def _summary(values, seconds, adam_seconds, **extra) -> dict:
+    clean = [math.inf if v is None else v for v in values]
+    median = statistics.median(clean)
+    finite = [v for v in values if v is not None]
+    mean = statistics.fmean(finite) if len(finite) == len(values) else None
+    sem = (statistics.stdev(finite) / math.sqrt(len(finite)) if len(finite) > 1 else 0.0) \
+        if mean is not None else None
+    return {"median": median if math.isfinite(median) else None, "mean": mean, "sem": sem,
+            "time_ratio": statistics.median(seconds) / adam_seconds if adam_seconds else None,
+            "values": values, "seconds": seconds, **extra}
+
+
+def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers: int) -> dict:
+    rows = [r for r in ROWS if r in rows]
+    plan = []
+    for name in names:
+        steps = steps_of(name, scale)
+        for seed in range(seeds):
+            for row in rows:
+                if not supports(name, row):
+                    continue
+                plan += grid_search(name, seed, steps) if row == "adam_grid" else \
+                    row_jobs(name, row, seed, steps, config, sgd_config)
+    runs.run(plan, workers)
+    chosen = {}
+    if "adam_grid" in rows:
+        finals = []
+        for name in names:
+            steps = steps_of(name, scale)
+            for seed in range(seeds):
+                search = grid_search(name, seed, steps)
+                records = runs.run(search, 1, progress=False)
+                best = min(range(len(search)),
+                           key=lambda i: math.inf if records[i]["val"] is None else records[i]["val"])
+                options = search[best]["options"]
+                final = job(name, "grid", seed, steps, lr=options["lr"], weight_decay=options["weight_decay"])
+                chosen[(name, seed)] = (options, sum(r["seconds"] for r in records), final)
+                finals.append(final)
+        runs.run(finals, workers)
+    out = {}
+    for name in names:
+        w, steps = ALL[name], steps_of(name, scale)
+        table = {}
+        per_row = {}
+        for row in rows:
+            if not supports(name, row):
+                continue
+            if row == "adam_grid":
+                per_row[row] = [runs.records[key(chosen[(name, s)][2])] for s in range(seeds)]
+            else:
+                per_row[row] = [runs.records[key(row_jobs(name, row, s, steps, config, sgd_config)[0])]
+                                for s in range(seeds)]
+        adam_seconds = statistics.median(r["seconds"] for r in per_row["adam"])
+        for row, records in per_row.items():
+            seconds = [r["seconds"] + (chosen[(name, s)][1] if row == "adam_grid" else 0.0)
+                       for s, r in enumerate(records)]
+            extra = {}
+            if w.kind == "classification":
+                accuracy = [r.get("accuracy") for r in records]
+                extra["accuracy"] = accuracy
+                extra["accuracy_median"] = statistics.median(0.0 if a is None else a for a in accuracy)
+            if row in ONEPASS_ROWS:
+                hypers = [r.get("hyperparameters") or {} for r in records]
+                extra["hyperparameters_median"] = {k: statistics.median(h[k] for h in hypers if k in h)
+                                                   for k in hypers[0]}
+                extra["hyperparameters"] = hypers
+            if row == "adam_grid":
+                extra["chosen"] = [{"lr": chosen[(name, s)][0]["lr"],
+                                    "weight_decay": chosen[(name, s)][0]["weight_decay"]} for s in range(seeds)]
+            table[row] = _summary([r["test"] for r in records], seconds, adam_seconds, **extra)
+        entry = {"metric": w.metric, "kind": w.kind, "family": w.family, "steps": steps, "seeds": seeds,
+                 "rows": table}
+        if w.reference:
+            entry["reference"] = dict(w.reference)
+        if w.data.info:
+            entry["info"] = {k: v for k, v in w.data.info.items() if k != "files"} | (
+                {"files": w.data.info["files"]} if "files" in w.data.info else {})
+        entry.update(compare(table))
+        out[name] = entry
+    return out
+
+
+def compare(table: dict) -> dict:
+    """The best single default's row and median, and each onepass row's ratio to it."""
+    defaults = {r: table[r]["median"] for r in DEFAULTS if r in table}
+    if not defaults:
+        return {}
+    best = min(defaults, key=lambda r: math.inf if defaults[r] is None else defaults[r])
+    out = {"best_default": best, "best_default_median": defaults[best]}
+    for row in ONEPASS_ROWS + ("adam_grid",):
+        if row in table and table[row]["median"] is not None and defaults[best]:
+            out[f"{row}_ratio"] = table[row]["median"] / defaults[best]
+    return out
+
+
+def summarise(workloads: dict, row: str = "onepass") -> dict:
+    """Wins (median at or below the best default), the geometric mean and the
+    worst of the ratios, and the largest time ratio, over the workloads."""
+    ratios = {n: e[f"{row}_ratio"] for n, e in workloads.items() if f"{row}_ratio" in e}
+    missing = [n for n, e in workloads.items() if row in e["rows"] and f"{row}_ratio" not in e]
+    if not ratios:
+        return {}
+    times = [e["rows"][row]["time_ratio"] for n, e in workloads.items() if n in ratios]
+    return {"row": row, "workloads": len(ratios) + len(missing),
+            "wins": sum(1 for r in ratios.values() if r <= 1.0),
+            "within_1.03": sum(1 for r in ratios.values() if r <= 1.03),
+            "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())),
+            "max_ratio": max(ratios.values()), "max_time_ratio": max(times), "diverged": missing,
+            "ratios": ratios}
+
+
+# ----------------------------------------------------------------------------- robustness
+
+def robustness(n: int, seeds: int, scale: float, config: dict, runs: Runs, workers: int) -> dict:
+    """The recipe from ``n`` learning rates 10^U(-6,-1) (seed i % 5), per workload."""
+    lrs = [float(10 ** np.random.default_rng(1_000 + i).uniform(-6, -1)) for i in range(n)]
+    plan = {}
+    for name in ROBUSTNESS_WORKLOADS:
+        steps = steps_of(name, scale)
+        plan[name] = ([job(name, "onepass", i % 5, steps, config=config, start={"lr": lr})
+                       for i, lr in enumerate(lrs)], [job(name, "adam", s, steps) for s in range(seeds)])
+    runs.run([j for starts, adam in plan.values() for j in starts + adam], workers)
+    out = {}
+    for name, (starts, adam) in plan.items():
+        ends = [runs.records[key(j)]["test"] for j in starts]
+        adam_median = statistics.median(math.inf if runs.records[key(j)]["test"] is None
+                                        else runs.records[key(j)]["test"] for j in adam)
+        within = [v is not None and v <= WITHIN * adam_median for v in ends]
+        out[name] = {"starts": lrs, "values": ends, "adam_median": adam_median,
+                     "threshold": WITHIN * adam_median, "fraction_within": sum(within) / n,
+                     "missed_starts": [lr for lr, ok in zip(lrs, within) if not ok]}
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+def _fmt(v, digits: int = 4) -> str:
+    return "—" if v is None else f"{v:.{digits}g}"
+
+
+def markdown(result: dict) -> str:
+    """The suite's table: each row's median (time x Adam), the best default in
+    bold, and onepass's ratio to it."""
+    workloads = result["workloads"]
+    rows = [r for r in ROWS if any(r in e["rows"] for e in workloads.values())]
+    head = ["workload", "metric"] + rows + ["onepass / best default", "onepass acc. (published)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in workloads.items():
+        cells = [name, e["metric"].replace("test_", "")]
+        for row in rows:
+            r = e["rows"].get(row)
+            if r is None:
+                cells.append("—")
+                continue
+            text = f"{_fmt(r['median'])} ({r['time_ratio']:.2f}×)" if r["time_ratio"] else _fmt(r["median"])
+            cells.append(f"**{text}**" if row == e.get("best_default") else text)
+        ratio = e.get("onepass_ratio")
+        cells.append("—" if ratio is None else f"{ratio:.3f}")
+        acc = e["rows"].get("onepass", {}).get("accuracy_median")
+        published = (e.get("reference") or {}).get("published_accuracy")
+        cells.append("—" if acc is None else f"{acc:.1%}" + (f" ({published:.0%})" if published else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    for row in ONEPASS_ROWS:
+        s = summarise(workloads, row)
+        if s:
+            lines.append(f"\n{row}: at or below the best default on {s['wins']}/{s['workloads']} workloads, "
+                         f"within 1.03x on {s['within_1.03']}/{s['workloads']}; geometric mean of the ratios "
+                         f"{s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f}; time at most "
+                         f"{s['max_time_ratio']:.2f}x Adam's.")
+    for name, rb in (result.get("robustness") or {}).items():
+        lines.append(f"\nrobustness on {name}: {rb['fraction_within']:.0%} of {len(rb['starts'])} starts at lr "
+                     f"10^U(-6,-1) end within {WITHIN}x of Adam's default median ({rb['adam_median']:.4g}).")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Each row's median test loss divided by the best default's, per workload (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    workloads = result["workloads"]
+    names = list(workloads)
+    rows = [r for r in ROWS if any(r in e["rows"] for e in workloads.values())]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4.5))
+    markers = dict(zip(ROWS, "o^sv<>Dxp"))
+    for k, row in enumerate(rows):
+        xs, ys = [], []
+        for i, name in enumerate(names):
+            e = workloads[name]
+            r = e["rows"].get(row)
+            if r is None or r["median"] is None or not e.get("best_default_median"):
+                continue
+            xs.append(i + (k - len(rows) / 2) * 0.06)
+            ys.append(r["median"] / e["best_default_median"])
+        style = dict(color="black", markersize=9, zorder=3) if row == "onepass" else dict(alpha=0.75, markersize=5)
+        ax.plot(xs, ys, linestyle="none", marker=markers[row], label=row, **style)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax.set_ylabel("median test loss / best default's")
+    ax.set_title("onepass's default use against optimizer defaults (lower is better)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def _names(selection: list[str]) -> list[str]:
+    names = []
+    for s in selection:
+        group = {"suite": SUITE, "heldout": HELDOUT, "all": tuple(ALL)}.get(s, (s,))
+        for n in group:
+            if n not in ALL:
+                raise SystemExit(f"unknown workload {n!r}: suite, heldout, all or one of {', '.join(ALL)}")
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", nargs="+", default=["suite"], help="names, or suite / heldout / all")
+    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS,
+                   help="default: every row but adam_grid (adam always runs: times are to Adam's)")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=float, default=1.0, help="scale of every workload's number of updates")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--runs", type=Path, default=None, help="JSON-lines cache of finished runs (resume, reuse)")
+    p.add_argument("--onepass", type=json.loads, default={}, help="JSON overrides of the onepass row (ablations)")
+    p.add_argument("--robustness", type=int, default=0, help="N starts at lr 10^U(-6,-1) on Energy, digits CNN")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", nargs="?", const="-", default=None, help="write the table (to stdout: -)")
+    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--from-json", type=Path, default=None, help="re-render a --json result, running nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+    else:
+        config = onepass_config(**args.onepass)
+        sgd_config = onepass_config("sgd")
+        rows = list(dict.fromkeys([*args.rows, "adam"]))
+        runs = Runs(args.runs)
+        start = time.perf_counter()
+        names = _names(args.workloads)
+        workloads = benchmark(names, rows, args.seeds, args.steps, config, sgd_config, runs, args.workers)
+        import platform
+
+        import torch
+        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS},
+                  "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass},
+                  "seeds": args.seeds, "steps_scale": args.steps, "python": platform.python_version(),
+                  "torch": torch.__version__, "command": "python benchmarks/suite.py " + " ".join(
+                      sys.argv[1:] if argv is None else argv)}
+        if args.robustness:
+            result["robustness"] = robustness(args.robustness, args.seeds, args.steps, config, runs, args.workers)
+        result["seconds"] = time.perf_counter() - start
+    table = markdown(result)
+    if args.markdown in (None, "-"):
+        print(table)
+    else:
+        Path(args.markdown).write_text(table + "\n")
+    if args.json and not args.from_json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.plot)
+    return result
+
+
+if __name__ == "__main__":
+    main()

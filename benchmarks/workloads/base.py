@@ -1,0 +1,272 @@
+"""A workload of the suite, the rows it is trained with, and the plain training loop.
+
+A :class:`Workload` is a name, a kind, a metric, a data builder, a model
+builder, a number of updates, a batch size and how the test loss (and
+accuracy) is computed. Plain-loop workloads are trained by :func:`run`; a
+workload that trains through a framework (Hugging Face ``Trainer``,
+Lightning) gives its own ``train`` with the same contract.
+
+Rows (:func:`baseline_optimizer` and :func:`onepass_run`), each at its
+published defaults: ``adam`` (lr 1e-3), ``adamw`` (torch's defaults),
+``adamw_cosine`` (AdamW, linear warm-up over the first 5% of the updates then
+cosine decay to 0), ``prodigy`` (lr 1.0), ``schedulefree``
+(``AdamWScheduleFree`` defaults, with ``train()``/``eval()``), ``sgd``
+(lr 0.1, momentum 0.9); ``grid`` is Adam at a given lr and weight decay (the
+``adam_grid`` row's settings). Baselines train on train+validation (the grid's
+search runs train on train and are scored on validation). ``onepass`` is
+``onepass.optim.AdamW(params, val_loss=...)`` with nothing else given and the
+recipe's loop step (the fold); ``onepass_sgd`` is ``onepass.optim.SGD``'s.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import onepass
+import onepass.optim
+from onepass.optim.recipe import recipe
+
+BASELINES = ("adam", "adamw", "adamw_cosine", "prodigy", "schedulefree", "sgd")
+WARMUP = 0.05          # adamw_cosine: the fraction of the updates spent warming up
+
+
+@dataclass
+class Data:
+    """Float or integer tensors per split; ``scale`` turns the loss into original units."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    scale: float = 1.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def x_trainval(self) -> torch.Tensor:
+        return torch.cat([self.x_train, self.x_val])
+
+    @property
+    def y_trainval(self) -> torch.Tensor:
+        return torch.cat([self.y_train, self.y_val])
+
+
+@dataclass
+class Workload:
+    """One benchmark problem.
+
+    ``kind`` is ``"regression"`` (MSE), ``"classification"`` (cross-entropy
+    and accuracy) or ``"language_model"`` (cross-entropy per token of
+    ``(batch, time, vocabulary)`` logits). ``batch`` None is full batch.
+    ``train`` (optional) replaces the plain loop: ``train(workload, row, seed,
+    steps, options) -> (model, seconds, finite, hyperparameters)``.
+    """
+
+    name: str
+    kind: str
+    build_data: Callable[[], Data]
+    build_model: Callable[[int], nn.Module]
+    steps: int
+    batch: int | None = None
+    family: str = ""
+    reference: dict | None = None          # published figures to print next to ours
+    train: Callable | None = None
+    _data: Data | None = field(default=None, repr=False)
+
+    @property
+    def metric(self) -> str:
+        return "test_mse" if self.kind == "regression" else "test_cross_entropy"
+
+    @property
+    def data(self) -> Data:
+        if self._data is None:
+            self._data = self.build_data()
+        return self._data
+
+    def model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return self.build_model(seed)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return F.mse_loss(out, y)
+        if self.kind == "language_model":
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        return F.cross_entropy(out, y)
+
+    def batches(self, x, y, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Full batch, or shuffled mini-batches (dropping the last partial one), epoch after epoch."""
+        if self.batch is None or self.batch >= len(x):
+            while True:
+                yield x, y
+        g = torch.Generator().manual_seed(10_000 + seed)
+        while True:
+            order = torch.randperm(len(x), generator=g)
+            for start in range(0, len(x) - self.batch + 1, self.batch):
+                index = order[start:start + self.batch]
+                yield x[index], y[index]
+
+    def evaluate(self, model: nn.Module, x, y, chunk: int = 2048) -> tuple[float, float | None]:
+        """(loss in original units, accuracy or None), in eval mode, in chunks."""
+        was_training = model.training
+        model.eval()
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(x), chunk):
+                out = model(x[start:start + chunk])
+                yb = y[start:start + chunk]
+                total += float(self.loss(out, yb)) * len(yb)
+                if self.kind == "classification":
+                    correct += int((out.argmax(1) == yb).sum())
+        model.train(was_training)
+        loss = total / len(x) * self.data.scale
+        return loss, (correct / len(x) if self.kind == "classification" else None)
+
+    def val_loss(self, model: nn.Module) -> Callable[[], torch.Tensor]:
+        """The zero-argument validation loss onepass is given (the whole validation split)."""
+        data = self.data
+        return lambda: self.loss(model(data.x_val), data.y_val)
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def warmup_cosine(steps: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warm-up over WARMUP of the updates, then cosine to 0."""
+    warm = max(1, int(round(WARMUP * steps)))
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (t - warm) / max(1, steps - warm))))
+    return factor
+
+
+def baseline_optimizer(row: str, params, steps: int, *, lr: float | None = None, weight_decay: float = 0.0):
+    """(optimizer, LambdaLR factor or None) of a baseline row at its published defaults."""
+    params = list(params)
+    if row in ("adam", "grid"):
+        return torch.optim.Adam(params, lr=1e-3 if lr is None else lr, weight_decay=weight_decay), None
+    if row == "adamw":
+        return torch.optim.AdamW(params), None
+    if row == "adamw_cosine":
+        return torch.optim.AdamW(params), warmup_cosine(steps)
+    if row == "prodigy":
+        from prodigyopt import Prodigy
+        return Prodigy(params, lr=1.0), None
+    if row == "schedulefree":
+        from schedulefree import AdamWScheduleFree
+        return AdamWScheduleFree(params), None
+    if row == "sgd":
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9), None
+    raise ValueError(f"unknown baseline row {row!r}")
+
+
+def set_mode(opt, training: bool) -> None:
+    """Schedule-free keeps two sequences of weights: train() and eval() switch them."""
+    switch = getattr(opt, "train" if training else "eval", None)
+    if callable(switch) and type(opt).__module__.startswith("schedulefree"):
+        switch()
+
+
+def onepass_config(rule: str = "adamw", **overrides) -> dict:
+    """The onepass row's configuration: the optimizer's own defaults (no
+    keyword arguments) and the recipe's loop step, plus ablation overrides."""
+    return {"rule": rule, **recipe(rule).get("loop", {}), **overrides}
+
+
+def optimizer_overrides(config: dict) -> dict:
+    """The optimizer's part of a :func:`onepass_config` (what a framework
+    integration can take: it has no loop step such as the fold)."""
+    return {k: v for k, v in config.items() if k not in ("rule", "fold")}
+
+
+def onepass_optimizer(params, config: dict, val_loss, model: nn.Module, start: dict | None = None):
+    """(optimizer, fold) for a onepass row: ``config`` is :func:`onepass_config`'s."""
+    config = dict(config)
+    rule = config.pop("rule", "adamw")
+    fold = float(config.pop("fold", 0.0))
+    kwargs = {**config, **(start or {})}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    cls = {"adamw": onepass.optim.AdamW, "adam": onepass.optim.Adam, "sgd": onepass.optim.SGD}[rule]
+    return cls(list(params), val_loss=val_loss, model=model, **kwargs), fold
+
+
+# ----------------------------------------------------------------------------- the plain loop
+
+def _loop(workload: Workload, model, opt, steps: int, batches, schedule=None, graph=False) -> bool:
+    """``steps`` updates; False as soon as the training loss is not finite."""
+    model.train()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule else None
+    for _ in range(steps):
+        xb, yb = next(batches)
+        opt.zero_grad()
+        loss = workload.loss(model(xb), yb)
+        if not torch.isfinite(loss):
+            return False
+        loss.backward(create_graph=graph and opt.needs_graph)
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return True
+
+
+def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dict):
+    """Train one row through a plain PyTorch loop: (model, seconds, finite, hyperparameters)."""
+    data = workload.data
+    model = workload.model(seed)
+    start = time.perf_counter()
+    hyper = None
+    if row in ("onepass", "onepass_sgd"):
+        opt, fold = onepass_optimizer(model.parameters(), options["config"], workload.val_loss(model), model,
+                                      options.get("start"))
+        tuned = steps - int(round(fold * steps))
+        finite = True
+        try:
+            finite = _loop(workload, model, opt, tuned, workload.batches(data.x_train, data.y_train, seed),
+                           graph=True)
+        except onepass.NonFiniteError:
+            finite = False
+        hyper = opt.hyperparameters
+        if finite and tuned < steps:
+            plain = opt.frozen()
+            finite = _loop(workload, model, plain, steps - tuned,
+                           workload.batches(data.x_trainval, data.y_trainval, seed + 1))
+    else:
+        on_train = options.get("on_train", False)
+        x, y = (data.x_train, data.y_train) if on_train else (data.x_trainval, data.y_trainval)
+        opt, schedule = baseline_optimizer(row, model.parameters(), steps, lr=options.get("lr"),
+                                           weight_decay=options.get("weight_decay", 0.0))
+        set_mode(opt, True)
+        finite = _loop(workload, model, opt, steps, workload.batches(x, y, seed), schedule)
+        set_mode(opt, False)
+    return model, time.perf_counter() - start, finite, hyper
+
+
+def _finite(value):
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run(workload: Workload, row: str, seed: int, steps: int, options: dict | None = None) -> dict:
+    """One run's record: test (and validation) loss, accuracy, seconds, learned values."""
+    options = options or {}
+    torch.set_num_threads(1)
+    train = workload.train or train_loop
+    model, seconds, finite, hyper = train(workload, row, seed, steps, options)
+    data = workload.data
+    test, accuracy = workload.evaluate(model, data.x_test, data.y_test)
+    val, _ = workload.evaluate(model, data.x_val, data.y_val)
+    record = {"test": _finite(test) if finite else None, "val": _finite(val) if finite else None,
+              "seconds": seconds}
+    if accuracy is not None:
+        record["accuracy"] = accuracy if finite else None
+    if hyper is not None:
+        record["hyperparameters"] = {k: float(v) for k, v in hyper.items()}
+    return record

@@ -1,0 +1,110 @@
+"""benchmarks/suite.py keeps working: a few updates of a couple of workloads
+and rows, the JSON's schema, the run cache (resume without rerunning), the
+markdown table and the plot, and re-rendering from the JSON."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prodigyopt")
+pytest.importorskip("schedulefree")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("suite", REPO / "benchmarks" / "suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["suite"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch):
+    suite = _suite()
+    runs, out, png = tmp_path / "runs.jsonl", tmp_path / "suite.json", tmp_path / "suite.png"
+    args = ["--workloads", "uci_energy", "digits_cnn", "--rows", "onepass", "onepass_sgd", "adamw_cosine",
+            "schedulefree", "--seeds", "1", "--steps", "0.005", "--workers", "1", "--quiet",
+            "--runs", str(runs), "--json", str(out), "--plot", str(png)]
+    result = suite.main(args)
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result))
+    assert set(data) >= {"workloads", "recipe", "summary"}
+    assert set(data["workloads"]) == {"uci_energy", "digits_cnn"}
+    assert data["workloads"]["uci_energy"]["metric"] == "test_mse"
+    assert data["workloads"]["digits_cnn"]["metric"] == "test_cross_entropy"
+    for name, entry in data["workloads"].items():
+        assert set(entry["rows"]) == {"onepass", "onepass_sgd", "adam", "adamw_cosine", "schedulefree"}, name
+        for row, r in entry["rows"].items():
+            for field in ("median", "mean", "sem", "time_ratio"):
+                assert _finite(r[field]), (name, row, field, r[field])
+            assert len(r["values"]) == 1 and r["median"] == r["values"][0]
+        assert entry["rows"]["adam"]["time_ratio"] == pytest.approx(1.0)
+        assert entry["rows"]["onepass"]["hyperparameters_median"]["lr/group0"] > 0
+        best = min(("adam", "adamw_cosine", "schedulefree"), key=lambda r: entry["rows"][r]["median"])
+        assert entry["best_default"] == best
+        assert entry["onepass_ratio"] == pytest.approx(entry["rows"]["onepass"]["median"] / entry["rows"][best]["median"])
+    assert 0 <= data["workloads"]["digits_cnn"]["rows"]["onepass"]["accuracy_median"] <= 1
+    summary = data["summary"]["onepass"]
+    assert summary["workloads"] == 2 and summary["wins"] == sum(
+        data["workloads"][n]["onepass_ratio"] <= 1 for n in ("uci_energy", "digits_cnn"))
+    assert data["recipe"]["adamw"]["fold"] == 0.25
+    assert png.stat().st_size > 1000
+
+    # every run is cached once; a second invocation runs nothing and gives the same table
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 2 * 5
+    monkeypatch.setattr(suite, "_work", lambda job: pytest.fail(f"reran {job}"))
+    again = suite.main(args[:-4] + ["--json", str(tmp_path / "again.json")])
+    assert again["workloads"] == data["workloads"]
+    assert len(runs.read_text().splitlines()) == len(lines)
+
+    # re-rendering from the JSON runs nothing either
+    table = tmp_path / "table.md"
+    suite.main(["--from-json", str(out), "--markdown", str(table), "--plot", str(tmp_path / "again.png")])
+    text = table.read_text()
+    assert "| uci_energy |" in text and "onepass / best default" in text and "at or below the best default" in text
+
+
+def test_interrupted_suite_keeps_the_finished_runs(tmp_path):
+    suite = _suite()
+    runs_path = tmp_path / "runs.jsonl"
+    jobs = [suite.job("uci_energy", "adam", 0, 3), suite.job("uci_energy", "sgd", 0, 3)]
+    cache = suite.Runs(runs_path)
+    cache.run(jobs[:1], workers=1, progress=False)
+    resumed = suite.Runs(runs_path)
+    assert suite.key(jobs[0]) in resumed.records and suite.key(jobs[1]) not in resumed.records
+    records = resumed.run(jobs, workers=1, progress=False)
+    assert [_finite(r["test"]) for r in records] == [True, True]
+    assert len(runs_path.read_text().splitlines()) == 2
+
+
+def test_rows_are_the_published_defaults_and_the_readme_use():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from workloads import ALL, HELDOUT, SUITE, base
+    import onepass.optim
+    assert len(SUITE) >= 10 and not set(SUITE) & set(HELDOUT)
+    assert set(HELDOUT) == {"uci_boston", "uci_concrete", "uci_wine", "uci_yacht"}
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adam, _ = base.baseline_optimizer("adam", params, 100)
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 1e-3
+    sgd, _ = base.baseline_optimizer("sgd", params, 100)
+    assert sgd.defaults["lr"] == 0.1 and sgd.defaults["momentum"] == 0.9
+    _, schedule = base.baseline_optimizer("adamw_cosine", params, 100)
+    assert schedule(0) == pytest.approx(0.2) and schedule(4) == pytest.approx(1.0) and schedule(99) < 0.01
+    opt, fold = base.onepass_optimizer(params, base.onepass_config(), lambda: params[0].sum(), None)
+    plain = onepass.optim.AdamW(params, val_loss=lambda: params[0].sum())
+    assert type(opt) is onepass.optim.AdamW and fold == 0.25
+    assert opt.hyperparameters == plain.hyperparameters and opt._config == plain._config
