@@ -138,9 +138,10 @@ def test_member_round_trip():
 # [compile=True] compares SGD runs of neumann, unroll (5 of 10 updates) and
 # baydin_exact, compiled, with eager single runs; these three cover the rest: CG,
 # both Adam rules, per-tensor and per-weight rates and a window unrolled whole.
+# Two Neumann terms / CG iterations: the compiled graph grows with each.
 COMPILED_AGAINST_EAGER = {
-    "adam_neumann_per_tensor": METHODS["adam_neumann_per_tensor"],
-    "cg_per_weight_lr": dict(METHODS["cg"], granularity={"lr": "weight"}),
+    "adam_neumann_per_tensor": dict(METHODS["adam_neumann_per_tensor"], neumann_terms=2),
+    "cg_per_weight_lr": dict(METHODS["cg"], granularity={"lr": "weight"}, neumann_terms=2),
     # the whole window unrolled (no plain step before the replay), in a short window: the
     # compile time grows with the updates replayed (10 of 10 took 4x the others)
     "adamw_unroll_whole_window": dict(METHODS["adamw_unroll"], update_interval=4, unroll_steps=4),
@@ -170,13 +171,14 @@ def test_compiled_gradients_agree_with_eager_ones(problem, name):
 
 def test_compiled_unroll_refuses_hyperparameter_changes_inside_a_window(problem):
     batch, val_batch, starts, models = problem
+    # windows of 2 updates, both unrolled: the replay compiled here is 2 updates long
     tuner = onepass.Tuner(PopulationMLP.from_models(models), member_mse, hyperparameters=starts,
-                          population=P, compile=True, **METHODS["unroll"])
-    for _ in range(10):
+                          population=P, compile=True, **dict(METHODS["unroll"], update_interval=2,
+                                                             unroll_steps=2))
+    for _ in range(2):
         tuner.step(batch, val_batch)
     tuner.set_hyperparameters(lr=0.01)            # between windows
-    for _ in range(6):                            # inside the unrolled half of the next window
-        tuner.step(batch, val_batch)
+    tuner.step(batch, val_batch)                  # the first update of the next window's stretch
     with pytest.raises(RuntimeError, match="between windows"):
         tuner.set_hyperparameters(lr=0.02)
 
