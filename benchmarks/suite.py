@@ -180,9 +180,9 @@ def _summary(values, seconds, adam_seconds, **extra) -> dict:
 def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers: int) -> dict:
     rows = [r for r in ROWS if r in rows]
     plan = []
-    for name in names:
-        steps = steps_of(name, scale)
-        for seed in range(seeds):
+    for seed in range(seeds):          # seed by seed: an interrupted suite has whole seeds cached
+        for name in names:
+            steps = steps_of(name, scale)
             for row in rows:
                 if not supports(name, row):
                     continue
