@@ -519,10 +519,12 @@ def test_bad_input_gets_one_clear_line():
 
 # ----------------------------------------------------- the README
 
-def test_readme_example_runs():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md", "docs/plain-loop.md"])
+def test_readme_example_runs(page):
+    """The first Python block of the README and of the site's two pages that show a loop."""
+    text = (REPO / page).read_text(encoding="utf-8")
     match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
-    assert match, "README.md has no ```python fenced block"
+    assert match, f"{page} has no ```python fenced block"
     code = match.group(1)
     assert "onepass.optim" in code and "needs_graph" in code
     torch.set_default_dtype(torch.float32)   # as a reader's fresh interpreter has it
@@ -530,6 +532,6 @@ def test_readme_example_runs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # what a user sees: no warning at all,
         warnings.filterwarnings("ignore", message=oo.optimizer.CREATE_GRAPH_WARNING)  # ours included
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, page, "exec"), namespace)
     opt = namespace["opt"]
     assert opt.hyperparameters["lr/group0"] != 1e-3

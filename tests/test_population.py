@@ -75,8 +75,13 @@ def test_members_equal_single_runs(problem, name):
     assert not pop_tuner.diverged.any()
 
 
-@pytest.mark.parametrize("method", ["neumann", "unroll", "baydin", "baydin_exact"])
-@pytest.mark.parametrize("compile", [False, True])
+DIVERGED_CASES = [(method, False) for method in ("neumann", "unroll", "baydin", "baydin_exact")]
+# Compiled: each compiled function with a frozen member; baydin's only compiled function,
+# the gradient, is in all three.
+DIVERGED_CASES += [(method, True) for method in ("neumann", "unroll", "baydin_exact")]
+
+
+@pytest.mark.parametrize("method, compile", DIVERGED_CASES)
 def test_diverged_member_is_frozen_and_others_go_on(problem, compile, method):
     batch, val_batch, starts, models = problem
     starts = dict(starts, lr=[0.05, 0.01, 50.0, 1e-3])   # member 2 blows up
@@ -127,27 +132,40 @@ def test_member_round_trip():
             assert torch.equal(a, b)
 
 
-def test_compiled_gradients_agree_with_eager_ones(problem):
+# The functions compile=True compiles: the undifferentiated steps' gradient (every
+# method), Neumann's and CG's hyperstep, the replayed unrolled window and
+# baydin_exact's hypergradient. test_diverged_member_is_frozen_and_others_go_on
+# [compile=True] compares SGD runs of neumann, unroll (5 of 10 updates) and
+# baydin_exact, compiled, with eager single runs; these three cover the rest: CG,
+# both Adam rules, per-tensor and per-weight rates and a window unrolled whole.
+COMPILED_AGAINST_EAGER = {
+    "adam_neumann_per_tensor": METHODS["adam_neumann_per_tensor"],
+    "cg_per_weight_lr": dict(METHODS["cg"], granularity={"lr": "weight"}),
+    # the whole window unrolled (no plain step before the replay), in a short window: the
+    # compile time grows with the updates replayed (10 of 10 took 4x the others)
+    "adamw_unroll_whole_window": dict(METHODS["adamw_unroll"], update_interval=4, unroll_steps=4),
+}
+
+
+@pytest.mark.parametrize("name", COMPILED_AGAINST_EAGER)
+def test_compiled_gradients_agree_with_eager_ones(problem, name):
     """``compile=True`` (torch.compile of the undifferentiated steps' gradient,
-    of Neumann's hyperstep and of the replayed unrolled window) gives the same
+    of the hyperstep and of the replayed unrolled window) gives the same
     population run as the eager path, to rounding."""
     batch, val_batch, starts, models = problem
-    for options in (METHODS["neumann"], METHODS["neumann_per_weight_lr"], METHODS["cg"], METHODS["baydin"],
-                    METHODS["baydin_exact"], METHODS["unroll"], dict(METHODS["unroll"], unroll_steps=10),
-                    METHODS["adam_neumann_per_tensor"], METHODS["adamw_unroll"]):
-        runs = []
-        for compile in (False, True):
-            population = PopulationMLP.from_models(models)
-            tuner = onepass.Tuner(population, member_mse, hyperparameters=_starts_for(starts, options),
-                                  population=P,
-                                  compile=compile, **options)
-            for _ in range(25):
-                tuner.step(batch, val_batch)
-            runs.append((list(population.parameters()), _flat(tuner.hyperparameters["lr"])))
-        (eager, eager_lr), (compiled, compiled_lr) = runs
-        for a, b in zip(eager, compiled):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(compiled_lr, eager_lr, rtol=1e-10, atol=0)
+    options = COMPILED_AGAINST_EAGER[name]
+    runs = []
+    for compile in (False, True):
+        population = PopulationMLP.from_models(models)
+        tuner = onepass.Tuner(population, member_mse, hyperparameters=_starts_for(starts, options),
+                              population=P, compile=compile, **options)
+        for _ in range(25):
+            tuner.step(batch, val_batch)
+        runs.append((list(population.parameters()), _flat(tuner.hyperparameters["lr"])))
+    (eager, eager_lr), (compiled, compiled_lr) = runs
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(compiled_lr, eager_lr, rtol=1e-10, atol=0)
 
 
 def test_compiled_unroll_refuses_hyperparameter_changes_inside_a_window(problem):

@@ -1,11 +1,16 @@
-"""ASHA and PBT studies continue after their driver is killed with SIGKILL.
+"""A Ray Tune study continues after its driver is killed with SIGKILL.
 
-Each test starts ``onepass asha`` / ``onepass pbt`` in a subprocess, kills it
+The test starts ``onepass asha`` in a subprocess, kills it
 (``kill -9``) once the run folders show enough progress, runs the same command
 again and checks that the study completes: trials that had finished are not
 run again (their folders are untouched) and trials cut short continue from
 their last checkpoint. Ray is an extra CI installs: a missing Ray fails these
 tests rather than skipping them.
+
+ASHA and PBT share this resume path (``Tuner.restore`` of the study, then each
+cut trial's ``restore`` from its checkpoint), so one kill -9 test serves both;
+PBT's own restore, an exploit that loads the donor's checkpoint, is held by
+``tests/test_search.py::test_pbt_exploit_copies_the_donor_checkpoint``.
 """
 import json
 import os
@@ -106,10 +111,10 @@ def metric_steps(folder):
     return [int(r.split(",")[0]) for r in rows]
 
 
-def check_continued(study, before, after, killed_at, bounded=True):
+def check_continued(study, before, after, killed_at):
     """Every history is whole (no gap, no repeat), and each trial cut short by
-    the kill first came back from a checkpoint (with ``bounded``: at or before
-    where its summary said it was); returns those (trial, step) pairs."""
+    the kill first came back from a checkpoint at or before where its summary
+    said it was; returns those (trial, step) pairs."""
     restored = []
     for name, summary in after.items():
         steps = metric_steps(study / name)
@@ -122,8 +127,7 @@ def check_continued(study, before, after, killed_at, bounded=True):
                 if e["event"] == "restore" and e.get("donor_run_dir") == name
                 and started + e["at_study_s"] > killed_at]
         if late:
-            assert 0 < late[0]["step"] <= (before[name]["steps"] if bounded else summary["steps"]), \
-                (name, late[0])
+            assert 0 < late[0]["step"] <= before[name]["steps"], (name, late[0])
             restored.append((name, late[0]["step"]))
     return restored
 
@@ -164,32 +168,3 @@ def test_asha_study_continues_after_kill_9(uci_data_dir, tmp_path):
     rerun(args, tmp_path)
     assert {name: (study / name / "summary.json").read_bytes() for name in after} == stamps
     assert json.loads((study / "study.json").read_text())["completed"] == 5
-
-
-def test_pbt_study_continues_after_kill_9(uci_data_dir, tmp_path):
-    study = tmp_path / "pbt"
-    # Trials of 200 updates: at 60, a quiet machine finished the study (6 s) before the
-    # condition below was seen (a clean-clone CI run did).
-    args = command("pbt", tmp_path, uci_data_dir, "--num-samples", "2", "--max-steps", "200",
-                   "--perturbation-interval", "20", "--cpus-per-trial", "1")
-
-    def ready(seen):  # both trials past their second checkpoint, neither done
-        return (len(seen) == 2 and all(s.get("status") == "running" and s.get("steps", 0) >= 30
-                                       for s in seen.values()))
-
-    t0 = time.monotonic()
-    _, before, killed_at = run_and_kill(args, study, ready, tmp_path)
-    t1 = time.monotonic()
-    rerun(args, tmp_path)
-    t2 = time.monotonic()
-    print(f"pbt: killed after {t1 - t0:.1f} s, resumed run {t2 - t1:.1f} s")
-
-    result = json.loads((study / "study.json").read_text())
-    assert result["errors"] == [] and result["completed"] == 2 and result["resumes"] == 1
-    after = summaries(study)
-    assert all(s["status"] == "finished" and s["steps"] == 200 for s in after.values())
-    # PBT: not bounded by the summary read at the kill. A restore from step 90 was seen while
-    # that trial's settled summary said 30 (an exploit rewrites the summary from the donor's
-    # state); the whole-history check above still rules out gaps and repeats.
-    assert check_continued(study, before, after, killed_at, bounded=False), \
-        "no trial continued from a checkpoint"

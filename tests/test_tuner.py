@@ -10,9 +10,7 @@ from torch.func import functional_call
 
 import onepass
 from onepass.core import hyperparameters as hp
-from onepass.core.estimators.baydin import exact_hypergradient_of as baydin_hypergradient_functional
 from onepass.core.estimators.implicit import implicit_hypergradient as implicit_hypergradient_functional
-from onepass.core.estimators.unroll import unrolled_hypergradient as unrolled_hypergradient_functional
 
 DTYPE = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +102,10 @@ def assert_hypergradient(result, expected, names, rtol=1e-9):
 # -------------------------------------------------- hypersteps equal the estimators
 
 
-@pytest.mark.parametrize("update_interval", [1, 10])
-def test_neumann_hyperstep_equals_functional(update_interval):
+# Every rule × method × granularity hyperstep is held to an autograd oracle in
+# tests/test_matrix.py (one window of 3 updates); this one checks 20 windows in a row.
+def test_neumann_hyperstep_equals_functional():
+    update_interval = 1
     model = make_mlp()
     loss = functional_loss(model)
     batches, val_batches = make_batches(20), make_batches(20, seed=2, size=32)
@@ -133,96 +133,6 @@ def test_neumann_hyperstep_equals_functional(update_interval):
             torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
         checked += 1
     assert checked == 20 // update_interval
-
-
-def test_neumann_hyperstep_with_per_weight_lr():
-    model = make_mlp()
-    loss = functional_loss(model)
-    batches, val_batches = make_batches(3), make_batches(3, seed=2, size=32)
-    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.8),
-                          granularity={"lr": "weight"}, update_interval=1, neumann_terms=3)
-    for t in range(3):
-        weights, state = weights_of(model), clone_tree(tuner.state)
-        lrs = tuple(v.clone() for v in tuner.hyperparameters["lr"])
-        raw = {"lr": tuple(hp.to_raw("lr", v) for v in lrs), "momentum": raw_of(tuner, ["momentum"])["momentum"]}
-
-        def to_hyper(r):
-            return {"lr": tuple(hp.to_natural("lr", v) for v in r["lr"]),
-                    "momentum": hp.to_natural("momentum", r["momentum"])}
-        result = tuner.step(batches[t], val_batch=val_batches[t])
-        expected = implicit_hypergradient_functional(
-            tuner.rule.update, loss, loss, weights, state, raw, to_hyper, batches[t], val_batches[t], 3)[0]
-        assert [g.shape for g in result.hypergradient["lr"]] == [w.shape for w in weights]
-        for got, want in zip(result.hypergradient["lr"], expected["lr"]):
-            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-14)
-        torch.testing.assert_close(result.hypergradient["momentum"][0], expected["momentum"], rtol=1e-9, atol=1e-14)
-
-
-def test_unroll_hyperstep_equals_functional():
-    model = make_mlp()
-    loss = functional_loss(model)
-    batches, val_batches = make_batches(20), make_batches(20, seed=2, size=32)
-    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.8, weight_decay=1e-3),
-                          method="unroll", unroll_steps=5, update_interval=10)
-    captured = None
-    for t in range(20):
-        result = tuner.step(batches[t], val_batch=val_batches[t])
-        step = t + 1
-        if step % 10 == 5:
-            captured = (weights_of(model), clone_tree(tuner.state), raw_of(tuner, ALL))
-        if step % 10 == 0:
-            weights, state, raw = captured
-            expected, (end_weights, _), val_loss = unrolled_hypergradient_functional(
-                tuner.rule.update, loss, loss, weights, state, raw, hyper_fn(tuner, ALL),
-                batches[step - 5:step], val_batches[t])
-            assert_hypergradient(result.hypergradient, expected, ALL)
-            assert all(result.hypergradient[name][0].abs() > 1e-8 for name in ALL)
-            torch.testing.assert_close(result.val_loss, val_loss, rtol=1e-12, atol=0)
-            for p, w in zip(model.parameters(), end_weights):
-                torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
-        else:
-            assert result.hypergradient is None
-
-
-def test_unroll_differs_from_one_step_neumann():
-    """The unrolled hypergradient sees 5 updates; it is not the K=1 estimate of the last one."""
-    model = make_mlp()
-    loss = functional_loss(model)
-    batches, val_batches = make_batches(10), make_batches(10, seed=2, size=32)
-    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.8, weight_decay=1e-3),
-                          method="unroll", unroll_steps=5, update_interval=10)
-    for t in range(9):
-        tuner.step(batches[t], val_batch=val_batches[t])
-    weights, state, raw = weights_of(model), clone_tree(tuner.state), raw_of(tuner, ALL)
-    result = tuner.step(batches[9], val_batch=val_batches[9])
-    one_step = implicit_hypergradient_functional(
-        tuner.rule.update, loss, loss, weights, state, raw, hyper_fn(tuner, ALL), batches[9], val_batches[9], 1)[0]
-    assert abs(result.hypergradient["lr"][0] - one_step["lr"]) > 1e-3 * abs(one_step["lr"])
-
-
-def test_baydin_hyperstep_equals_functional():
-    model = make_mlp()
-    loss = functional_loss(model)
-    batches = make_batches(8)
-    tuner = onepass.Tuner(model, MSE, hyperparameters=dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
-                          tune=("lr",), method="baydin_exact")
-    before, raw_after = [], []
-    for t in range(8):
-        before.append((weights_of(model), clone_tree(tuner.state)))
-        result = tuner.step(batches[t])
-        raw_after.append(raw_of(tuner, ["lr"]))
-        if t == 0:
-            assert result.hypergradient is None
-            continue
-        weights, state = before[t - 1]
-        grads = torch.func.grad(loss)(weights, batches[t - 1])
-        next_grads = torch.func.grad(loss)(before[t][0], batches[t])
-        expected = baydin_hypergradient_functional(
-            tuner.rule.update, weights, state, grads, raw_after[t - 1], hyper_fn(tuner, ["lr"]), next_grads)
-        assert_hypergradient(result.hypergradient, expected, ["lr"])
-        assert result.hypergradient["lr"][0].abs() > 1e-8
-    # the learning rate moved by SGD(0.001) every step
-    assert tuner.hyperparameters["lr"] != 0.05
 
 
 def test_paper_baydin_steps_log10_lr_by_the_raw_gradient_dot_product():
