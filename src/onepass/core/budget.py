@@ -7,9 +7,11 @@ once, for the rest of the run::
 
     (plain × interval + extra) / (plain × interval) ≤ budget
 
-where ``plain`` is a plain update's wall-clock and ``extra`` what the update
-that closes a window (its differentiated gradient, the validation gradient,
-the K products) costs beyond a plain one. The interval is never below the one
+where ``plain`` is a plain update's wall-clock (the median) and ``extra``
+what a window costs beyond ``interval`` plain updates (the median window):
+the update that closes it (its differentiated gradient, the validation
+gradient, the K products) and any after-effect on the next update (freeing
+that graph). The interval is never below the one
 asked for (the recipe's), so a budget the run already keeps changes nothing.
 
 What is timed is the span between the ends of consecutive updates: in a
@@ -63,7 +65,10 @@ class CostBudget:
         self.chosen: int | None = None
         self.plain: list[float] = []
         self.closing: list[float] = []
+        self.totals: list[float] = []   # each measured window's seconds
         self._last: float | None = None
+        self._window = 0.0
+        self._complete = True   # every update of the window timed (not so across a resume)
 
     @classmethod
     def of(cls, value: "float | CostBudget | None") -> "CostBudget | None":
@@ -92,8 +97,16 @@ class CostBudget:
         if self.sync is not None:
             self.sync()
         now = self.clock()
-        if window >= 1 and self._last is not None:
-            (self.closing if closes else self.plain).append(now - self._last)
+        if window >= 1:
+            if self._last is not None:
+                (self.closing if closes else self.plain).append(now - self._last)
+                self._window += now - self._last
+            else:
+                self._complete = False
+            if closes:
+                if self._complete:
+                    self.totals.append(self._window)
+                self._window, self._complete = 0.0, True
         self._last = now
         if not (closes and window == self.windows):
             return None
@@ -110,20 +123,23 @@ class CostBudget:
         if not self.plain or not self.closing:   # interval 1: no plain update to compare with
             return interval
         plain = statistics.median(self.plain)
-        extra = max(statistics.median(self.closing) - plain, 0.0)
         if plain <= 0:
             return interval
+        window = statistics.median(self.totals) if self.totals else \
+            statistics.median(self.closing) + (interval - 1) * plain
+        extra = max(window - interval * plain, 0.0)
         needed = math.ceil(extra / (plain * (self.ratio - 1)) - 1e-9)
         return max(interval, needed)
 
     def state_dict(self) -> dict:
         return {"ratio": self.ratio, "chosen": self.chosen, "plain": list(self.plain),
-                "closing": list(self.closing)}
+                "closing": list(self.closing), "totals": list(self.totals)}
 
     def load_state_dict(self, state: dict) -> None:
         self.chosen = state["chosen"]
         self.plain, self.closing = list(state["plain"]), list(state["closing"])
-        self._last = None
+        self.totals = list(state.get("totals", []))
+        self._last, self._window, self._complete = None, 0.0, True
 
 
 def first_rank_choice(group, device) -> Callable[[int], int]:
