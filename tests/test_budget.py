@@ -110,6 +110,7 @@ def test_the_choice_is_the_shortest_interval_that_keeps_the_budget():
     # the update after a closing one, slowed by it (a graph to free), counts; a burst does not
     budget.first = [5.0, 5.0, 40.0]
     assert budget.choose(4) == 26            # extra 9 + 4 = 13: (26 + 13) / 26 = 1.5
+    assert budget.costs() == (1.0, 13.0) and budget.estimate(26) == 1.5 and budget.estimate(13) == 2.0
     assert CostBudget(2.0).choose(4) == 4    # no samples: nothing to go on
     budget.first, budget.plain, budget.closing = [], [1.0], [0.5]   # a closing update cheaper than a plain one
     assert budget.choose(3) == 3

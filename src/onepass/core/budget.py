@@ -115,18 +115,30 @@ class CostBudget:
         self._last = None
         return chosen
 
-    def choose(self, interval: int) -> int:
-        """The smallest interval ≥ ``interval`` whose windows keep the budget, from
-        the medians of the samples."""
+    def costs(self) -> tuple[float, float] | None:
+        """``(plain, extra)`` seconds from the medians, or ``None`` without the samples
+        (interval 1 has no plain update to compare with)."""
         plain = self.plain or self.first   # interval 2: no update but the one after a closing
-        if not plain or not self.closing:   # interval 1: no plain update to compare with
-            return interval
+        if not plain or not self.closing:
+            return None
         plain = statistics.median(plain)
-        if plain <= 0:
-            return interval
         extra = max(statistics.median(self.closing) - plain, 0.0)
         if self.first and self.plain:
             extra += max(statistics.median(self.first) - plain, 0.0)
+        return plain, extra
+
+    def estimate(self, interval: int) -> float | None:
+        """The ratio a window of ``interval`` updates costs, from what was measured."""
+        costs = self.costs()
+        return None if costs is None or costs[0] <= 0 else (interval * costs[0] + costs[1]) / (interval * costs[0])
+
+    def choose(self, interval: int) -> int:
+        """The smallest interval ≥ ``interval`` whose windows keep the budget, from
+        the medians of the samples."""
+        costs = self.costs()
+        if costs is None or costs[0] <= 0:
+            return interval
+        plain, extra = costs
         needed = math.ceil(extra / (plain * (self.ratio - 1)) - 1e-9)
         return max(interval, needed)
 
