@@ -210,11 +210,9 @@ def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=
     tuned_closing = statistics.median(t for t, c in zip(seconds["onepass"], closes) if c)
     by_medians = ((interval - 1) * tuned_plain + tuned_closing) / (interval * statistics.median(seconds["bare"]))
     cost = tuner.cost_budget
-    estimate = measured = None
-    if cost is not None and cost.plain and cost.closing:
-        plain, closing = statistics.median(cost.plain), statistics.median(cost.closing)
-        estimate = (interval * plain + max(closing - plain, 0.0)) / (interval * plain)
-        measured = {"plain_s": plain, "closing_s": closing}
+    costs = None if cost is None else cost.costs()
+    estimate = None if cost is None else cost.estimate(interval)
+    measured = None if costs is None else {"plain_s": costs[0], "extra_s": costs[1]}
     return {"bare_s_per_update": bare_s, "onepass_s_per_update": tuned_s, "ratio": tuned_s / bare_s,
             "ratio_by_medians": by_medians, "budget": None if cost is None else cost.ratio, "interval": interval,
             "recipe_interval": asked, "budget_estimate": estimate, "budget_measured": measured,

@@ -52,7 +52,7 @@ OPTIMIZER_ROWS = {"ours_optim": "ours"}
 # The Tuner's defaults (the paper's settings), given to onepass.optim explicitly:
 # its own defaults follow onepass.optim.recipe, which may move on.
 TUNER_SETTINGS = dict(neumann_terms=5, unroll_steps=5, update_interval=10, tune_after=0, granularity={},
-                      hyper_optimizer=None, hyper_lr=None)
+                      hyper_optimizer=None, hyper_lr=None, cost_budget=None)
 
 # A runner: ``(step, learned)``; ``step()`` takes one weight update,
 # ``learned()`` gives the learned hyperparameters (None for plain SGD).

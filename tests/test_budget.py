@@ -60,7 +60,7 @@ XV, YV = batch(-1, 32)
 
 
 def budgeted(ratio: float, clock: FakeClock) -> CostBudget:
-    return CostBudget(ratio, clock=clock)
+    return CostBudget(ratio, clock=clock, windows=3)
 
 
 def train_optimizer(model, opt, steps, clock=None, plain=1.0, extra=9.0, start=0):
@@ -107,8 +107,12 @@ def test_the_choice_is_the_shortest_interval_that_keeps_the_budget():
     budget.plain, budget.closing = [1.0, 1.0, 5.0], [10.0, 10.0, 10.0]   # medians: 1 and 10, extra 9
     assert budget.choose(4) == 18            # (18 + 9) / 18 = 1.5
     assert budget.choose(20) == 20           # already within: never below the interval asked for
+    # the update after a closing one, slowed by it (a graph to free), counts; a burst does not
+    budget.first = [5.0, 5.0, 40.0]
+    assert budget.choose(4) == 26            # extra 9 + 4 = 13: (26 + 13) / 26 = 1.5
+    assert budget.costs() == (1.0, 13.0) and budget.estimate(26) == 1.5 and budget.estimate(13) == 2.0
     assert CostBudget(2.0).choose(4) == 4    # no samples: nothing to go on
-    budget.plain, budget.closing = [1.0], [0.5]   # a closing update cheaper than a plain one
+    budget.first, budget.plain, budget.closing = [], [1.0], [0.5]   # a closing update cheaper than a plain one
     assert budget.choose(3) == 3
     for ratio in (1.0, 0.5, math.inf, math.nan):
         with pytest.raises(ValueError, match=r"^cost_budget must be a ratio > 1"):
@@ -125,7 +129,8 @@ def test_the_tuner_chooses_once_after_its_measured_windows_and_keeps_to_it():
     assert hyperstep_updates(closing) == [4, 8, 12, 16, 34, 52, 70]
     assert tuner.update_interval == 18
     assert tuner.cost_budget.chosen == 18
-    assert tuner.cost_budget.plain == [1.0] * 9 and tuner.cost_budget.closing == [10.0] * 3
+    assert tuner.cost_budget.first == [1.0] * 3 and tuner.cost_budget.plain == [1.0] * 6
+    assert tuner.cost_budget.closing == [10.0] * 3
     # the clock (and the device synchronisation) only while measuring: from update 4 to 16
     assert clock.reads == 13 and syncs == list(range(4, 17))
     state = tuner.state_dict()

@@ -420,3 +420,20 @@ def test_the_callback_sets_public_attributes_and_wraps_only_backward(tmp_path):
     run.fit(model, *loaders())
     assert seen == {"module": ["backward"], "optimizer": [], "val_loss": True}
     assert run.optimizers[0].val_loss is None and "backward" not in vars(model)
+
+
+def test_the_one_private_name_fails_with_one_line_naming_the_fix(monkeypatch):
+    """Lightning's ``_data_source`` (the loaders given to ``trainer.fit`` before its validation loop
+    loads them) is read in one place; if a Lightning release moves it, one line says what to do."""
+    from types import SimpleNamespace
+
+    from onepass.integrations import _private
+    moved = SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(val_loop=SimpleNamespace())))
+    with pytest.raises(ValueError, match=r"^OnepassCallback: Lightning .* keeps its validation data elsewhere "
+                                         r".*; pass the validation data to the callback: "
+                                         r"OnepassCallback\(val_dataloader=\.\.\.\)$"):
+        _private.lightning_fit_val_loader(moved)
+    monkeypatch.setattr(lightning, "__version__", "3.0.0")
+    with pytest.raises(ValueError, match=r"^OnepassCallback: Lightning 3.0.0 is outside the versions .*"
+                                         r"OnepassCallback\(val_dataloader=\.\.\.\)$"):
+        _private.lightning_fit_val_loader(moved)

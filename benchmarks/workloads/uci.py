@@ -11,7 +11,7 @@ from .base import Data, Workload
 
 SUITE = ("energy", "kin8nm", "power", "naval")
 HELDOUT = ("boston", "concrete", "wine", "yacht")
-STEPS = {"energy": 4000, "kin8nm": 3000, "power": 2000, "naval": 2000,
+STEPS = {"energy": 4000, "kin8nm": 3000, "power": 1000, "naval": 1000,
          "boston": 4000, "concrete": 4000, "wine": 4000, "yacht": 4000}
 
 

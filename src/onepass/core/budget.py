@@ -7,19 +7,25 @@ once, for the rest of the run::
 
     (plain × interval + extra) / (plain × interval) ≤ budget
 
-where ``plain`` is a plain update's wall-clock and ``extra`` what the update
-that closes a window (its differentiated gradient, the validation gradient,
-the K products) costs beyond a plain one. The interval is never below the one
-asked for (the recipe's), so a budget the run already keeps changes nothing.
+where ``plain`` is a plain update's wall-clock and ``extra`` what a window
+costs beyond ``interval`` plain updates: the update that closes it (its
+differentiated gradient, the validation gradient, the K products) and its
+after-effect on the update after it (freeing that graph: 5× a plain update on
+a small MLP). Each is a median over the measured windows, per position (the
+update after a closing one, the closing one, the others), so that a burst of
+a neighbour's load on a shared machine moves none of them. The interval is
+never below the one asked for (the recipe's), so a budget the run already
+keeps changes nothing.
 
 What is timed is the span between the ends of consecutive updates: in a
 user's loop that includes the forward and backward passes (the
 ``create_graph`` backward of the closing update too), data loading and
 anything else the loop does, which the bare optimizer's loop would also do.
 The first window is left out (allocation, caches, compilation); the next
-``windows`` windows are measured (medians), and the choice is taken at the end
-of the last of them. Only then, and only with a CUDA device, is the device
-synchronised before the clock is read.
+``windows`` (5) windows are measured, and the choice is taken at the end of
+the last of them. Only then, and only with a CUDA device, is the device
+synchronised before the clock is read. The choice is only as good as the
+timings: on a machine shared with other jobs it varies from run to run.
 
 The choice is state: :meth:`CostBudget.state_dict` keeps it (and the samples
 of a measurement still under way), so a resume after the choice is exact.
@@ -45,10 +51,11 @@ class CostBudget:
             optimizer's (> 1).
         clock: seconds as a float (default :func:`time.perf_counter`); tests
             inject a fake one.
-        windows: windows measured (after the first, left out) before the choice.
+        windows: windows measured (after the first, left out) before the choice:
+            more steadies the medians, fewer fixes the interval sooner.
     """
 
-    def __init__(self, ratio: float, *, clock: Callable[[], float] = time.perf_counter, windows: int = 3):
+    def __init__(self, ratio: float, *, clock: Callable[[], float] = time.perf_counter, windows: int = 5):
         ratio = float(ratio)
         if not (math.isfinite(ratio) and ratio > 1):
             raise ValueError(f"cost_budget must be a ratio > 1 (1.5: at most 50% more wall-clock than the "
@@ -61,8 +68,9 @@ class CostBudget:
         self.sync: Callable[[], None] | None = None
         self.agree: Callable[[int], int] | None = None
         self.chosen: int | None = None
-        self.plain: list[float] = []
-        self.closing: list[float] = []
+        self.first: list[float] = []     # seconds of the update after a closing one
+        self.plain: list[float] = []     # ... of the other plain updates
+        self.closing: list[float] = []   # ... of the updates that close a window
         self._last: float | None = None
 
     @classmethod
@@ -83,17 +91,20 @@ class CostBudget:
     def measuring(self) -> bool:
         return self.chosen is None
 
-    def observe(self, window: int, closes: bool, interval: int) -> int | None:
-        """After an update: ``window`` counts windows from 0, ``closes`` whether it
-        took the hyperparameter step. Returns the interval once it is chosen
-        (at the end of the last measured window), else ``None``."""
+    def observe(self, window: int, position: int, interval: int) -> int | None:
+        """After an update: ``window`` counts windows from 0, ``position`` the
+        update within its window from 1 (``interval`` closes it with the
+        hyperparameter step). Returns the interval once it is chosen (at the
+        end of the last measured window), else ``None``."""
+        closes = position == interval
         if self.chosen is not None or window > self.windows or (window == 0 and not closes):
             return None   # the clock runs from the end of the first window
         if self.sync is not None:
             self.sync()
         now = self.clock()
         if window >= 1 and self._last is not None:
-            (self.closing if closes else self.plain).append(now - self._last)
+            kind = self.closing if closes else self.first if position == 1 else self.plain
+            kind.append(now - self._last)
         self._last = now
         if not (closes and window == self.windows):
             return None
@@ -104,25 +115,40 @@ class CostBudget:
         self._last = None
         return chosen
 
+    def costs(self) -> tuple[float, float] | None:
+        """``(plain, extra)`` seconds from the medians, or ``None`` without the samples
+        (interval 1 has no plain update to compare with)."""
+        plain = self.plain or self.first   # interval 2: no update but the one after a closing
+        if not plain or not self.closing:
+            return None
+        plain = statistics.median(plain)
+        extra = max(statistics.median(self.closing) - plain, 0.0)
+        if self.first and self.plain:
+            extra += max(statistics.median(self.first) - plain, 0.0)
+        return plain, extra
+
+    def estimate(self, interval: int) -> float | None:
+        """The ratio a window of ``interval`` updates costs, from what was measured."""
+        costs = self.costs()
+        return None if costs is None or costs[0] <= 0 else (interval * costs[0] + costs[1]) / (interval * costs[0])
+
     def choose(self, interval: int) -> int:
         """The smallest interval ≥ ``interval`` whose windows keep the budget, from
         the medians of the samples."""
-        if not self.plain or not self.closing:   # interval 1: no plain update to compare with
+        costs = self.costs()
+        if costs is None or costs[0] <= 0:
             return interval
-        plain = statistics.median(self.plain)
-        extra = max(statistics.median(self.closing) - plain, 0.0)
-        if plain <= 0:
-            return interval
+        plain, extra = costs
         needed = math.ceil(extra / (plain * (self.ratio - 1)) - 1e-9)
         return max(interval, needed)
 
     def state_dict(self) -> dict:
-        return {"ratio": self.ratio, "chosen": self.chosen, "plain": list(self.plain),
+        return {"ratio": self.ratio, "chosen": self.chosen, "first": list(self.first), "plain": list(self.plain),
                 "closing": list(self.closing)}
 
     def load_state_dict(self, state: dict) -> None:
         self.chosen = state["chosen"]
-        self.plain, self.closing = list(state["plain"]), list(state["closing"])
+        self.first, self.plain, self.closing = (list(state[k]) for k in ("first", "plain", "closing"))
         self._last = None
 
 

@@ -370,7 +370,8 @@ class Tuner:
             if "cost_budget" in state:
                 self.cost_budget.load_state_dict(state["cost_budget"])
             else:   # written without one: its fixed interval goes on
-                self.cost_budget.load_state_dict({"chosen": self.update_interval, "plain": [], "closing": []})
+                self.cost_budget.load_state_dict({"chosen": self.update_interval, "first": [], "plain": [],
+                                                  "closing": []})
         execution.invalidate()
 
     # ------------------------------------------------------ the hyper-optimiser
@@ -425,7 +426,7 @@ class Tuner:
         if budget is None or position is None or not budget.measuring:
             return
         window = (step - self._window_origin - 1) // self.update_interval
-        chosen = budget.observe(window, position == self.update_interval, self.update_interval)
+        chosen = budget.observe(window, position, self.update_interval)
         if chosen is not None:
             self._set_interval(chosen, step)
 
