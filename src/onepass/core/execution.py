@@ -1,6 +1,6 @@
 """The mutable state of one run or one population: weights, the rule's state, the
 hyperparameters' slots, frozen members, and how a plain step or an estimator's
-step function is executed (eager on autograd, or one ``torch.compile``\ d
+step function is executed (eager on autograd, or one compiled (``torch.compile``)
 ``torch.func`` function). The products themselves are in :mod:`.products`."""
 from __future__ import annotations
 
