@@ -268,7 +268,7 @@ def test_model_argument_evaluates_val_loss_in_eval_mode_and_restores_the_mode(na
 
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_compile_pattern_the_eager_module_for_the_differentiated_update(name):
-    """The README's pattern: the compiled module for plain updates, the eager
+    """The documented pattern (docs/contract.md): the compiled module for plain updates, the eager
     one where ``opt.needs_graph`` (aot_autograd has no double backward)."""
     cls, _, kwargs = OPTIMIZERS[name]
     a, b = WithHead(), WithHead()
