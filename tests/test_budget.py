@@ -169,6 +169,7 @@ def test_the_recipe_sets_the_default_budget_and_none_turns_it_off():
     assert onepass.optim.AdamW(model.parameters()).tuner.cost_budget.ratio == 1.5
     assert onepass.optim.AdamW(model.parameters(), cost_budget=None).tuner.cost_budget is None
     assert onepass.optim.SGD(model.parameters(), cost_budget=3).tuner.cost_budget.ratio == 3.0
+    assert "interval" not in onepass.optim.SGD(model.parameters(), tune=()).hyperparameters   # nothing tuned
     # a hyperparameter step every update has no interval to choose
     assert onepass.optim.SGD(model.parameters(), method="baydin").tuner.cost_budget is None
     with pytest.raises(ValueError, match=r"^cost_budget needs windows of updates: 'baydin' has a fixed"):
