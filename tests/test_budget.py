@@ -169,6 +169,7 @@ def test_the_recipe_sets_the_default_budget_and_none_turns_it_off():
     assert onepass.optim.AdamW(model.parameters()).tuner.cost_budget.ratio == 1.5
     assert onepass.optim.AdamW(model.parameters(), cost_budget=None).tuner.cost_budget is None
     assert onepass.optim.SGD(model.parameters(), cost_budget=3).tuner.cost_budget.ratio == 3.0
+    assert "interval" not in onepass.optim.SGD(model.parameters(), tune=()).hyperparameters   # nothing tuned
     # a hyperparameter step every update has no interval to choose
     assert onepass.optim.SGD(model.parameters(), method="baydin").tuner.cost_budget is None
     with pytest.raises(ValueError, match=r"^cost_budget needs windows of updates: 'baydin' has a fixed"):
@@ -350,3 +351,20 @@ def test_ddp_ranks_take_rank_zeros_choice_and_stay_bit_identical(tmp_path):
     assert single["closing"] == a["closing"]
     for p, q in zip(a["weights"], single["weights"]):
         assert float((p - q).abs().max()) <= 1e-10
+
+
+# ------------------------------------------------------------------ the benchmark
+
+def test_full_size_benchmark_reports_the_chosen_interval_and_the_ratio():
+    """benchmarks/full_size.py keeps working (tiny sizes; a budget no timing can move)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "full_size.py"
+    spec = importlib.util.spec_from_file_location("full_size", path)
+    full_size = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_size)
+    result = full_size.measure("gru_adding", "cpu", "tiny", windows=1, warmup=1, budget=1000.0)
+    assert result["interval"] == result["recipe_interval"] == 20
+    assert len(result["update_seconds"]["bare"]) == len(result["update_seconds"]["onepass"]) == 20
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0 and result["budget"] == 1000.0
+    assert 1 <= result["budget_estimate"] < 1000
+    assert result["hyperparameters"]["interval"] == 20.0

@@ -1,5 +1,6 @@
 """Core numerics: update rules, hyperparameter slots, hypergradient estimators,
 how a step is executed, and the tuner. No I/O."""
+from .budget import CostBudget
 from .estimators import ESTIMATORS, StepResult
 from .execution import NonFiniteError
 from .hyperparameters import TRANSFORMS, to_natural, to_raw
@@ -8,7 +9,7 @@ from .solvers import conjugate_gradient, neumann_series
 from .tuner import Tuner
 
 __all__ = [
-    "ESTIMATORS", "RULES", "TRANSFORMS", "NonFiniteError", "StepResult", "Tuner", "UpdateRule",
+    "CostBudget", "ESTIMATORS", "RULES", "TRANSFORMS", "NonFiniteError", "StepResult", "Tuner", "UpdateRule",
     "adam_update", "conjugate_gradient", "get_rule", "neumann_series", "sgd_update", "to_natural",
     "to_raw",
 ]

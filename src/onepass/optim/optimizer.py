@@ -488,7 +488,7 @@ class TunedOptimizer(torch.optim.Optimizer):
                         out[f"lr_in_use/group{g}"] = value * group["lr"] / group["base_lr"]
         if self._skips():
             out["skipped_hypersteps"] = float(self.skipped_hypersteps)
-        if slots.names:
+        if slots.tuned:
             out["interval"] = float(self._tuner.update_interval)
         return out
 
