@@ -177,7 +177,11 @@ def _summary(values, seconds, adam_seconds, **extra) -> dict:
             "values": values, "seconds": seconds, **extra}
 
 
-def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers: int) -> dict:
+def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers: int,
+              cached_only: bool = False) -> dict:
+    """Run (or, ``cached_only``, only read from the cache) every row on every
+    workload; with ``cached_only`` each workload keeps the seeds whose runs are
+    all cached, and a workload with none is left out."""
     rows = [r for r in ROWS if r in rows]
     plan = []
     for seed in range(seeds):          # seed by seed: an interrupted suite has whole seeds cached
@@ -188,7 +192,11 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
                     continue
                 plan += grid_search(name, seed, steps) if row == "adam_grid" else \
                     row_jobs(name, row, seed, steps, config, sgd_config)
-    runs.run(plan, workers)
+    if cached_only:
+        if "adam_grid" in rows:
+            raise SystemExit("--cached-only does not take the adam_grid row")
+    else:
+        runs.run(plan, workers)
     chosen = {}
     if "adam_grid" in rows:
         finals = []
@@ -209,14 +217,20 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
         w, steps = ALL[name], steps_of(name, scale)
         table = {}
         per_row = {}
+        kept = list(range(seeds))
+        if cached_only:
+            kept = [s for s in kept if all(key(row_jobs(name, row, s, steps, config, sgd_config)[0]) in runs.records
+                                           for row in rows if supports(name, row))]
+            if not kept:
+                continue
         for row in rows:
             if not supports(name, row):
                 continue
             if row == "adam_grid":
-                per_row[row] = [runs.records[key(chosen[(name, s)][2])] for s in range(seeds)]
+                per_row[row] = [runs.records[key(chosen[(name, s)][2])] for s in kept]
             else:
                 per_row[row] = [runs.records[key(row_jobs(name, row, s, steps, config, sgd_config)[0])]
-                                for s in range(seeds)]
+                                for s in kept]
         adam_seconds = statistics.median(r["seconds"] for r in per_row["adam"]) if "adam" in per_row else None
         for row, records in per_row.items():
             seconds = [r["seconds"] + (chosen[(name, s)][1] if row == "adam_grid" else 0.0)
@@ -235,7 +249,7 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
                 extra["chosen"] = [{"lr": chosen[(name, s)][0]["lr"],
                                     "weight_decay": chosen[(name, s)][0]["weight_decay"]} for s in range(seeds)]
             table[row] = _summary([r["test"] for r in records], seconds, adam_seconds, **extra)
-        entry = {"metric": w.metric, "kind": w.kind, "family": w.family, "steps": steps, "seeds": seeds,
+        entry = {"metric": w.metric, "kind": w.kind, "family": w.family, "steps": steps, "seeds": len(kept),
                  "rows": table}
         if w.reference:
             entry["reference"] = dict(w.reference)
@@ -311,10 +325,10 @@ def markdown(result: dict) -> str:
     bold, and onepass's ratio to it."""
     workloads = result["workloads"]
     rows = [r for r in ROWS if any(r in e["rows"] for e in workloads.values())]
-    head = ["workload", "metric"] + rows + ["onepass / best default", "onepass acc. (published)"]
+    head = ["workload", "metric", "seeds"] + rows + ["onepass / best default", "onepass acc. (published)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in workloads.items():
-        cells = [name, e["metric"].replace("test_", "")]
+        cells = [name, e["metric"].replace("test_", ""), str(e["seeds"])]
         for row in rows:
             r = e["rows"].get(row)
             if r is None:
@@ -403,6 +417,8 @@ def main(argv=None) -> dict:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--from-json", type=Path, default=None, help="re-render a --json result, running nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing: summarise the seeds whose runs are all in --runs")
     args = p.parse_args(argv)
     if args.from_json:
         result = json.loads(args.from_json.read_text())
@@ -413,7 +429,8 @@ def main(argv=None) -> dict:
         runs = Runs(args.runs)
         start = time.perf_counter()
         names = _names(args.workloads)
-        workloads = benchmark(names, rows, args.seeds, args.steps, config, sgd_config, runs, args.workers)
+        workloads = benchmark(names, rows, args.seeds, args.steps, config, sgd_config, runs, args.workers,
+                              cached_only=args.cached_only)
         import platform
 
         import torch
