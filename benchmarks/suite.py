@@ -355,6 +355,21 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def readme_table(result: dict) -> str:
+    """The README's compact table: onepass against the best default, per workload."""
+    lines = ["| workload | onepass | best default | onepass / best | time × Adam |", "|---|---|---|---|---|"]
+    for name, e in result["workloads"].items():
+        r = e["rows"]["onepass"]
+        ratio = e.get("onepass_ratio")
+        lines.append(f"| {name} | {_fmt(r['median'])} | {e.get('best_default', '—')} {_fmt(e.get('best_default_median'))}"
+                     f" | {'—' if ratio is None else f'{ratio:.3f}'} | {_fmt(r['time_ratio'], 3)} |")
+    s = result["summary"]["onepass"]
+    lines.append(f"\nAt or below the best default on {s['wins']}/{s['workloads']} workloads; geometric mean "
+                 f"of the ratios {s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f} "
+                 f"({result['seeds']} seeds, median test loss).")
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path) -> None:
     """Each row's median test loss divided by the best default's, per workload (log scale)."""
     import matplotlib
@@ -415,6 +430,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", nargs="?", const="-", default=None, help="write the table (to stdout: -)")
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--readme", type=Path, default=None, help="write the README's compact table")
     p.add_argument("--from-json", type=Path, default=None, help="re-render a --json result, running nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cached-only", action="store_true",
@@ -451,6 +467,8 @@ def main(argv=None) -> dict:
         args.json.write_text(json.dumps(result, indent=1))
     if args.plot:
         plot(result, args.plot)
+    if args.readme:
+        args.readme.write_text(readme_table(result) + "\n")
     return result
 
 

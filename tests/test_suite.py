@@ -34,7 +34,7 @@ def _finite(x) -> bool:
 def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch):
     suite = _suite()
     runs, out, png = tmp_path / "runs.jsonl", tmp_path / "suite.json", tmp_path / "suite.png"
-    args = ["--workloads", "uci_energy", "digits_cnn", "--rows", "onepass", "onepass_sgd", "adamw_cosine",
+    args = ["--workloads", "uci_energy", "digits_cnn", "--rows", "onepass", "onepass_sgd", "adam", "adamw_cosine",
             "schedulefree", "--seeds", "1", "--steps", "0.005", "--workers", "1", "--quiet",
             "--runs", str(runs), "--json", str(out), "--plot", str(png)]
     result = suite.main(args)
@@ -70,10 +70,17 @@ def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch)
     assert again["workloads"] == data["workloads"]
     assert len(runs.read_text().splitlines()) == len(lines)
 
+    # --cached-only summarises the cache without running anything
+    cached = suite.main(args[:-4] + ["--cached-only"])
+    assert cached["workloads"] == data["workloads"]
+
     # re-rendering from the JSON runs nothing either
     table = tmp_path / "table.md"
-    suite.main(["--from-json", str(out), "--markdown", str(table), "--plot", str(tmp_path / "again.png")])
+    readme = tmp_path / "readme.md"
+    suite.main(["--from-json", str(out), "--markdown", str(table), "--plot", str(tmp_path / "again.png"),
+                "--readme", str(readme)])
     text = table.read_text()
+    assert "| digits_cnn |" in readme.read_text() and "geometric mean" in readme.read_text()
     assert "| uci_energy |" in text and "onepass / best default" in text and "at or below the best default" in text
 
 
