@@ -30,6 +30,7 @@ from torch import nn
 
 import onepass
 import onepass.optim
+from onepass.data.splits import Splits
 from onepass.optim.recipe import recipe
 
 BASELINES = ("adam", "adamw", "adamw_cosine", "prodigy", "schedulefree", "sgd")
@@ -37,25 +38,12 @@ WARMUP = 0.05          # adamw_cosine: the fraction of the updates spent warming
 
 
 @dataclass
-class Data:
-    """Float or integer tensors per split; ``scale`` turns the loss into original units."""
+class Data(Splits):
+    """The three splits (:class:`onepass.data.splits.Splits`, with its
+    ``x_trainval``/``y_trainval``); ``scale`` turns the loss into original units."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
     scale: float = 1.0
     info: dict = field(default_factory=dict)
-
-    @property
-    def x_trainval(self) -> torch.Tensor:
-        return torch.cat([self.x_train, self.x_val])
-
-    @property
-    def y_trainval(self) -> torch.Tensor:
-        return torch.cat([self.y_train, self.y_val])
 
 
 @dataclass
