@@ -25,6 +25,7 @@ from torch.nn.functional import mse_loss
 
 import onepass
 import onepass.optim
+from onepass.core.rules import RULES
 from onepass.core.budget import CostBudget
 from onepass.models.mlp import MLP
 from onepass.optim.optimizer import CREATE_GRAPH_WARNING
@@ -161,6 +162,30 @@ def test_the_optimizer_and_the_tuner_make_the_same_choice_and_the_same_run():
     assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
     assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < 1e-10
     assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["neumann", "cg"])
+@pytest.mark.parametrize("rule", ["sgd", "adam", "adamw"])
+def test_every_rule_and_method_the_budget_serves_chooses_and_trains_as_the_tuner(rule, method):
+    """Each update rule × each method the budget accepts: the optimizer and the
+    Tuner choose the same interval under the same fake clock and end with the
+    same weights and learned lr."""
+    a, b = make_model(), make_model()
+    clock_a, clock_b = FakeClock(), FakeClock()
+    settings = dict(tune=("lr",), update_interval=4, neumann_terms=3, method=method)
+    cls = {"sgd": onepass.optim.SGD, "adam": onepass.optim.Adam, "adamw": onepass.optim.AdamW}[rule]
+    opt = cls(a.parameters(), lr=0.01, val_loss=lambda: mse_loss(a(XV), YV),
+              cost_budget=budgeted(1.5, clock_a), **settings)
+    values = {**RULES[rule].defaults, "lr": 0.01}
+    tuner = onepass.Tuner(b, mse_loss, rule=rule, hyperparameters=values,
+                          cost_budget=budgeted(1.5, clock_b), **settings)
+    closing_a = train_optimizer(a, opt, 40, clock_a, extra=5.0)
+    closing_b = train_tuner(tuner, 40, clock_b, extra=5.0)
+    assert closing_a == closing_b
+    assert hyperstep_updates(closing_a) == [4, 8, 12, 16, 26, 36]   # extra 5 / (1 × 0.5) = 10
+    assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < 1e-6
+    assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=1e-6)
 
 
 def test_the_recipe_sets_the_default_budget_and_none_turns_it_off():
