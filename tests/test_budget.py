@@ -188,10 +188,11 @@ def test_every_rule_and_method_the_budget_serves_chooses_and_trains_as_the_tuner
     assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=1e-6)
 
 
-def test_the_recipe_sets_the_default_budget_and_none_turns_it_off():
-    assert recipe("adamw")["settings"]["cost_budget"] == recipe("sgd")["settings"]["cost_budget"] == 1.5
+def test_the_budget_is_off_by_default_and_a_ratio_turns_it_on():
+    assert recipe("adamw")["settings"]["cost_budget"] is recipe("sgd")["settings"]["cost_budget"] is None
     model = make_model()
-    assert onepass.optim.AdamW(model.parameters()).tuner.cost_budget.ratio == 1.5
+    assert onepass.optim.AdamW(model.parameters()).tuner.cost_budget is None
+    assert onepass.optim.AdamW(model.parameters(), cost_budget=1.5).tuner.cost_budget.ratio == 1.5
     assert onepass.optim.AdamW(model.parameters(), cost_budget=None).tuner.cost_budget is None
     assert onepass.optim.SGD(model.parameters(), cost_budget=3).tuner.cost_budget.ratio == 3.0
     assert "interval" not in onepass.optim.SGD(model.parameters(), tune=()).hyperparameters   # nothing tuned
@@ -227,9 +228,9 @@ def _uci_mlp_run(cost_budget, steps=200):
     return [p.detach().clone() for p in model.parameters()], opt.hyperparameters
 
 
-def test_on_the_uci_mlp_the_default_budget_keeps_todays_interval_and_values():
+def test_on_the_uci_mlp_a_budget_of_1_5_keeps_todays_interval_and_values():
     today, today_hyper = _uci_mlp_run(None)
-    budget = CostBudget(recipe("adamw")["settings"]["cost_budget"], clock=FakeClock())
+    budget = CostBudget(1.5, clock=FakeClock())
     weights, hyper = _uci_mlp_run(budget)
     assert budget.chosen == 20 == recipe("adamw")["settings"]["update_interval"]
     assert same_tensors(weights, today)
