@@ -19,6 +19,8 @@ recipe's loop step (the fold); ``onepass_sgd`` is ``onepass.optim.SGD``'s.
 """
 from __future__ import annotations
 
+import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,28 +165,53 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
+LOOP_KEYS = ("rule", "fold", "decay", "val_keep", "best_val", "recipe")
+"""Keys of a onepass row's configuration that are not the optimizer's arguments:
+the loop's step and the recipe's fingerprint."""
+
+
 def onepass_config(rule: str = "adamw", **overrides) -> dict:
     """The onepass row's configuration: the optimizer's own defaults (no
-    keyword arguments) and the recipe's loop step, plus ablation overrides."""
-    return {"rule": rule, **recipe(rule).get("loop", {}), **overrides}
+    keyword arguments) and the recipe's loop step, plus ablation overrides; its
+    ``recipe`` entry fingerprints the recipe's table, so the suite's cache never
+    answers a changed recipe with an old run."""
+    return {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
+
+
+def recipe_fingerprint(rule: str = "adamw") -> str:
+    """The recipe table a onepass run used (part of its cache key, so a changed
+    recipe never reads an old run)."""
+    table = recipe(rule)
+    return json.dumps({k: table[k] for k in ("values", "settings")}, sort_keys=True, default=str)
+
+
+def fold_schedule(kind: str | None, steps: int) -> Callable[[int], float] | None:
+    """The learning-rate factor over the fold's ``steps`` updates: ``None`` keeps
+    the learned rate; ``"linear"`` decays it linearly to 0 (a cool-down)."""
+    if kind in (None, "none"):
+        return None
+    if kind == "linear":
+        return lambda t: max(0.0, 1.0 - t / max(1, steps))
+    if kind == "cosine":
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(1.0, t / max(1, steps))))
+    raise ValueError(f"unknown fold decay {kind!r}")
 
 
 def optimizer_overrides(config: dict) -> dict:
     """The optimizer's part of a :func:`onepass_config` (what a framework
     integration can take: it has no loop step such as the fold)."""
-    return {k: v for k, v in config.items() if k not in ("rule", "fold")}
+    return {k: v for k, v in config.items() if k not in LOOP_KEYS}
 
 
 def onepass_optimizer(params, config: dict, val_loss, model: nn.Module, start: dict | None = None):
-    """(optimizer, fold) for a onepass row: ``config`` is :func:`onepass_config`'s."""
-    config = dict(config)
-    rule = config.pop("rule", "adamw")
-    fold = float(config.pop("fold", 0.0))
-    kwargs = {**config, **(start or {})}
+    """(optimizer, fold, decay) for a onepass row: ``config`` is :func:`onepass_config`'s."""
+    rule = config.get("rule", "adamw")
+    fold = float(config.get("fold", 0.0))
+    kwargs = {**optimizer_overrides(config), **(start or {})}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     cls = {"adamw": onepass.optim.AdamW, "adam": onepass.optim.Adam, "sgd": onepass.optim.SGD}[rule]
-    return cls(list(params), val_loss=val_loss, model=model, **kwargs), fold
+    return cls(list(params), val_loss=val_loss, model=model, **kwargs), fold, config.get("decay")
 
 
 # ----------------------------------------------------------------------------- the plain loop
@@ -206,6 +233,17 @@ def _loop(workload: Workload, model, opt, steps: int, batches, schedule=None, gr
     return True
 
 
+def split_validation(data: Data, keep: float):
+    """(x_train, y_train, x_val, y_val) with only the last ``keep`` of the
+    validation split held out; the rest of it joins the training split."""
+    n = len(data.x_val)
+    k = max(1, int(round(keep * n)))
+    if k >= n:
+        return data.x_train, data.y_train, data.x_val, data.y_val
+    return (torch.cat([data.x_train, data.x_val[:n - k]]), torch.cat([data.y_train, data.y_val[:n - k]]),
+            data.x_val[n - k:], data.y_val[n - k:])
+
+
 def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dict):
     """Train one row through a plain PyTorch loop: (model, seconds, finite, hyperparameters)."""
     data = workload.data
@@ -213,20 +251,30 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
     start = time.perf_counter()
     hyper = None
     if row in ("onepass", "onepass_sgd"):
-        opt, fold = onepass_optimizer(model.parameters(), options["config"], workload.val_loss(model), model,
-                                      options.get("start"))
+        x_train, y_train, x_val, y_val = split_validation(data, options["config"].get("val_keep", 1.0))
+        best = {"loss": math.inf, "state": None}
+
+        def val_loss():
+            value = workload.loss(model(x_val), y_val)
+            if options["config"].get("best_val") and float(value) < best["loss"]:
+                best["loss"], best["state"] = float(value), copy.deepcopy(model.state_dict())
+            return value
+        opt, fold, decay = onepass_optimizer(model.parameters(), options["config"], val_loss, model,
+                                             options.get("start"))
         tuned = steps - int(round(fold * steps))
         finite = True
         try:
-            finite = _loop(workload, model, opt, tuned, workload.batches(data.x_train, data.y_train, seed),
-                           graph=True)
+            finite = _loop(workload, model, opt, tuned, workload.batches(x_train, y_train, seed), graph=True)
         except onepass.NonFiniteError:
             finite = False
         hyper = opt.hyperparameters
+        if finite and best["state"] is not None:
+            model.load_state_dict(best["state"])
         if finite and tuned < steps:
             plain = opt.frozen()
             finite = _loop(workload, model, plain, steps - tuned,
-                           workload.batches(data.x_trainval, data.y_trainval, seed + 1))
+                           workload.batches(data.x_trainval, data.y_trainval, seed + 1),
+                           fold_schedule(decay, steps - tuned))
     else:
         on_train = options.get("on_train", False)
         x, y = (data.x_train, data.y_train) if on_train else (data.x_trainval, data.y_trainval)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -40,7 +41,10 @@ from .products import clone
 from .rules import UpdateRule, get_rule
 
 METHODS = tuple(ESTIMATORS)
-HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+                    # sign-driven: the step grows ×1.2 while the hypergradient keeps its
+                    # sign and halves when it flips, between 0.001 and 0.5 per raw unit
+                    "rprop": functools.partial(torch.optim.Rprop, etas=(0.5, 1.2), step_sizes=(1e-3, 0.5))}
 
 __all__ = ["HYPER_OPTIMIZERS", "METHODS", "NonFiniteError", "StepResult", "Tuner"]
 
@@ -80,7 +84,9 @@ class Tuner:
         unroll_steps: updates differentiated through by ``"unroll"``.
         update_interval: weight updates per hyperparameter update (``"baydin"``
             updates every step).
-        hyper_optimizer: ``"adam"`` or ``"sgd"`` (default ``"sgd"`` for the
+        hyper_optimizer: ``"adam"``, ``"sgd"`` or ``"rprop"`` (sign-driven steps
+            that grow while the hypergradient keeps its sign; ``hyper_lr`` is the
+            first step) (default ``"sgd"`` for the
             Baydin methods, else ``"adam"``), with learning rate ``hyper_lr``
             (default 0.001 for Baydin, else 0.05).
         lr_bounds: the learning rate is clipped to this range after each
