@@ -319,7 +319,9 @@ def equal_time(out: dict, names, eqtime, seeds, scale, config, runs: Runs, worke
     if not cached_only:
         runs.run(plan, workers)
     for name, (onepass, bases) in reference.items():
-        w, entry = ALL[name], out.setdefault(name, {"rows": {}})
+        if name not in out:            # --cached-only left the workload out
+            continue
+        w, entry = ALL[name], out[name]
         onepass_records = [runs.records[key(j)] for j in onepass]
         adam_seconds = statistics.median(runs.records[key(j)]["seconds"] for j in bases["adam"])
         onepass_seconds = [r["seconds"] for r in onepass_records]
