@@ -195,6 +195,8 @@ class Timer:
         self.parts: dict[str, float] = {}
         self.terms: list = []
         self.contributions: list = []
+        self.gradient = None
+        self.diagnostics = 0.0
 
     def add(self, part: str, seconds: float) -> None:
         self.parts[part] = self.parts.get(part, 0.0) + seconds
@@ -224,7 +226,10 @@ def timed_products(timer: Timer):
 
     def timed_gradient(self, weights, batch, graph=False):
         fn = clocked("graph", gradient) if graph else gradient
-        return fn(self, weights, batch, graph)
+        out = fn(self, weights, batch, graph)
+        if graph:
+            timer.gradient = out
+        return out
 
     def timed_update(self, *args, **kwargs):
         update = clocked("update", linear_update)(self, *args, **kwargs)
@@ -236,11 +241,20 @@ def timed_products(timer: Timer):
             part = "products" if tuple(wrt) == ("weights",) else "to_hyper"
             timer.add(part, time.perf_counter() - start)
             if part == "products":
+                begin = time.perf_counter()
                 if not timer.terms:
                     timer.terms.append(tuple(c.detach().clone() for c in ct))   # v
                 timer.terms.append(tuple(o.detach().clone() for o in out[0]))  # (Jᵀ)^j v
-            else:   # untimed: each term's share of the hypergradient (it is linear in p)
+                timer.diagnostics += time.perf_counter() - begin
+            else:   # diagnostics, left out of the step's time: each term's share of the
+                # hypergradient (it is linear in p), and one HVP alone on the same graph
+                begin = time.perf_counter()
                 timer.contributions = [_flat(backward(term, None, wrt=("raw",))[0]) for term in timer.terms]
+                if timer.gradient is not None and timer.gradient.hvp is not None:
+                    start = time.perf_counter()
+                    timer.gradient.hvp(timer.terms[-1])
+                    timer.add("hvp_alone", time.perf_counter() - start)
+                timer.diagnostics += time.perf_counter() - begin
             return out
         update.backward = products
         return update
@@ -305,6 +319,8 @@ def profile(name: str, size: str = "cpu", hypersteps: int = 2, plain_updates: in
             optimizer.step()
         timer.add("step", time.perf_counter() - start)
         timer.parts["total"] = sum(timer.parts[k] for k in ("forward", "backward", "step"))
+        timer.parts["step"] -= timer.diagnostics     # they ran inside step(): not part of it
+        timer.parts["total"] -= timer.diagnostics
         records[kind].append(timer.parts)
         if graph and timer.contributions and kind == "closing":
             decays.append(neumann_decay(timer.terms, timer.contributions))
@@ -358,7 +374,8 @@ def main(argv=None) -> int:
               f"(= {r['closing_in_plain_updates']:.1f} plain updates; window of {r['interval']}: "
               f"{r['window_ratio']:.2f}x bare)")
         print("  closing update, ms: " + ", ".join(
-            f"{k} {c[k] * 1e3:.1f}" for k in ("forward", "backward", "step", *PARTS) if c.get(k) is not None)
+            f"{k} {c[k] * 1e3:.1f}" for k in ("forward", "backward", "step", *PARTS, "products_each", "hvp_alone")
+            if c.get(k) is not None)
             + f" (plain backward {pl['backward'] * 1e3:.1f})")
         print(f"  one HVP at the same weights, ms: reverse-over-reverse {h['hvp_reverse_over_reverse'] * 1e3:.1f} "
               f"(+ graph: gradient with graph {h['gradient_with_graph'] * 1e3:.1f} vs without "

@@ -139,7 +139,8 @@ def test_the_profile_times_a_run_without_changing_it():
     before = {name: PROFILE.LoopOps.__dict__.get(name) for name in hooked}
     result = PROFILE.profile("gru_adding", "tiny", hypersteps=1, plain_updates=2, repeats=1)
     closing, plain = result["medians"]["closing"], result["medians"]["plain"]
-    assert set(closing) >= {"forward", "backward", "step", *PROFILE.PARTS, "total"}
+    assert set(closing) >= {"forward", "backward", "step", *PROFILE.PARTS, "total", "hvp_alone", "products_each"}
+    assert closing["products_each"] == pytest.approx(closing["products"] / 4)
     assert closing["step"] >= closing["products"] + closing["val_gradient"] > 0
     assert "products" not in plain and plain["total"] > 0
     assert result["neumann_terms"] == 5 and result["interval"] == 20
