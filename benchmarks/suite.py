@@ -10,12 +10,17 @@ with nothing given, plus the recipe's fold), ``onepass_sgd``
 (``onepass.optim.SGD``), ``adam``, ``adamw``, ``adamw_cosine``, ``prodigy``,
 ``schedulefree``, ``sgd``, and ``adam_grid`` (on request: Adam over 6 lr x 2
 weight decays, chosen on validation, retrained on train+validation). Baselines
-train on train+validation.
+train on train+validation. On request, the equal-time rows ``adam_eqtime``,
+``adamw_eqtime``, ``adamw_cosine_eqtime``: the baseline given onepass's
+wall-clock instead of its number of updates (updates x the ratio of the onepass
+row's median seconds to the baseline's; the cosine stretched to them), a
+separate comparison ("at equal wall-clock onepass wins on X/N"), not a default.
 
     python benchmarks/suite.py --seeds 3 --runs runs.jsonl --json suite.json --markdown --plot suite.png
     python benchmarks/suite.py --workloads uci_energy digits_cnn --rows onepass adam --seeds 1 --steps 0.1
     python benchmarks/suite.py --workloads heldout --runs runs.jsonl        # the held-out check
     python benchmarks/suite.py --rows onepass --onepass '{"hyper_lr": 0.1}' --runs runs.jsonl   # an ablation
+    python benchmarks/suite.py --rows adam_eqtime adamw_eqtime adamw_cosine_eqtime --seeds 3 --runs runs.jsonl
     python benchmarks/suite.py --from-json suite.json --markdown --plot suite.png                # re-render
 
 ``--runs`` caches every finished run as a line of JSON keyed by everything
@@ -51,6 +56,10 @@ GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 GRID_WDS = (0.0, 1e-4)
 ROBUSTNESS_WORKLOADS = ("uci_energy", "digits_cnn")
 WITHIN = 1.2
+# Equal-time rows: a baseline given onepass's wall-clock rather than its number of updates
+# (a separate comparison, never among DEFAULTS).
+EQTIME = {"adam_eqtime": "adam", "adamw_eqtime": "adamw", "adamw_cosine_eqtime": "adamw_cosine"}
+EQTIME_ROWS = tuple(EQTIME)
 
 
 # ----------------------------------------------------------------------------- jobs and the cache
@@ -182,6 +191,7 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
     """Run (or, ``cached_only``, only read from the cache) every row on every
     workload; with ``cached_only`` each workload keeps the seeds whose runs are
     all cached, and a workload with none is left out."""
+    eqtime = [r for r in EQTIME_ROWS if r in rows]
     rows = [r for r in ROWS if r in rows]
     plan = []
     for seed in range(seeds):          # seed by seed: an interrupted suite has whole seeds cached
@@ -235,11 +245,7 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
         for row, records in per_row.items():
             seconds = [r["seconds"] + (chosen[(name, s)][1] if row == "adam_grid" else 0.0)
                        for s, r in enumerate(records)]
-            extra = {}
-            if w.kind == "classification":
-                accuracy = [r.get("accuracy") for r in records]
-                extra["accuracy"] = accuracy
-                extra["accuracy_median"] = statistics.median(0.0 if a is None else a for a in accuracy)
+            extra = _accuracy(w, records)
             if row in ONEPASS_ROWS:
                 hypers = [r.get("hyperparameters") or {} for r in records]
                 extra["hyperparameters_median"] = {k: statistics.median(h[k] for h in hypers if k in h)
@@ -258,7 +264,98 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
                 {"files": w.data.info["files"]} if "files" in w.data.info else {})
         entry.update(compare(table))
         out[name] = entry
+    if eqtime:
+        equal_time(out, names, eqtime, seeds, scale, config, runs, workers, cached_only)
     return out
+
+
+def _accuracy(w, records) -> dict:
+    if w.kind != "classification":
+        return {}
+    accuracy = [r.get("accuracy") for r in records]
+    return {"accuracy": accuracy, "accuracy_median": statistics.median(0.0 if a is None else a for a in accuracy)}
+
+
+def equal_time_updates(steps: int, onepass_seconds, baseline_seconds) -> int:
+    """A baseline's updates at onepass's wall-clock: ``steps`` x the ratio of the
+    median seconds (never fewer than ``steps``: a time ratio under 1 is the
+    machine's load, not onepass being cheaper than its own plain updates)."""
+    ratio = statistics.median(onepass_seconds) / statistics.median(baseline_seconds)
+    return max(steps, int(round(steps * ratio)))
+
+
+def equal_time(out: dict, names, eqtime, seeds, scale, config, runs: Runs, workers: int,
+               cached_only: bool = False) -> None:
+    """Add the equal-time rows to ``out``'s workloads: each baseline rerun for
+    :func:`equal_time_updates` updates (a cosine schedule stretched to them),
+    from the onepass row's and the baseline's own seconds at the workload's
+    updates. The onepass runs are read from the cache wherever any seed is
+    cached (the time reference is never rerun); only a workload without any is run."""
+    reference, plan = {}, []
+    need = []
+    for name in names:
+        steps = steps_of(name, scale)
+        onepass = [job(name, "onepass", s, steps, config=config) for s in range(seeds)]
+        cached = [j for j in onepass if key(j) in runs.records]
+        bases = {r: [job(name, r, s, steps) for s in range(seeds)] for r in {"adam"} | {EQTIME[e] for e in eqtime}}
+        if cached_only:
+            bases = {r: [j for j in js if key(j) in runs.records] for r, js in bases.items()}
+            if not cached or not all(bases.values()):
+                continue
+        reference[name] = (cached or onepass, bases)
+        need += (cached or onepass) + [j for js in bases.values() for j in js]
+    if not cached_only:
+        runs.run(need, workers)
+    updates = {}
+    for name, (onepass, bases) in reference.items():
+        steps = steps_of(name, scale)
+        seconds = [runs.records[key(j)]["seconds"] for j in onepass]
+        for row in eqtime:
+            base = [runs.records[key(j)]["seconds"] for j in bases[EQTIME[row]]]
+            updates[(name, row)] = equal_time_updates(steps, seconds, base)
+    for seed in range(seeds):             # seed by seed, as the suite
+        for (name, row), n in updates.items():
+            plan.append(job(name, EQTIME[row], seed, n))
+    if not cached_only:
+        runs.run(plan, workers)
+    for name, (onepass, bases) in reference.items():
+        if name not in out:            # --cached-only left the workload out
+            continue
+        w, entry = ALL[name], out[name]
+        onepass_records = [runs.records[key(j)] for j in onepass]
+        adam_seconds = statistics.median(runs.records[key(j)]["seconds"] for j in bases["adam"])
+        onepass_seconds = [r["seconds"] for r in onepass_records]
+        for row in eqtime:
+            n = updates[(name, row)]
+            jobs = [j for j in (job(name, EQTIME[row], s, n) for s in range(seeds)) if key(j) in runs.records]
+            if not jobs:
+                continue
+            records = [runs.records[key(j)] for j in jobs]
+            entry["rows"][row] = _summary(
+                [r["test"] for r in records], [r["seconds"] for r in records], adam_seconds,
+                **_accuracy(w, records), baseline=EQTIME[row], updates=n,
+                reference={"onepass_seconds": onepass_seconds, "onepass_seeds": [j["seed"] for j in onepass],
+                           "baseline_seconds": [runs.records[key(j)]["seconds"] for j in bases[EQTIME[row]]]})
+        medians = {r: entry["rows"][r]["median"] for r in eqtime if r in entry["rows"]}
+        if not medians:
+            continue
+        best = min(medians, key=lambda r: math.inf if medians[r] is None else medians[r])
+        onepass_median = statistics.median(math.inf if r["test"] is None else r["test"] for r in onepass_records)
+        entry.update({"best_eqtime": best, "best_eqtime_median": medians[best],
+                      "onepass_eqtime_median": onepass_median if math.isfinite(onepass_median) else None})
+        if medians[best] and math.isfinite(onepass_median):
+            entry["onepass_eqtime_ratio"] = onepass_median / medians[best]
+
+
+def summarise_equal_time(workloads: dict) -> dict:
+    """Where onepass is at or below the best equal-time baseline (its median
+    test loss at the same wall-clock), over the workloads that have them."""
+    ratios = {n: e["onepass_eqtime_ratio"] for n, e in workloads.items() if "onepass_eqtime_ratio" in e}
+    if not ratios:
+        return {}
+    return {"workloads": len(ratios), "wins": sum(1 for r in ratios.values() if r <= 1.0),
+            "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())),
+            "max_ratio": max(ratios.values()), "min_ratio": min(ratios.values()), "ratios": ratios}
 
 
 def compare(table: dict) -> dict:
@@ -324,8 +421,10 @@ def markdown(result: dict) -> str:
     """The suite's table: each row's median (time x Adam), the best default in
     bold, and onepass's ratio to it."""
     workloads = result["workloads"]
-    rows = [r for r in ROWS if any(r in e["rows"] for e in workloads.values())]
-    head = ["workload", "metric", "seeds"] + rows + ["onepass / best default", "onepass acc. (published)"]
+    rows = [r for r in ROWS + EQTIME_ROWS if any(r in e["rows"] for e in workloads.values())]
+    eq = any("onepass_eqtime_ratio" in e for e in workloads.values())
+    head = ["workload", "metric", "seeds"] + rows + ["onepass / best default"] + (
+        ["onepass / best equal-time"] if eq else []) + ["onepass acc. (published)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in workloads.items():
         cells = [name, e["metric"].replace("test_", ""), str(e["seeds"])]
@@ -335,9 +434,13 @@ def markdown(result: dict) -> str:
                 cells.append("—")
                 continue
             text = f"{_fmt(r['median'])} ({r['time_ratio']:.2f}×)" if r["time_ratio"] else _fmt(r["median"])
+            if row in EQTIME:
+                text += f" [{r['updates']}]"
             cells.append(f"**{text}**" if row == e.get("best_default") else text)
         ratio = e.get("onepass_ratio")
         cells.append("—" if ratio is None else f"{ratio:.3f}")
+        if eq:
+            cells.append("—" if e.get("onepass_eqtime_ratio") is None else f"{e['onepass_eqtime_ratio']:.3f}")
         acc = e["rows"].get("onepass", {}).get("accuracy_median")
         published = (e.get("reference") or {}).get("published_accuracy")
         cells.append("—" if acc is None else f"{acc:.1%}" + (f" ({published:.0%})" if published else ""))
@@ -349,6 +452,12 @@ def markdown(result: dict) -> str:
                          f"within 1.03x on {s['within_1.03']}/{s['workloads']}; geometric mean of the ratios "
                          f"{s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f}" + (
                              f"; time at most {s['max_time_ratio']:.2f}x Adam's." if s["max_time_ratio"] else "."))
+    s = summarise_equal_time(workloads)
+    if s:
+        lines.append(f"\nat equal wall-clock onepass wins on {s['wins']}/{s['workloads']} (at or below the best of "
+                     f"{', '.join(r for r in EQTIME_ROWS if r in rows)}, each given onepass's median seconds; "
+                     f"[updates] in their cells); geometric mean of the ratios {s['geomean_ratio']:.3f}, "
+                     f"worst {s['max_ratio']:.3f}.")
     for name, rb in (result.get("robustness") or {}).items():
         lines.append(f"\nrobustness on {name}: {rb['fraction_within']:.0%} of {len(rb['starts'])} starts at lr "
                      f"10^U(-6,-1) end within {WITHIN}x of Adam's default median ({rb['adam_median']:.4g}).")
@@ -377,9 +486,9 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     workloads = result["workloads"]
     names = list(workloads)
-    rows = [r for r in ROWS if any(r in e["rows"] for e in workloads.values())]
+    rows = [r for r in ROWS + EQTIME_ROWS if any(r in e["rows"] for e in workloads.values())]
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4.5))
-    markers = dict(zip(ROWS, "o^sv<>Dxp"))
+    markers = dict(zip(ROWS + EQTIME_ROWS, "o^sv<>DxpP*h"))
     for k, row in enumerate(rows):
         xs, ys = [], []
         for i, name in enumerate(names):
@@ -390,6 +499,8 @@ def plot(result: dict, path: Path) -> None:
             xs.append(i + (k - len(rows) / 2) * 0.06)
             ys.append(r["median"] / e["best_default_median"])
         style = dict(color="black", markersize=9, zorder=3) if row == "onepass" else dict(alpha=0.75, markersize=5)
+        if row in EQTIME:
+            style["fillstyle"] = "none"
         ax.plot(xs, ys, linestyle="none", marker=markers[row], label=row, **style)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_yscale("log")
@@ -419,8 +530,9 @@ def _names(selection: list[str]) -> list[str]:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workloads", nargs="+", default=["suite"], help="names, or suite / heldout / all")
-    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS,
-                   help="default: every row but adam_grid (time ratios are to adam's, when it is among them)")
+    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS + EQTIME_ROWS,
+                   help="default: every row but adam_grid and the equal-time rows (time ratios are to adam's, "
+                        "when it is among them; the equal-time rows' are always to adam's)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=float, default=1.0, help="scale of every workload's number of updates")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -450,7 +562,8 @@ def main(argv=None) -> dict:
         import platform
 
         import torch
-        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS},
+        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | (
+                      {"equal_time": summarise_equal_time(workloads)} if any(r in EQTIME for r in rows) else {}),
                   "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass},
                   "seeds": args.seeds, "steps_scale": args.steps, "python": platform.python_version(),
                   "torch": torch.__version__, "command": "python benchmarks/suite.py " + " ".join(

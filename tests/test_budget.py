@@ -310,6 +310,45 @@ def test_the_config_key_reaches_the_tuner():
         resolve_config({**base, "algorithm": {"method": "baydin", "tune": ["lr"], "cost_budget": 1.5}})
 
 
+def test_onepass_train_logs_the_chosen_interval_with_the_hyperparameters(uci_data_dir, tmp_path, monkeypatch):
+    """``onepass train`` with ``algorithm.cost_budget``: metrics.csv, TensorBoard and
+    the run's summary carry ``interval``, the asked-for one until the budget chose."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from onepass.experiment import load_config, run_training
+
+    interval, reads = 4, []
+
+    def clock() -> float:   # read once per update from the end of the first window: every 4th closes it
+        reads.append(1.0 + (9.0 if len(reads) % interval == 0 else 0.0))
+        return sum(reads)
+    monkeypatch.setitem(CostBudget.__init__.__kwdefaults__, "clock", clock)
+    config = load_config(["uci_energy", "ours_lr"], ["training.steps=60", "logging.interval=10",
+                                                     "logging.tensorboard=true", "algorithm.cost_budget=1.5",
+                                                     f"algorithm.update_interval={interval}"])
+    summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
+    # plain 1, extra 9: ceil(9 / (1 × 0.5)) = 18, chosen at the end of window 5 (update 24)
+    assert summary["status"] == "finished" and summary["hyperparameters"]["interval"] == 18.0
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["step"]), float(r["interval"])) for r in rows] == \
+        [(10, 4.0), (20, 4.0), (30, 18.0), (40, 18.0), (50, 18.0), (60, 18.0)]
+    assert all(float(r["lr"]) > 0 for r in rows)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("Hyperparameters/interval")] == \
+        [(int(r["step"]), float(r["interval"])) for r in rows]
+
+    # without a budget nothing is added
+    plain = run_training(load_config(["uci_energy", "ours_lr"], ["training.steps=10", "logging.tensorboard=false"]),
+                         tmp_path / "plain", data_dir=uci_data_dir, progress=False)
+    assert "interval" not in plain["hyperparameters"]
+    with (tmp_path / "plain" / "metrics.csv").open(newline="") as f:
+        assert "interval" not in next(csv.reader(f))
+
+
 # ------------------------------------------------------------------ data parallel
 
 WORLD, STEPS = 2, 40

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -115,3 +116,52 @@ def test_rows_are_the_published_defaults_and_the_readme_use():
     plain = onepass.optim.AdamW(params, val_loss=lambda: params[0].sum())
     assert type(opt) is onepass.optim.AdamW and fold == 0.25
     assert opt.hyperparameters == plain.hyperparameters and opt._config == plain._config
+
+
+def test_equal_time_rows_give_the_baselines_onepass_wall_clock(tmp_path, monkeypatch):
+    suite = _suite()
+    runs, out = tmp_path / "runs.jsonl", tmp_path / "suite.json"
+    eqtime = ["adam_eqtime", "adamw_eqtime", "adamw_cosine_eqtime"]
+    args = ["--workloads", "uci_energy", "--rows", "onepass", "adam", "adamw", "adamw_cosine", *eqtime,
+            "--seeds", "2", "--steps", "0.005", "--workers", "1", "--quiet", "--runs", str(runs),
+            "--json", str(out), "--markdown", str(tmp_path / "table.md"), "--plot", str(tmp_path / "suite.png")]
+    result = suite.main(args)
+    entry = json.loads(out.read_text())["workloads"]["uci_energy"]
+    rows, steps = entry["rows"], entry["steps"]
+    assert set(rows) == {"onepass", "adam", "adamw", "adamw_cosine", *eqtime}
+    records = suite.Runs(runs).records
+    for row in eqtime:
+        r, base = rows[row], suite.EQTIME[row]
+        assert r["baseline"] == base and r["updates"] >= steps
+        # the update count is the baseline's at onepass's median seconds over its own, from the same run's records
+        assert r["reference"]["onepass_seconds"] == rows["onepass"]["seconds"]
+        assert r["reference"]["baseline_seconds"] == rows[base]["seconds"]
+        assert r["updates"] == max(steps, round(steps * statistics.median(rows["onepass"]["seconds"])
+                                                / statistics.median(rows[base]["seconds"])))
+        # each seed's run is the baseline's own row trained for that many updates (cosine stretched to them)
+        assert r["values"] == [records[suite.key(suite.job("uci_energy", base, s, r["updates"]))]["test"]
+                               for s in range(2)]
+        assert r["time_ratio"] == pytest.approx(statistics.median(r["seconds"])
+                                                / statistics.median(rows["adam"]["seconds"]))
+    best = min(eqtime, key=lambda row: rows[row]["median"])
+    assert entry["best_eqtime"] == best and entry["best_default"] in ("adam", "adamw", "adamw_cosine")
+    assert entry["onepass_eqtime_ratio"] == pytest.approx(rows["onepass"]["median"] / rows[best]["median"])
+    assert result["summary"]["equal_time"]["wins"] == int(entry["onepass_eqtime_ratio"] <= 1)
+    text = (tmp_path / "table.md").read_text()
+    assert "at equal wall-clock onepass wins on" in text and "onepass / best equal-time" in text
+    assert f"[{rows['adam_eqtime']['updates']}]" in text
+
+    # asked for alone, the equal-time rows read the onepass (and baseline) runs from the cache and rerun none
+    lines = len(runs.read_text().splitlines())
+    monkeypatch.setattr(suite, "_work", lambda job: pytest.fail(f"reran {job}"))
+    alone = suite.main(args[:3] + eqtime + args[10:-6] + ["--cached-only"])
+    assert {r: alone["workloads"]["uci_energy"]["rows"][r] for r in eqtime} == {r: rows[r] for r in eqtime}
+    again = suite.main(args[:3] + eqtime + args[10:-6])
+    assert again["workloads"]["uci_energy"]["onepass_eqtime_ratio"] == entry["onepass_eqtime_ratio"]
+    assert len(runs.read_text().splitlines()) == lines
+
+
+def test_equal_time_updates():
+    suite = _suite()
+    assert suite.equal_time_updates(100, [3.0, 2.0, 10.0], [1.0, 2.0, 1.0]) == 300
+    assert suite.equal_time_updates(100, [1.0], [2.0]) == 100      # load, not a cheaper onepass

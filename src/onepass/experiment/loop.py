@@ -157,6 +157,15 @@ class Member:
     outcome: dict | None = None   # a diverged member's final record fields
 
 
+def logged_hyperparameters(tuner: Tuner, hyperparameters: Mapping) -> dict:
+    """What a run logs with its hyperparameters: ``hyperparameters``, plus the
+    hyperparameter step's ``interval`` (in updates, as the cost budget chose
+    it; the asked-for one until then) when the tuner has a cost budget."""
+    if getattr(tuner, "cost_budget", None) is None:
+        return dict(hyperparameters)
+    return {**hyperparameters, "interval": float(tuner.update_interval)}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -249,8 +258,9 @@ class TrainingLoop:
     def hyperparameters(self) -> list[dict]:
         """Per member, the tuner's hyperparameters as its run records them."""
         if self.population is None:
-            return [self.tuner.hyperparameters]
-        return per_member(self.tuner, self.tuner.hyperparameters, self.population)
+            return [logged_hyperparameters(self.tuner, self.tuner.hyperparameters)]
+        return [logged_hyperparameters(self.tuner, h)
+                for h in per_member(self.tuner, self.tuner.hyperparameters, self.population)]
 
     def _check_members(self, result, step: int) -> bool:
         """Record members that diverged at ``step``; ``False`` once all have."""

@@ -26,7 +26,7 @@ import torch
 from onepass.experiment.checkpoint import load_checkpoint, loop_state, write_state
 from onepass.experiment.config import resolve_config
 from onepass.experiment.logging import CHECKPOINT, LOSS_COLUMNS
-from onepass.experiment.loop import TrainClock, TrainingLoop
+from onepass.experiment.loop import TrainClock, TrainingLoop, logged_hyperparameters
 from onepass.experiment.runner import build_run, open_run, resolve_device, train_to_end
 
 # Keys that may differ between a checkpoint's config and the config continuing it.
@@ -108,7 +108,7 @@ def run_training(
 
     same_folder = resume_from is not None and \
         Path(resume_from).resolve() == (run_dir / CHECKPOINT).resolve()
-    member = open_run(config, run_dir, tuner.hyperparameters, device,
+    member = open_run(config, run_dir, logged_hyperparameters(tuner, tuner.hyperparameters), device,
                       tensorboard=log_cfg["tensorboard"],
                       resume_step=steps_done if same_folder else None,
                       metric_columns=[m for m in task.metrics if m not in LOSS_COLUMNS],
