@@ -163,7 +163,10 @@ class Execution:
         (frozen members' gradients zeroed); not clipped."""
         gradient = part.gradient(tuple(self.params), False)
         self.check_losses(gradient.loss, "training loss", step)
-        return dataclasses.replace(gradient, grads=self.masked(gradient.grads))
+        frozen = self.frozen()
+        if frozen is None:
+            return gradient
+        return dataclasses.replace(gradient, grads=mask_members(gradient.grads, frozen))
 
     def update_without_graph(self, gradient: Gradient) -> None:
         """Take the update in place (the rule's fast twin), outside any graph,

@@ -48,6 +48,7 @@ _PARTS: dict[int, list[Tensor]] = {}
 
 
 _HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
+_KEPT: set[int] = set()   # the parameters with an entry in _PARTS or _HANDED: plain updates find it empty
 
 
 def _keep_graph(p: Tensor) -> None:
@@ -56,6 +57,7 @@ def _keep_graph(p: Tensor) -> None:
         _PARTS[id(p)].append(grad)
         p.grad = grad.detach().clone()
         _HANDED[id(p)] = (p.grad, p.grad._version)
+        _KEPT.add(id(p))
 
 
 def _untouched(p: Tensor) -> bool:
@@ -66,6 +68,7 @@ def _untouched(p: Tensor) -> bool:
 def _forget(key: int) -> None:
     _PARTS.pop(key, None)
     _HANDED.pop(key, None)
+    _KEPT.discard(key)
 
 
 class GradientCapture:
@@ -92,13 +95,18 @@ class GradientCapture:
 
     @property
     def has_graph(self) -> bool:
-        return any(_PARTS[id(p)] for p in self.params)
+        return bool(_KEPT) and any([id(p) in _KEPT for p in self.params])
 
     def clear(self) -> None:
         """Drop the kept graphs (after a step, or at ``zero_grad``)."""
+        if not _KEPT:
+            return
         for p in self.params:
-            _PARTS[id(p)].clear()
-            _HANDED.pop(id(p), None)
+            key = id(p)
+            if key in _KEPT:
+                _PARTS[key].clear()
+                _HANDED.pop(key, None)
+                _KEPT.discard(key)
 
 
 @dataclass
