@@ -579,8 +579,9 @@ class TunedOptimizer(torch.optim.Optimizer):
 def _pin_zero_groups(groups, tune):
     """HF's usual groups: a tuned ``weight_decay`` (or ``momentum``) that is 0 in
     some groups and not in others stays 0 there and is tuned in the rest. The
-    Tuner gets a tunable stand-in for those groups (another group's value);
-    :class:`LoopExecution` applies 0. Returns ``(groups, {name: pinned group indices})``."""
+    Tuner gets a tunable stand-in for those groups (another group's value),
+    which its slots pin to 0 there (``Slots.pinned``). Returns ``(groups,
+    {name: pinned group indices})``."""
     pinned = {}
     for name in ("weight_decay", "momentum"):
         if name not in tune:
