@@ -372,3 +372,73 @@ def test_val_loss_grad_scaler_and_skip_non_finite_are_public_settable_attributes
     opt_b.grad_scaler = torch.amp.GradScaler("cpu")
     opt_b.skip_non_finite = True
     assert "skipped_hypersteps" in opt_b.hyperparameters    # AMP mode: a bad hyperparameter step is skipped
+
+
+# ----------------------------------------------------- freeze(): the namesake from here on
+
+def namesake_like(frozen: torch.optim.Optimizer, torch_cls, model: nn.Module) -> torch.optim.Optimizer:
+    """``torch_cls`` on ``model``'s parameters with ``frozen``'s groups and state (moments)."""
+    params = list(model.parameters())
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [params[i]]}
+              for i, g in enumerate(frozen.param_groups)]
+    reference = torch_cls(groups)
+    reference.load_state_dict(frozen.state_dict())
+    return reference
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_freeze_then_steps_are_the_namesake_at_the_learned_values_bit_for_bit(name):
+    cls, torch_cls, kwargs = OPTIMIZERS[name]
+    a = WithHead()
+    calls = []
+
+    def val_loss():
+        calls.append(1)
+        return mse_loss(a(XV), YV)
+    opt = cls(a.parameters(), **kwargs, update_interval=4, val_loss=val_loss)
+    run(a, opt, 10)
+    assert len(calls) == 2
+    b = copy.deepcopy(a)
+    reference = namesake_like(opt.frozen(), torch_cls, b)
+    learned = opt.hyperparameters
+    opt.freeze()
+    assert opt.is_frozen and opt.needs_graph is False
+    for t in range(10, 22):
+        run(a, opt, 1, t)
+        run(b, reference, 1, t)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (name, t, n)
+    assert len(calls) == 2 and opt.hyperparameters == learned      # no hyperparameter step, no val_loss
+    assert opt.steps_taken == 22
+    c = WithHead()
+    resumed = cls(c.parameters(), **kwargs, update_interval=4, val_loss=val_loss)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.is_frozen and resumed.needs_graph is False
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_scheduler_built_before_freeze_still_scales_the_learned_lr(name):
+    cls, torch_cls, kwargs = OPTIMIZERS[name]
+    a = WithHead()
+    opt = cls(a.parameters(), **kwargs, update_interval=4, val_loss=val_loss_of(a))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9 ** step)
+    for t in range(8):
+        run(a, opt, 1, t)
+        scheduler.step()
+    b = copy.deepcopy(a)
+    reference = namesake_like(opt.frozen(), torch_cls, b)
+    opt.freeze()
+    learned = opt.hyperparameters["lr/group0"]
+    rates = set()
+    for t in range(8, 14):
+        group = opt.param_groups[0]
+        rate = learned * (group["lr"] / group["base_lr"])             # learned × the scheduler's factor
+        for g in reference.param_groups:
+            g["lr"] = rate
+        rates.add(rate)
+        run(a, opt, 1, t)
+        run(b, reference, 1, t)
+        scheduler.step()
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (name, t, n)
+    assert len(rates) == 6 and opt.hyperparameters["lr/group0"] == learned

@@ -1,17 +1,19 @@
-"""The mutable state of one run or one population: weights, the rule's state, the
-hyperparameters' slots, frozen members, and how a plain step or an estimator's
-step function is executed (eager on autograd, or one compiled (``torch.compile``)
-``torch.func`` function). The products themselves are in :mod:`.products`."""
+"""The mutable state of one run or one population: weights, the rule's state,
+the hyperparameters' slots, frozen members, and how a plain step or an
+estimator's step function is executed (eager on autograd, or one compiled
+(``torch.compile``) ``torch.func`` function). The products themselves are in
+:mod:`.products`; the loss's part of every update comes in as a value
+(:class:`~.products.LossPart`), built by whoever drives the estimator."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from .hyperparameters import Slots, member_view
-from .products import Ops, Tensors, detach, mask_members, tree_map
+from .products import Gradient, LossPart, Ops, Tensors, detach, mask_members, tree_map
 from .rules import UpdateRule, clip_gradients
 
 
@@ -37,24 +39,24 @@ class NonFiniteError(FloatingPointError):
 
 
 class Execution:
-    """The weights, the rule's state and the gradients of one run or one population.
+    """The weights, the rule's state and the hyperparameters' use in one run or one population.
 
-    It knows how to take a plain step and how to run an estimator's step
-    function: eagerly with :class:`Ops` on autograd, or, with ``compile`` and a
-    population, as one ``torch.compile``\\ d ``torch.func`` function. Members of
+    It takes plain updates and runs an estimator's step function: eagerly
+    with :class:`Ops` on autograd, or, with ``compile`` and a population, as
+    one ``torch.compile``\\ d ``torch.func`` function (``rebuild`` then remakes
+    each :class:`~onepass.core.products.LossPart` inside it from its
+    ``data``). It knows nothing of models or losses: every update's training
+    gradient comes in a :class:`~onepass.core.products.LossPart`. Members of
     a population whose loss or hypergradient is not finite are frozen here;
     a single run raises :class:`NonFiniteError` instead.
+
+    Parameters without a gradient in an update (``Gradient.missing``) keep
+    their weights and rule state, as in ``torch.optim``.
     """
 
-    def __init__(self, model: nn.Module, params: list[nn.Parameter], batch_loss: Callable,
-                 rule: UpdateRule, slots: Slots, *, max_grad_norm: float | None,
-                 population: int | None, compile: bool):
-        self.model = model
+    def __init__(self, params: list[Tensor], rule: UpdateRule, slots: Slots, *, max_grad_norm: float | None,
+                 population: int | None, compile: bool, rebuild: Callable | None = None):
         self.params = params
-        names = {id(p): n for n, p in model.named_parameters()}
-        self.names = [names[id(p)] for p in params]
-        self.buffer_names = [n for n, _ in model.named_buffers()]
-        self.batch_loss = batch_loss
         self.rule = rule
         self.slots = slots
         self.max_grad_norm = max_grad_norm
@@ -66,47 +68,43 @@ class Execution:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=params[0].device)
         self.any_diverged = False   # a Python bool: no sync per step
         self.compile_steps = compile and population is not None
-        self._compiled: dict[Callable, Callable] = {}
-        self._compiled_gradient = self._compile_gradient() if compile else None
+        if self.compile_steps and rebuild is None:
+            raise ValueError("a compiled population needs rebuild (the loss's part from its data)")
+        self.rebuild = rebuild
+        self._compiled: dict = {}
+        self._unscaled: dict | None = None
         self._hyper_cache: dict | None = None
         self._hyper_floats: dict | None = None
         self._ops: Ops | None = None
+        self._seen = (slots.values_version, slots.scale_version)
 
-    # ------------------------------------------------------------ losses
+    # ------------------------------------------------------------ the rule
 
-    def forward_with(self, weights: Sequence[Tensor], keep_buffers: bool = False) -> Callable:
-        """Call the model with ``weights`` in place of its parameters. With
-        ``keep_buffers`` its running statistics are left untouched."""
-        if not keep_buffers and all(w is p for w, p in zip(weights, self.params)):
-            return self.model
-        tensors = dict(zip(self.names, weights))
-        if keep_buffers and self.buffer_names:
-            buffers = dict(self.model.named_buffers())
-            tensors.update({n: buffers[n].clone() for n in self.buffer_names})
-
-        def forward(*args, **kwargs):
-            return functional_call(self.model, tensors, args, kwargs)
-        return forward
-
-    def train_loss(self, weights, batch) -> Tensor:
-        return self.batch_loss(self.forward_with(weights), batch)
-
-    def val_loss(self, weights, batch) -> Tensor:
-        return self.batch_loss(self.forward_with(weights, keep_buffers=True), batch)
-
-    def clip(self, grads: Tensors) -> Tensors:
-        if self.max_grad_norm is None:
+    def clip(self, grads: Tensors, max_norm: float | None = None) -> Tensors:
+        max_norm = self.max_grad_norm if max_norm is None else max_norm
+        if max_norm is None:
             return tuple(grads)
-        return clip_gradients(grads, self.max_grad_norm, per_member=self.population is not None)
+        return clip_gradients(grads, max_norm, per_member=self.population is not None)
 
-    def rule_update(self, weights, state, grads, raw, fixed, frozen, skip):
-        """Clipping, the transforms and the rule: the update as a pure function."""
-        return self.rule.update(weights, state, self.clip(grads), self.hyper_of(raw, fixed, frozen, skip))
+    def rule_update(self, weights, state, grads, raw, fixed, frozen, skip, max_norm=None, missing=()):
+        """Clipping, the transforms and the rule: the update as a pure function.
+        Parameters in ``missing`` keep their weights and state."""
+        new_weights, new_state = self.rule.update(weights, state, self.clip(grads, max_norm),
+                                                  self.hyper_of(raw, fixed, frozen, skip))
+        if not missing:
+            return new_weights, new_state
+        n, keep = len(self.params), set(missing)
+
+        def merge(old, new):
+            if isinstance(new, (tuple, list)) and len(new) == n:
+                return type(new)(o if i in keep else x for i, (o, x) in enumerate(zip(old, new)))
+            return new
+        return merge(tuple(weights), tuple(new_weights)), {k: merge(state[k], v) for k, v in new_state.items()}
 
     def hyper_of(self, raw, fixed, frozen, skip) -> dict:
-        """The rule's ``hyper`` mapping (:meth:`Slots.hyper`); front ends that
-        scale a value (a learning-rate schedule) override this one place."""
-        return self.slots.hyper(raw, fixed, frozen, skip)
+        """The rule's ``hyper`` mapping (:meth:`Slots.hyper`, with pinned values
+        and the learning-rate factors)."""
+        return self.slots.scale_lr(self.slots.pin(self.slots.hyper(raw, fixed, frozen, skip)))
 
     # ------------------------------------------------------------ ops
 
@@ -116,14 +114,15 @@ class Execution:
     def ops(self) -> Ops:
         """Eager :class:`Ops` for the current hyperparameters and frozen members,
         cached until :meth:`invalidate`."""
+        self._check_slots()
         if self._ops is None:
             self._ops = self._ops_for(False, self.slots.fixed, self.frozen(), self.slots.zero_fixed())
         return self._ops
 
     def _ops_for(self, functional: bool, fixed, frozen, skip) -> Ops:
-        def update(weights, state, grads, raw):
-            return self.rule_update(weights, state, grads, raw, fixed, frozen, skip)
-        return Ops(self.train_loss, self.val_loss, update, frozen, functional)
+        def update(weights, state, grads, raw, max_norm=None, missing=()):
+            return self.rule_update(weights, state, grads, raw, fixed, frozen, skip, max_norm, missing)
+        return Ops(update, frozen, functional)
 
     def raw(self):
         """The raw hyperparameters as inputs of a step function: the leaves
@@ -137,42 +136,85 @@ class Execution:
 
     def run(self, fn: Callable, *args):
         """``fn(ops, *args)``: eagerly, or as one compiled ``torch.func`` function
-        (compiled once per ``fn``; the fixed hyperparameters and frozen members are inputs)."""
+        (compiled once per ``fn``; the fixed hyperparameters and frozen members are
+        inputs). An argument that is a :class:`LossPart`, or a tuple of them,
+        enters the compiled function as its ``data`` and is rebuilt inside."""
         if not self.compile_steps:
             return fn(self.ops(), *args)
-        if fn not in self._compiled:
+        layout = tuple(2 if isinstance(a, tuple) and a and isinstance(a[0], LossPart) else
+                       1 if isinstance(a, LossPart) else 0 for a in args)
+        inputs = tuple(tuple(p.data for p in a) if kind == 2 else a.data if kind == 1 else a
+                       for kind, a in zip(layout, args))
+        key = (fn, layout)
+        if key not in self._compiled:
+            rebuild = self.rebuild
+
             def pure(fixed, frozen, skip, *inputs):
-                return fn(self._ops_for(True, fixed, frozen, skip), *inputs)
-            self._compiled[fn] = torch.compile(pure, dynamic=False)
-        return self._compiled[fn](self.slots.fixed, self.diverged, self.slots.zero_fixed(), *args)
+                args = tuple(tuple(rebuild(d, frozen) for d in a) if kind == 2 else
+                             rebuild(a, frozen) if kind == 1 else a for kind, a in zip(layout, inputs))
+                return fn(self._ops_for(True, fixed, frozen, skip), *args)
+            self._compiled[key] = torch.compile(pure, dynamic=False)
+        return self._compiled[key](self.slots.fixed, self.diverged, self.slots.zero_fixed(), *inputs)
 
     # ------------------------------------------------------------ plain steps
 
-    def gradient_now(self, batch, step: int) -> tuple[Tensor, Tensors]:
-        """``(loss, ∇L_T)`` at the current weights without a graph, checked
+    def gradient_now(self, part: LossPart, step: int) -> Gradient:
+        """The training gradient at the current weights without a graph, checked
         (frozen members' gradients zeroed); not clipped."""
-        if self._compiled_gradient is not None:
-            grads, loss = self._compiled_gradient(tuple(p.detach() for p in self.params), batch)
-        else:
-            gradient = self.ops().gradient(tuple(self.params), batch)
-            grads, loss = gradient.grads, gradient.loss
-        self.check_losses(loss, "training loss", step)
-        return loss, self.masked(grads)
+        gradient = part.gradient(tuple(self.params), False)
+        self.check_losses(gradient.loss, "training loss", step)
+        frozen = self.frozen()
+        if frozen is None:
+            return gradient
+        return dataclasses.replace(gradient, grads=mask_members(gradient.grads, frozen))
 
-    def update_without_graph(self, grads: Tensors) -> None:
-        """Take the update in place (the rule's fast twin), outside any graph."""
-        grads = self.clip(grads)
+    def update_without_graph(self, gradient: Gradient) -> None:
+        """Take the update in place (the rule's fast twin), outside any graph,
+        on the parameters that have a gradient."""
+        grads = self.clip(gradient.grads)
+        missing = gradient.missing
+        if not missing:
+            with torch.no_grad():
+                if self.rule.update_in_place is not None:
+                    self.state = self.rule.update_in_place(tuple(self.params), self.state, grads,
+                                                           self.hyper_in_place())
+                else:
+                    self.commit(*self.rule.update(tuple(self.params), self.state, grads, self.hyper()))
+            return
+        keep, n = set(missing), len(self.params)
+        present = [i for i in range(n) if i not in keep]
+        if not present:
+            return
+
+        def subset(value):
+            if isinstance(value, (tuple, list)) and len(value) == n:
+                return tuple(value[i] for i in present)
+            return value
+
+        def merge(old, new):
+            if isinstance(old, (tuple, list)) and len(old) == n:
+                out = list(old)
+                for i, x in zip(present, new):
+                    out[i] = x
+                return tuple(out)
+            return new
+        weights = tuple(self.params[i] for i in present)
+        state = {k: subset(v) for k, v in self.state.items()}
         with torch.no_grad():
             if self.rule.update_in_place is not None:
-                self.state = self.rule.update_in_place(tuple(self.params), self.state, grads,
-                                                       self.hyper_in_place())
+                hyper = {k: subset(v) for k, v in self.hyper_in_place().items()}
+                new_state = self.rule.update_in_place(weights, state, subset(grads), hyper)
             else:
-                self.commit(*self.rule.update(tuple(self.params), self.state, grads, self.hyper()))
+                hyper = {k: subset(v) for k, v in self.hyper().items()}
+                new_weights, new_state = self.rule.update(weights, state, subset(grads), hyper)
+                for p, w in zip(weights, new_weights):
+                    p.data = w.detach().to(p.dtype)
+        self.state = {k: merge(self.state[k], v) for k, v in new_state.items()}
 
-    def plain_step(self, batch, step: int) -> Tensor:
-        loss, grads = self.gradient_now(batch, step)
-        self.update_without_graph(grads)
-        return loss
+    def plain_step(self, part: LossPart, step: int) -> Tensor:
+        gradient = self.gradient_now(part, step)
+        self.update_without_graph(gradient)
+        return gradient.loss
 
     def commit(self, new_weights, new_state) -> None:
         """Make ``new_weights`` the parameters' values. The storage is swapped,
@@ -183,23 +225,43 @@ class Execution:
         self.state = detach(new_state)
 
     def hyper(self) -> dict:
-        """The rule's ``hyper`` mapping (no graph), cached until the values change."""
+        """The rule's ``hyper`` mapping (no graph), cached until the values change;
+        a new learning-rate factor rescales the cached values instead of
+        recomputing them from the slots."""
+        self._check_slots()
         if self._hyper_cache is None:
+            slots = self.slots
             with torch.no_grad():
-                self._hyper_cache = self.hyper_of(self.slots.raw, self.slots.fixed, self.frozen(),
-                                                  self.slots.zero_fixed())
+                if self._unscaled is None:
+                    self._unscaled = slots.pin(slots.hyper(slots.raw, slots.fixed, self.frozen(),
+                                                           slots.zero_fixed()))
+                self._hyper_cache = slots.scale_lr(self._unscaled)
         return self._hyper_cache
 
     def hyper_in_place(self) -> dict:
-        """:meth:`hyper` with scalars as Python floats, for ``update_in_place``."""
+        """:meth:`hyper` with scalars as Python floats, for ``update_in_place``;
+        a fixed value given as a float (:attr:`Slots.exact`) is used as it is."""
+        self._check_slots()
         if self._hyper_floats is None:
-            self._hyper_floats = {name: value.item() if isinstance(value, Tensor) else value
+            exact = self.slots.exact
+            self._hyper_floats = {name: exact[name] if name in exact else
+                                  value.item() if isinstance(value, Tensor) else value
                                   for name, value in self.hyper().items()}
         return self._hyper_floats
 
     def invalidate(self) -> None:
         """The hyperparameters (or the frozen members) changed."""
-        self._hyper_cache = self._hyper_floats = self._ops = None
+        self._unscaled = self._hyper_cache = self._hyper_floats = self._ops = None
+
+    def _check_slots(self) -> None:
+        """Follow what was written into the slots since the caches were made."""
+        seen = (self.slots.values_version, self.slots.scale_version)
+        if seen != self._seen:
+            if seen[0] != self._seen[0]:
+                self.invalidate()
+            else:   # only the learning-rate factors or the exact floats
+                self._hyper_cache = self._hyper_floats = None
+            self._seen = seen
 
     # ------------------------------------------------------------ checks
 
@@ -208,7 +270,9 @@ class Execution:
 
     def check_losses(self, loss: Tensor, quantity: str, step: int) -> None:
         """Single run: raise :class:`NonFiniteError`. Population: freeze the
-        members whose loss is not finite."""
+        members whose loss is not finite. ``None`` (not known) passes."""
+        if loss is None:
+            return
         if self.population is None:
             if not torch.isfinite(loss):
                 raise NonFiniteError(quantity, step)
@@ -266,12 +330,3 @@ class Execution:
             return new
         return (tuple(keep(o.detach(), n) for o, n in zip(old_weights, new_weights)),
                 tree_map(keep, detach(old_state), new_state))
-
-    # ------------------------------------------------------------ compiled gradient
-
-    def _compile_gradient(self) -> Callable:
-        """``(weights, batch) -> (grads, loss)`` through ``torch.compile``."""
-        def grads_and_loss(weights, batch):
-            gradient = Ops(self.train_loss, self.val_loss, None, None, functional=True).gradient(weights, batch)
-            return gradient.grads, gradient.loss
-        return torch.compile(grads_and_loss, dynamic=False)

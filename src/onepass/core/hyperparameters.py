@@ -157,6 +157,18 @@ class Slots:
                 self.fixed[name] = natural
         self.tuned = tuple(n for n in self.names if n in self.raw)
         self._zero_fixed: frozenset | None = None
+        self.pinned: dict[str, frozenset[int]] = {}
+        """``{name: weight tensor indices}`` whose value is 0 while the name is
+        tuned for the others (a group that keeps weight decay off)."""
+        self.lr_factors: tuple[float, ...] | None = None
+        """Per parameter group, the factor the learning rate in use is the
+        slot's value times (a front end's LR schedule); ``None``: all 1."""
+        self.exact: dict = {}
+        """Fixed values as Python floats (one, or one per weight tensor) that
+        in-place updates use instead of their slots' float32 (a front end's
+        ``param_groups`` values, so that nothing tuned is its namesake bit for bit)."""
+        self.values_version = 0   # bumped when slot values are written
+        self.scale_version = 0    # bumped when lr_factors or exact change
 
     # ------------------------------------------------------------ reading
 
@@ -215,6 +227,54 @@ class Slots:
             hyper[name] = tuple(values)
         return hyper
 
+    def pin(self, hyper: dict) -> dict:
+        """``hyper`` with the :attr:`pinned` values 0 for their tensors."""
+        if not self.pinned:
+            return hyper
+        hyper = dict(hyper)
+        n = len(self.shapes)
+        for name, indices in self.pinned.items():
+            if name not in hyper:
+                continue
+            value = hyper[name]
+            values = [value if isinstance(value, (Tensor, float, int)) else value[i] for i in range(n)]
+            hyper[name] = tuple(v * 0 if i in indices else v for i, v in enumerate(values))
+        return hyper
+
+    def scale_lr(self, hyper: dict) -> dict:
+        """The learning rate times each group's :attr:`lr_factors` (one value
+        when every group has the same factor, so a rule keeps its fast path)."""
+        factors = self.lr_factors
+        if factors is None or "lr" not in hyper:
+            return hyper
+        lr, group_of = hyper["lr"], self.group_of
+        hyper = dict(hyper)
+        if isinstance(lr, Tensor) and len(set(factors)) == 1:
+            hyper["lr"] = lr * factors[0]
+        else:
+            hyper["lr"] = tuple((lr if isinstance(lr, Tensor) else lr[i]) * factors[group_of[i]]
+                                for i in range(len(group_of)))
+        return hyper
+
+    def set_lr_factors(self, factors) -> None:
+        """One learning-rate factor per parameter group (see :attr:`lr_factors`)."""
+        factors = None if all(f == 1.0 for f in factors) else tuple(float(f) for f in factors)
+        if factors != self.lr_factors:
+            self.lr_factors = factors
+            self.scale_version += 1
+
+    def set_exact(self, exact: Mapping[str, list]) -> None:
+        """Fixed values as floats, ``{name: value per weight tensor}`` (see :attr:`exact`)."""
+        exact = {name: values[0] if len(set(values)) == 1 else tuple(values) for name, values in exact.items()}
+        if exact != self.exact:
+            self.exact = exact
+            self.scale_version += 1
+
+    def set_pinned(self, pinned: Mapping[str, list[int]]) -> None:
+        """Names held at 0 for some weight tensors (see :attr:`pinned`)."""
+        self.pinned = {name: frozenset(indices) for name, indices in pinned.items() if indices}
+        self.values_version += 1
+
     def public(self) -> dict:
         """Natural values: a float for a scalar, a list per group or tensor,
         a list of tensors for per-weight values (lists per member in a population)."""
@@ -237,6 +297,7 @@ class Slots:
         """Overwrite every slot of ``name`` (natural units; per member in a population)."""
         value = self.member_values(name, value)
         self._zero_fixed = None
+        self.values_version += 1
         with torch.no_grad():
             for t in self.raw.get(name, []) + self.fixed.get(name, []):
                 new = self.slot_tensor(value, t.shape, t)
@@ -275,6 +336,7 @@ class Slots:
     def set_slot(self, name: str, slot: int, value: float) -> None:
         """Overwrite one slot of a fixed hyperparameter (natural units)."""
         self._zero_fixed = None
+        self.values_version += 1
         with torch.no_grad():
             self.fixed[name][slot].fill_(float(value))
 
@@ -287,6 +349,7 @@ class Slots:
             raise ValueError(f"checkpoint tunes {sorted(state.get('raw', {}))} but this tuner tunes "
                              f"{sorted(self.raw)}")
         self._zero_fixed = None
+        self.values_version += 1
         with torch.no_grad():
             for store, key in ((self.raw, "raw"), (self.fixed, "fixed")):
                 for name, tensors in store.items():

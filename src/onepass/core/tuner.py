@@ -11,8 +11,13 @@ This file is the stateful shell only: the window schedule, the
 hyper-optimiser and checkpoints. Where the hyperparameters live is
 :class:`~onepass.core.hyperparameters.Slots`; how a step is differentiated
 and executed (eager or compiled, one run or a population) is
-:class:`~onepass.core.execution.Execution`; each estimator's arithmetic is a
-file in :mod:`onepass.core.estimators`:
+:class:`~onepass.core.execution.Execution`; the loss's part of each update
+(training gradient, Hessian–vector products, validation gradient) is a value,
+:class:`~onepass.core.products.LossPart`, built here from batches on the
+model (:class:`~onepass.core.losses.ModelLosses`) or given by the caller
+(:meth:`Tuner.step_on`: the ``torch.optim`` front end builds it from the user's
+``backward()``); each estimator's arithmetic is a file in
+:mod:`onepass.core.estimators`:
 
 * ``"neumann"`` — the paper's implicit-function-theorem estimate with
   ``neumann_terms`` terms through the most recent update ("Ours"; with
@@ -28,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -37,7 +43,8 @@ from . import hyperparameters as hp
 from .budget import CostBudget
 from .estimators import ESTIMATORS, Schedule, StepResult
 from .execution import Execution, NonFiniteError
-from .products import clone
+from .losses import ModelLosses
+from .products import LossPart, Tensors, clone
 from .rules import UpdateRule, get_rule
 
 METHODS = tuple(ESTIMATORS)
@@ -46,7 +53,22 @@ HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD,
                     # sign and halves when it flips, between 0.001 and 0.5 per raw unit
                     "rprop": functools.partial(torch.optim.Rprop, etas=(0.5, 1.2), step_sizes=(1e-3, 0.5))}
 
-__all__ = ["HYPER_OPTIMIZERS", "METHODS", "NonFiniteError", "StepResult", "Tuner"]
+__all__ = ["DataParallel", "HYPER_OPTIMIZERS", "METHODS", "NonFiniteError", "StepResult", "Tuner"]
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """How the ranks of a data-parallel run stay in step (for a :class:`Tuner`
+    whose loss's parts already average the data-dependent vectors).
+
+    Attributes:
+        average: ``tensors ↦`` their mean over the ranks: the hypergradient is
+            averaged before it is applied, so every rank holds the same hyperparameters.
+        agree_on_interval: this rank's cost-budget choice ``↦`` the one every rank takes.
+    """
+
+    average: Callable[[Tensors], Tensors]
+    agree_on_interval: Callable[[int], int] | None = None
 
 
 def default_batch_loss(loss_fn: Callable) -> Callable:
@@ -61,7 +83,8 @@ class Tuner:
     """Trains ``model`` and tunes its optimiser's hyperparameters in the same pass.
 
     Args:
-        model: any ``nn.Module``.
+        model: any ``nn.Module``; ``None`` for a tuner on ``params`` alone whose
+            every update's loss's part is given to :meth:`step_on`.
         loss_fn: ``loss_fn(model(inputs), targets) -> scalar`` for batches
             ``(inputs, targets)``. Give ``batch_loss`` instead for other batches.
         params: the parameters to train: an iterable of tensors or of
@@ -146,6 +169,8 @@ class Tuner:
             A member whose loss or hypergradient is not finite is marked in
             :attr:`diverged` and frozen (its weights and hyperparameters stop
             changing) instead of raising; the others go on undisturbed.
+        data_parallel: a :class:`DataParallel` (with ``model=None``): the
+            hypergradient is averaged across ranks, and the cost budget's choice agreed.
     """
 
     def __init__(
@@ -175,10 +200,15 @@ class Tuner:
         compile: bool = False,
         population: int | None = None,
         cost_budget: float | CostBudget | None = None,
+        data_parallel: DataParallel | None = None,
     ):
         self.model = model
         self.rule = get_rule(rule)
-        if (loss_fn is None) == (batch_loss is None):
+        if model is None:
+            if params is None or loss_fn is not None or batch_loss is not None or compile:
+                raise ValueError("a Tuner without a model takes params=, no loss and no compile: "
+                                 "each update's loss's part is given to step_on()")
+        elif (loss_fn is None) == (batch_loss is None):
             raise ValueError("give exactly one of loss_fn (for (inputs, targets) batches) or batch_loss")
         if method not in ESTIMATORS:
             raise ValueError(f"unknown method {method!r}{hp.closest(method, METHODS)} "
@@ -207,11 +237,11 @@ class Tuner:
 
         groups = _parameter_groups(model, params)
         params = [p for group, _ in groups for p in group]
-        owned = {id(p) for p in model.parameters()}
-        if any(id(p) not in owned for p in params):
+        if model is not None and any(id(p) not in {id(q) for q in model.parameters()} for p in params):
             raise ValueError("every tuned parameter must belong to the model")
         if population is not None:
-            names = {id(p): n for n, p in model.named_parameters()}
+            names = {id(p): n for n, p in model.named_parameters()} if model is not None else \
+                {id(p): str(i) for i, p in enumerate(params)}
             wrong = [names[id(p)] for p in params if p.dim() == 0 or p.shape[0] != population]
             if wrong:
                 raise ValueError(f"with population={population} every parameter needs a leading dimension "
@@ -242,15 +272,20 @@ class Tuner:
                 not isinstance(self._hyper_optimizer, torch.optim.SGD):
             raise ValueError("hyper_space='natural' takes plain SGD steps: use hyper_optimizer='sgd'")
 
-        self._execution = self._make_execution(model, params, batch_loss or default_batch_loss(loss_fn),
-                                               compile)
+        self.data_parallel = data_parallel
+        self._losses = None if model is None else \
+            ModelLosses(model, params, batch_loss or default_batch_loss(loss_fn), compile=compile)
+        self._execution = Execution(params, self.rule, self.slots, max_grad_norm=self.max_grad_norm,
+                                    population=population, compile=compile,
+                                    rebuild=self._losses.rebuild if self._losses is not None else None)
         self._estimator = estimator(Schedule(self.update_interval, neumann_terms, unroll_steps, population))
         self.reset_each_window = bool(reset_each_window)
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._initial = None
         if self.reset_each_window:
             self._initial = {"weights": [p.detach().clone() for p in params],
-                             "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
+                             "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}
+                             if model is not None else {}}
         self.steps_taken = 0
         self._input_shapes: list | None = None
         self.cost_budget = CostBudget.of(cost_budget)
@@ -258,14 +293,9 @@ class Tuner:
             raise ValueError(f"cost_budget needs windows of updates: {method!r}"
                              f"{' with reset_each_window' if self.reset_each_window else ''} has a fixed schedule")
         if self.cost_budget is not None:
-            self.cost_budget.attach(params[0].device, self._budget_agreement())
+            self.cost_budget.attach(params[0].device,
+                                    data_parallel.agree_on_interval if data_parallel is not None else None)
         self._window_origin = self.tune_after   # windows count from the update after this one
-
-    def _make_execution(self, model, params, batch_loss, compile: bool) -> Execution:
-        """Where gradients come from: here the model and ``batch_loss``
-        (:mod:`onepass.optim` builds one from the user's own ``backward()``)."""
-        return Execution(model, params, batch_loss, self.rule, self.slots, max_grad_norm=self.max_grad_norm,
-                         population=self.population, compile=compile)
 
     # ----------------------------------------------------------------- public
 
@@ -284,25 +314,59 @@ class Tuner:
         (it is only called when needed). Raises :class:`NonFiniteError`, with
         nothing changed, if a loss or hypergradient is not finite.
         """
+        if self._losses is None:
+            raise ValueError("this Tuner has no model: give each update's loss's part to step_on()")
+        self._remember_input_shapes(batch)
+        if self.needs_validation:
+            val_batch = val_batch() if callable(val_batch) else val_batch
+            if val_batch is None:
+                raise ValueError(f"update {self.steps_taken + 1} closes a window of update_interval="
+                                 f"{self.update_interval}: pass a validation batch")
+            self._check_val_batch(val_batch)
+        else:
+            val_batch = None
+        return self.step_on(self._losses.part(batch, val_batch, self._execution.frozen()))
+
+    def step_on(self, part: LossPart) -> StepResult:
+        """:meth:`step` with the update's loss's part given as a value (a
+        :class:`~onepass.core.products.LossPart`; its ``val_gradient`` is needed
+        when :attr:`needs_validation`, its graph when :attr:`needs_graph`)."""
         step = self.steps_taken + 1
         position = self.position(step)
         if self.reset_each_window and position == 1 and step > self.tune_after + 1:
             self._reset_weights()
-        self._remember_input_shapes(batch)
         if position is None:
-            result = StepResult(self._execution.plain_step(batch, step).detach())
+            result = StepResult(self._execution.plain_step(part, step))
         else:
-            if position == self.update_interval and self._estimator.validation:
-                val_batch = val_batch() if callable(val_batch) else val_batch
-                if val_batch is None:
-                    raise ValueError(f"update {step} closes a window of update_interval="
-                                     f"{self.update_interval}: pass a validation batch")
-                self._check_val_batch(val_batch)
-            result = self._estimator.step(self._execution, batch, val_batch, step, position,
-                                          self._apply_hypergradient)
+            if position == self.update_interval and self._estimator.validation and part.val_gradient is None:
+                raise ValueError(f"update {step} closes a window of update_interval={self.update_interval}: "
+                                 "its loss's part needs a validation gradient")
+            result = self._estimator.step(self._execution, part, step, position, self._apply_hypergradient)
         self.steps_taken = step
         self._budget_after(step, position)
         return result
+
+    def step_without_tuning(self, part: LossPart) -> None:
+        """One plain weight update with no hyperparameter step (one that could
+        not be taken, e.g. a non-finite hypergradient under AMP): the window's
+        estimator state is dropped and the update counted."""
+        self._execution.update_without_graph(self._execution.gradient_now(part, self.steps_taken + 1))
+        self._estimator.reset()
+        self.steps_taken += 1
+
+    @property
+    def needs_graph(self) -> bool:
+        """Whether the next update differentiates its training gradient (its
+        loss's part must then give Hessian–vector products)."""
+        position = self.position(self.steps_taken + 1)
+        return position is not None and self._estimator.graph_at(position)
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the next update closes a window with a hyperparameter step
+        that needs the validation gradient."""
+        position = self.position(self.steps_taken + 1)
+        return position == self.update_interval and self._estimator.validation
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -383,8 +447,11 @@ class Tuner:
     # ------------------------------------------------------ the hyper-optimiser
 
     def _apply_hypergradient(self, hypergradient: list[Tensor]) -> dict[str, list[Tensor]]:
-        """One step of the hyper-optimiser on the raw leaves, then clipping.
-        Frozen population members keep their values."""
+        """One step of the hyper-optimiser on the raw leaves (averaged across
+        ranks first, with :attr:`data_parallel`), then clipping. Frozen
+        population members keep their values."""
+        if self.data_parallel is not None:
+            hypergradient = list(self.data_parallel.average(tuple(hypergradient)))
         leaves = self.slots.leaves()
         execution = self._execution
         frozen = execution.frozen()
@@ -421,11 +488,6 @@ class Tuner:
 
     # ------------------------------------------------------------ the cost budget
 
-    def _budget_agreement(self):
-        """How ranks agree on the budget's interval (data parallelism: the first
-        rank's); ``None`` for a single process."""
-        return None
-
     def _budget_after(self, step: int, position: int | None) -> None:
         """Time update ``step``; at the end of the measurement fix the interval."""
         budget = self.cost_budget
@@ -450,7 +512,7 @@ class Tuner:
         with torch.no_grad():
             for p, w in zip(execution.params, self._initial["weights"]):
                 p.data = w.clone()
-            buffers = dict(self.model.named_buffers())
+            buffers = dict(self.model.named_buffers()) if self.model is not None else {}
             for name, value in self._initial["buffers"].items():
                 buffers[name].copy_(value)
             if self.reset_optimizer_state:
@@ -481,7 +543,7 @@ class Tuner:
                                  f"shape (batch, {', '.join(map(str, shape))})")
 
 
-def _parameter_groups(model: nn.Module, params) -> list[tuple[list[nn.Parameter], dict]]:
+def _parameter_groups(model: nn.Module | None, params) -> list[tuple[list[nn.Parameter], dict]]:
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     params = list(params)

@@ -16,8 +16,11 @@ update as a function of the weights, hence ``create_graph`` on that one
 update, and the validation loss at the new weights.
 
 The window schedule, the hyper-optimiser, the estimators and checkpoints are
-the :class:`~onepass.Tuner`'s own: an optimizer run equals the same
-``Tuner`` run update by update.
+the :class:`~onepass.Tuner`'s own: the optimizer holds a ``Tuner`` on its
+parameters (no model) and hands it each update's loss's part as a value
+(:meth:`~onepass.Tuner.step_on`), built from ``p.grad``, the graph the
+``create_graph`` backward kept, and ``val_loss`` (:mod:`.gradients`). An
+optimizer run equals the same ``Tuner`` run update by update.
 """
 from __future__ import annotations
 
@@ -28,15 +31,13 @@ from itertools import chain
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor
 
-from ..core import hyperparameters as hp
 from ..core.budget import CostBudget, first_rank_choice
 from ..core.estimators import ESTIMATORS
 from ..core.execution import NonFiniteError
-from ..core.tuner import Tuner
+from ..core.tuner import DataParallel, Tuner
 from . import distributed
-from .gradients import GradientCapture, LoopExecution, StepGradient, _Holder
+from .gradients import GradientCapture, StepGradient
 from .recipe import default_tune, recipe
 
 # Our hook hands p.grad back detached, so the cycle this warns about is never made.
@@ -72,35 +73,7 @@ def _with_hooks(step: Callable) -> Callable:
 
 
 def _autocast_on() -> bool:
-    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
-
-
-class _LoopTuner(Tuner):
-    """The Tuner's shell on gradients from the loop (:class:`LoopExecution`);
-    in data-parallel runs the hypergradient is averaged before it is applied."""
-
-    def __init__(self, params, groups, *, reduce, agree_on_max_norm, pinned, eval_model, agree_on_interval=None,
-                 **kwargs):
-        self._reduce, self._agree = reduce, agree_on_max_norm
-        self._agree_on_interval = agree_on_interval
-        self._pinned, self._eval_model = pinned, eval_model
-        super().__init__(_Holder(params), batch_loss=_no_batch_loss, params=groups, **kwargs)
-
-    def _make_execution(self, model, params, batch_loss, compile):
-        return LoopExecution(params, self.rule, self.slots, reduce=self._reduce,
-                             agree_on_max_norm=self._agree, pinned=self._pinned, eval_model=self._eval_model)
-
-    def _budget_agreement(self):
-        return self._agree_on_interval
-
-    def _apply_hypergradient(self, hypergradient):
-        if self._reduce is not None:
-            hypergradient = list(self._reduce(tuple(hypergradient)))
-        return super()._apply_hypergradient(hypergradient)
-
-
-def _no_batch_loss(forward, batch):   # pragma: no cover - LoopExecution never calls it
-    raise AssertionError("onepass.optim computes no loss itself")
+    return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
 
 class TunedOptimizer(torch.optim.Optimizer):
@@ -216,8 +189,8 @@ class TunedOptimizer(torch.optim.Optimizer):
                                      f"{pair}: start the tuned lr inside them, or give lr_bounds= that contain it")
         group = distributed.process_group_for(process_group)
         self._group = group
-        reduce = distributed.averaged(group) if group is not None else None
-        agree = distributed.agreement(group) if group is not None else None
+        self._reduce = distributed.averaged(group) if group is not None else None
+        self._agree = distributed.agreement(group) if group is not None else None
         if method in ESTIMATORS and ESTIMATORS[method].every_step:
             cost_budget = None   # a hyperparameter step every update: nothing to choose
         cost_budget = CostBudget.of(cost_budget)
@@ -228,18 +201,19 @@ class TunedOptimizer(torch.optim.Optimizer):
                         "shapes": [tuple(p.shape) for p in params]}
         if group is not None:
             distributed.check_same_config(self._config, group)
-        self._tuner = _LoopTuner(
-            params, [{"params": tensors, **values} for tensors, values in tuner_groups], reduce=reduce, agree_on_max_norm=agree, rule=rule, tune=tune, granularity=granularity,
-            method=method, neumann_terms=neumann_terms, unroll_steps=unroll_steps,
+        self._tuner = Tuner(
+            None, params=[{"params": tensors, **values} for tensors, values in tuner_groups], rule=rule, tune=tune,
+            granularity=granularity, method=method, neumann_terms=neumann_terms, unroll_steps=unroll_steps,
             update_interval=update_interval, hyper_optimizer=hyper_optimizer, hyper_lr=hyper_lr,
-            lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after,
-            pinned={name: [i for i, g in enumerate(self._tensor_groups(tuner_groups)) if g in owners]
-                    for name, owners in pinned_groups.items()},
-            eval_model=model, cost_budget=cost_budget,
-            agree_on_interval=first_rank_choice(group, params[0].device) if group is not None else None)
+            lr_bounds=bounds, max_hyper_step=max_hyper_step, tune_after=tune_after, cost_budget=cost_budget,
+            data_parallel=DataParallel(self._reduce, first_rank_choice(group, params[0].device))
+            if group is not None else None)
+        self._tuner.slots.set_pinned({name: [i for i, g in enumerate(self._tensor_groups(tuner_groups))
+                                             if g in owners] for name, owners in pinned_groups.items()})
+        self._model = model
         self._pinned_groups = pinned_groups
         self._params = params
-        self._grad_norms: Tensor | None = None   # per update of the window and parameter: max |p.grad|
+        self._grad_norms: dict | None = None   # per position in the window: max |p.grad| per parameter
         self._capture = GradientCapture(params)
         self.val_loss = val_loss
         self.grad_scaler = grad_scaler
@@ -248,6 +222,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._seen = [dict(values) for _, values in groups]
         self._groups_seen = None
         self.skipped_hypersteps = 0
+        self._frozen = False
 
     # ------------------------------------------------------------ construction helpers
 
@@ -255,15 +230,11 @@ class TunedOptimizer(torch.optim.Optimizer):
     def _tensor_groups(groups) -> list[int]:
         return [g for g, (tensors, _) in enumerate(groups) for _ in tensors]
 
-    def _write(self, slots, name: str, group: int, value: float) -> None:
-        indices = {slots.slot_of[name][i] for i, g in enumerate(slots.group_of) if g == group}
-        with torch.no_grad():
-            for k in indices:
-                if name in slots.raw:
-                    hp.check_tunable(name, value)
-                    slots.raw[name][k].fill_(float(hp.to_raw(name, torch.tensor(float(value), dtype=torch.float64))))
-                else:
-                    slots.set_slot(name, k, value)
+    @staticmethod
+    def _write(slots, name: str, group: int, value: float) -> None:
+        """A fixed hyperparameter's value for one group (a scheduler changed it)."""
+        for k in {slots.slot_of[name][i] for i, g in enumerate(slots.group_of) if g == group}:
+            slots.set_slot(name, k, value)
 
     def _natural_values(self, group: dict, index: int) -> dict[str, float]:
         """The rule's hyperparameters of one group, checked."""
@@ -276,9 +247,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Whether the next :meth:`step` differentiates its gradient: pass it as
         ``loss.backward(create_graph=optimizer.needs_graph)``."""
         self._autocast_seen = self._autocast_seen or _autocast_on()
-        tuner = self._tuner
-        position = tuner.position(tuner.steps_taken + 1)
-        return position is not None and tuner._estimator.graph_at(position)
+        return not self._frozen and self._tuner.needs_graph
 
     @property
     def steps_taken(self) -> int:
@@ -340,19 +309,20 @@ class TunedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._autocast_seen = self._autocast_seen or _autocast_on()
         tuner = self._tuner
-        execution = tuner._execution
         self._sync_groups()
+        if self._frozen:
+            return self._frozen_step(loss)
         step = tuner.steps_taken + 1
         position = tuner.position(step)
+        validates = tuner.needs_validation
         val = val_loss if val_loss is not None else self._val_loss
-        if position == tuner.update_interval and tuner._estimator.validation and val is None:
+        if validates and val is None:
             raise ValueError(f"update {step} closes a window of update_interval={tuner.update_interval}: "
                              "give the optimizer val_loss= (a callable returning the validation loss) "
                              "or pass it to step()")
         scale = float(self._grad_scaler.get_scale()) if self._grad_scaler is not None \
             and self._capture.has_graph else 1.0
-        source = StepGradient.read(self._params, self._capture, scale,
-                                   loss if isinstance(loss, Tensor) else None)
+        source = StepGradient.read(self._params, self._capture, scale)
         if len(source.missing) == len(self._params):   # no gradient at all: torch.optim moves nothing
             self._capture.clear()
             return loss
@@ -360,41 +330,47 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._record_grad_norms(source.plain, position)
             if position == tuner.update_interval:
                 self._check_window(step, position)
-        execution.current = source
+        part = source.part(val if validates else None, graph=tuner.needs_graph, reduce=self._reduce,
+                           agree_on_max_norm=self._agree, model=self._model)
         try:
-            tuner.step(source, (lambda: val) if val is not None else None)
+            tuner.step_on(part)
         except NonFiniteError:
             if not self._skips():
                 raise
-            self._skip(source)
+            self._skip(part)
         finally:
             self._capture.clear()
-            execution.current = None
+        return loss
+
+    def _frozen_step(self, loss):
+        """After :meth:`freeze`: the namesake's update from ``p.grad``."""
+        source = StepGradient.read(self._params, self._capture)
+        try:
+            if len(source.missing) < len(self._params):   # no gradient at all: torch.optim moves nothing
+                self._tuner.step_without_tuning(source.part(None, graph=False))
+        finally:
+            self._capture.clear()
         return loss
 
     def _record_grad_norms(self, plain, position: int) -> None:
-        """Each update of a window writes ``max |p.grad|`` per parameter into a
-        device-side table (no host sync); the window's last update reads it."""
-        norms = torch._foreach_norm(list(plain), math.inf)
-        if self._grad_norms is None or len(self._grad_norms) != self._tuner.update_interval:
-            first = norms[0]
-            same = all(n.dtype == first.dtype and n.device == first.device for n in norms)
-            self._grad_norms = torch.zeros(self._tuner.update_interval, len(norms),
-                                           dtype=first.dtype if same else torch.float32, device=first.device)
-            self._norms_same = same
-        row = self._grad_norms[position - 1]
-        if self._norms_same:
-            torch.stack(norms, out=row)
-        else:
-            row.copy_(torch.stack([n.to(row.dtype).to(row.device) for n in norms]))
+        """Each update of a window keeps ``max |p.grad|`` per parameter (device
+        tensors, no host sync); the window's last update reads them."""
+        if position == 1 or self._grad_norms is None:
+            self._grad_norms = {}
+        self._grad_norms[position] = torch._foreach_norm(list(plain), math.inf)
 
     def _check_window(self, step: int, position: int) -> None:
         """A non-finite training gradient in this window: name its update and parameter."""
-        bad = ~torch.isfinite(self._grad_norms[:position])
+        positions = sorted([k for k in self._grad_norms if k <= position])
+        norms = [n for k in positions for n in self._grad_norms[k]]
+        first = norms[0]
+        if len({(n.dtype, n.device) for n in norms}) > 1:
+            norms = [n.to(device=first.device, dtype=torch.float32) for n in norms]
+        bad = ~torch.isfinite(torch.stack(norms).view(len(positions), -1))
         if not bool(bad.any()):
             return
-        offset, index = (int(i) for i in bad.nonzero()[0])
-        update = step - position + 1 + offset
+        row, index = (int(i) for i in bad.nonzero()[0])
+        update = step - position + positions[row]
         group = self._tuner.slots.group_of[index]
         within = index - sum(1 for g in self._tuner.slots.group_of[:index] if g < group)
         where = (f"param_groups[{group}]['params'][{within}] (shape {tuple(self._params[index].shape)})")
@@ -412,13 +388,10 @@ class TunedOptimizer(torch.optim.Optimizer):
         return (self._grad_scaler is not None or self._autocast_seen
                 or any(p.dtype in _LOW_PRECISION for p in self._params))
 
-    def _skip(self, source: StepGradient) -> None:
+    def _skip(self, part) -> None:
         """A non-finite hypergradient under AMP: the weights move, the hyperparameters do not."""
         tuner = self._tuner
-        source.max_norm = None
-        tuner._execution.update_without_graph(source.plain)
-        tuner._estimator.reset()
-        tuner.steps_taken += 1
+        tuner.step_without_tuning(part)
         self.skipped_hypersteps += 1
         if self.skipped_hypersteps == 1:
             warnings.warn(f"onepass: skipped the hyperparameter step of update {tuner.steps_taken} (non-finite "
@@ -427,11 +400,14 @@ class TunedOptimizer(torch.optim.Optimizer):
 
     def _sync_groups(self) -> None:
         """Read what schedulers (or the user) wrote into ``param_groups``."""
-        slots, execution = self._tuner.slots, self._tuner._execution
-        key = [tuple(v for k, v in group.items() if k != "params") for group in self.param_groups]
+        slots = self._tuner.slots
+        key = [[v for k, v in group.items() if k != "params"] for group in self.param_groups]
         if key == self._groups_seen:
             return
         self._groups_seen = key
+        if self._frozen:   # every value is a float in use, the learned ones included
+            in_use = self.in_use()
+            slots.set_exact({name: [values[name] for values in in_use] for name in slots.names})
         factors = []
         exact = {name: [] for name in slots.fixed}
         group_of = slots.group_of
@@ -449,9 +425,9 @@ class TunedOptimizer(torch.optim.Optimizer):
                                      "cycle_momentum=False)")
                 self._write(slots, name, g, value)
                 self._seen[g][name] = value
-                execution.invalidate()
-        execution.set_lr_factors(tuple(factors))
-        execution.set_exact(exact)
+        slots.set_lr_factors(factors)
+        if not self._frozen:
+            slots.set_exact(exact)
 
     def _torch_key(self, name: str) -> str:
         return {"beta1": "betas", "beta2": "betas"}.get(name, name)
@@ -492,36 +468,66 @@ class TunedOptimizer(torch.optim.Optimizer):
             out["interval"] = float(self._tuner.update_interval)
         return out
 
+    def freeze(self) -> None:
+        """Stop tuning, in place: from now on :meth:`step` is the ``torch.optim``
+        namesake's update at the values in use (:meth:`in_use`: the learned ones
+        times the scheduler's factor, so an LR scheduler built on this optimizer
+        keeps driving the rate), with the rule's state carried on. No further
+        hyperparameter step is taken, ``val_loss`` is not called and
+        :attr:`needs_graph` is ``False``. :meth:`state_dict` keeps the flag.
+        Per-weight values have no ``torch.optim`` form and are refused."""
+        self.in_use()   # refuses per-weight values now, not at the next step
+        self._frozen = True
+        self._groups_seen = None
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether :meth:`freeze` was called."""
+        return self._frozen
+
     @property
     def tuner(self) -> Tuner:
         """The :class:`~onepass.Tuner` shell underneath (``.hyperparameters``
         gives the learned values themselves, per slot)."""
         return self._tuner
 
+    def in_use(self) -> list[dict[str, float]]:
+        """Per parameter tensor, the values its update uses now, as floats: a
+        learned value times the scheduler's factor for ``lr``, 0 where a group
+        keeps a tuned name off, and the ``param_groups`` value of a fixed one.
+        Per-weight values have no such form and are refused."""
+        slots = self._tuner.slots
+        out = []
+        with torch.no_grad():
+            natural = {name: slots.natural_slots(name) for name in slots.tuned}
+            fixed = [self._natural_values(group, g) for g, group in enumerate(self.param_groups)]
+            for i in range(len(self._params)):
+                g = slots.group_of[i]
+                group = self.param_groups[g]
+                values = dict(fixed[g])
+                for name in slots.tuned:
+                    value = natural[name][slots.slot_of[name][i]]
+                    if value.numel() > 1:
+                        raise ValueError(f"per-weight values have no torch.optim form ({name} has granularity "
+                                         "'weight'): use scalar, group or tensor granularity")
+                    values[name] = 0.0 if g in self._pinned_groups.get(name, ()) else float(value)
+                    if name == "lr":
+                        values[name] *= group["lr"] / group["base_lr"]
+                out.append(values)
+        return out
+
     def frozen(self) -> torch.optim.Optimizer:
-        """The ``torch.optim`` namesake at the values in use now (learned ×
-        scheduled, one group per parameter tensor) with the rule's state (momentum
-        buffers, Adam's moments) carried over: the hyperparameters stop moving.
+        """The ``torch.optim`` namesake at the values in use now (:meth:`in_use`:
+        learned × scheduled, one group per parameter tensor) with the rule's state
+        (momentum buffers, Adam's moments) carried over: the hyperparameters stop moving.
 
         The recipe's last stretch (:mod:`onepass.optim.recipe`: train on
         train+validation once the values have settled) continues with it. A
-        scheduler built on this optimizer does not drive the new one; per-weight
-        values have no ``torch.optim`` form and are refused."""
+        scheduler built on this optimizer does not drive the new one (:meth:`freeze`
+        keeps it); per-weight values have no ``torch.optim`` form and are refused."""
         tuner = self._tuner
-        slots, state, rule = tuner.slots, tuner._execution.state, tuner.rule.name
-        groups = []
-        with torch.no_grad():
-            natural = {name: slots.natural_slots(name) for name in slots.names}
-            for i, p in enumerate(self._params):
-                values = {name: natural[name][slots.slot_of[name][i]] for name in slots.names}
-                if any(v.numel() > 1 for v in values.values()):
-                    raise ValueError("frozen() needs scalar, group or tensor granularity: per-weight values "
-                                     "have no torch.optim form")
-                values = {name: 0.0 if slots.group_of[i] in self._pinned_groups.get(name, ()) else float(v)
-                          for name, v in values.items()}
-                group = self.param_groups[slots.group_of[i]]
-                values["lr"] *= group["lr"] / group["base_lr"]
-                groups.append((p, values))
+        state, rule = tuner.state, tuner.rule.name
+        groups = list(zip(self._params, self.in_use()))
         if rule.startswith("sgd"):
             plain = torch.optim.SGD([{"params": [p], "lr": v["lr"], "momentum": v["momentum"],
                                       "weight_decay": v["weight_decay"]} for p, v in groups],
@@ -543,7 +549,8 @@ class TunedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["onepass"] = {"config": dict(self._config), "tuner": self._tuner.state_dict(),
-                            "seen": [dict(s) for s in self._seen], "skipped": self.skipped_hypersteps}
+                            "seen": [dict(s) for s in self._seen], "skipped": self.skipped_hypersteps,
+                            "frozen": self._frozen}
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -561,6 +568,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._groups_seen = None
         self._grad_norms = None
         self.skipped_hypersteps = int(extra["skipped"])
+        self._frozen = bool(extra.get("frozen", False))   # checkpoints from before freeze() lack it
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "_tuner"):
@@ -571,8 +579,9 @@ class TunedOptimizer(torch.optim.Optimizer):
 def _pin_zero_groups(groups, tune):
     """HF's usual groups: a tuned ``weight_decay`` (or ``momentum``) that is 0 in
     some groups and not in others stays 0 there and is tuned in the rest. The
-    Tuner gets a tunable stand-in for those groups (another group's value);
-    :class:`LoopExecution` applies 0. Returns ``(groups, {name: pinned group indices})``."""
+    Tuner gets a tunable stand-in for those groups (another group's value),
+    which its slots pin to 0 there (``Slots.pinned``). Returns ``(groups,
+    {name: pinned group indices})``."""
     pinned = {}
     for name in ("weight_decay", "momentum"):
         if name not in tune:

@@ -15,15 +15,20 @@ class StepResult:
     """What one call of :meth:`Tuner.step` computed (tensors, not synchronised).
 
     Attributes:
-        loss: training loss at the weights before the update.
+        loss: training loss at the weights before the update (``None`` when
+            the loss's part does not carry it: the loop computed it).
         val_loss: validation loss at the new weights, on steps that updated
             the hyperparameters with a validation batch, else ``None``.
         hypergradient: raw-space hypergradient per tuned name, when one was taken.
     """
 
-    loss: Tensor
+    loss: Tensor | None
     val_loss: Tensor | None = None
     hypergradient: dict[str, list[Tensor]] | None = None
+
+    def __post_init__(self):
+        self.loss = None if self.loss is None else self.loss.detach()
+        self.val_loss = None if self.val_loss is None else self.val_loss.detach()
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,11 @@ class Estimator:
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
 
-    def step(self, execution, batch, val_batch, step: int, position: int,
+    def step(self, execution, part, step: int, position: int,
              apply: Callable[[list[Tensor]], dict]) -> StepResult:
-        """One weight update (``position`` counts from 1 within the window).
+        """One weight update (``position`` counts from 1 within the window)
+        with the loss's part ``part`` (a :class:`~onepass.core.products.LossPart`,
+        whose ``val_gradient`` is given on the window's last update).
         ``apply`` takes a checked hypergradient (one tensor per raw leaf),
         steps the hyperparameters and returns it by name."""
         raise NotImplementedError

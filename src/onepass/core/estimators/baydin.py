@@ -44,7 +44,7 @@ def exact_hypergradient(ops, weights, state, grads, raw, next_grads):
 
 def exact_hypergradient_of(update, weights, state, grads, raw, to_hyper, next_grads):
     """:func:`exact_hypergradient` for a rule's ``update`` and ``to_hyper(raw)``."""
-    ops = Ops.of_functions(update, to_hyper, None)
+    ops = Ops.of_functions(update, to_hyper)
     return exact_hypergradient(ops, tuple(weights), state, tuple(grads), raw, next_grads)
 
 
@@ -63,25 +63,25 @@ class Baydin(Estimator):
         super().__init__(schedule)
         self.previous = None   # what the next hypergradient needs of the last update
 
-    def step(self, execution, batch, val_batch, step, position, apply):
-        loss, grads = execution.gradient_now(batch, step)
+    def step(self, execution, part, step, position, apply):
+        gradient = execution.gradient_now(part, step)
         applied = None
         if self.previous is not None:
-            hypergradient = execution.check_hypergradient(self.hypergradient(execution, grads),
+            hypergradient = execution.check_hypergradient(self.hypergradient(execution, gradient.grads),
                                                           execution.slots.leaves(), step)
             applied = apply(hypergradient)
-        self.remember(execution, grads)
-        return StepResult(loss.detach(), None, applied)
+        self.remember(execution, gradient)
+        return StepResult(gradient.loss, None, applied)
 
     def hypergradient(self, execution, grads) -> list:
         slots = execution.slots
         return paper_hypergradient(grads, self.previous, slots.slot_of["lr"],
                                    slots.granularity["lr"] == "weight", self.schedule.population)
 
-    def remember(self, execution, grads) -> None:
+    def remember(self, execution, gradient) -> None:
         """Take the update with the new learning rate; keep what the next step needs."""
-        self.previous = grads
-        execution.update_without_graph(grads)
+        self.previous = gradient.grads
+        execution.update_without_graph(gradient)
 
     def state_dict(self) -> dict:
         return {"previous": clone(self.previous)}
@@ -104,7 +104,7 @@ class BaydinExact(Baydin):
         result = execution.run(exact_hypergradient, *self.previous, execution.raw(), grads)
         return execution.slots.by_leaf(result)
 
-    def remember(self, execution, grads) -> None:
+    def remember(self, execution, gradient) -> None:
         # The update below writes weights and state in place: keep copies of its inputs.
-        self.previous = (clone(tuple(execution.params)), clone(execution.state), grads)
-        execution.update_without_graph(grads)
+        self.previous = (clone(tuple(execution.params)), clone(execution.state), gradient.grads)
+        execution.update_without_graph(gradient)

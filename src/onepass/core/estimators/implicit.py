@@ -13,23 +13,24 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from ..products import Ops
+from ..products import BatchLosses, Ops
 from ..solvers import conjugate_gradient, neumann_series
 from .base import Estimator, StepResult, register
 
 
-def hyperstep(ops, weights, state, raw, batch, val_batch, *, solve: Callable):
-    """One implicit hypergradient and the update it differentiates.
+def hyperstep(ops, part, weights, state, raw, *, solve: Callable):
+    """One implicit hypergradient and the update it differentiates, from the
+    loss's part ``part`` and the rule's part ``ops``.
 
     Returns ``(hypergradient, new_weights, new_state, loss, val_loss)``; the
     hypergradient has the structure of ``raw``.
     """
     # g = ∇L_T(w_{t-1}), with r ↦ ∇²L_T r                        (the loss's part)
-    gradient = ops.gradient(weights, batch, graph=True)
+    gradient = part.gradient(weights, True)
     # w_t = u(w_{t-1}, s_{t-1}, g, λ), linearised                 (the rule's part)
     update = ops.linear_update(weights, state, gradient, raw, state_cotangents=False)
-    # v = ∂L_V/∂w at w_t
-    v, val_loss = ops.val_gradient(update.weights, val_batch)
+    # v = ∂L_V/∂w at w_t                                          (the loss's part)
+    v, val_loss = part.val_gradient(update.weights)
 
     def transposed_jacobian(s):
         # Jᵀ s = (∂u/∂w)ᵀ s + ∇²L_T (∂u/∂g)ᵀ s
@@ -45,10 +46,10 @@ def implicit_hypergradient(update, train_loss, val_loss, weights, state, raw, to
     """:func:`hyperstep` for plain functions ``loss(weights, batch)`` and a rule's
     ``update`` (see :meth:`~onepass.core.products.Ops.of_functions`). Returns
     ``(hypergradient, new_weights, new_state, val_loss)``."""
-    ops = Ops.of_functions(update, to_hyper, train_loss, val_loss)
+    ops = Ops.of_functions(update, to_hyper)
+    part = BatchLosses(train_loss, val_loss, functional=True).part(train_batch, val_batch, validated=True)
     solve = solve or partial(neumann_series, terms=terms)
-    h, new_weights, new_state, _, loss = hyperstep(ops, tuple(weights), state, raw, train_batch, val_batch,
-                                                   solve=solve)
+    h, new_weights, new_state, _, loss = hyperstep(ops, part, tuple(weights), state, raw, solve=solve)
     return h, new_weights, new_state, loss
 
 
@@ -68,13 +69,13 @@ class Implicit(Estimator):
     def graph_at(self, position: int) -> bool:
         return position == self.schedule.update_interval
 
-    def step(self, execution, batch, val_batch, step, position, apply):
+    def step(self, execution, part, step, position, apply):
         if position < self.schedule.update_interval:
-            return StepResult(execution.plain_step(batch, step).detach())
+            return StepResult(execution.plain_step(part, step))
         weights, state = execution.weights(), execution.state
-        result = execution.run(self.function, weights, state, execution.raw(), batch, val_batch)
+        result = execution.run(self.function, part, weights, state, execution.raw())
         hypergradient = execution.finish(result, weights, state, step, execution.slots.leaves())
-        return StepResult(result[3].detach(), result[4].detach(), apply(hypergradient))
+        return StepResult(result[3], result[4], apply(hypergradient))
 
 
 @register
