@@ -32,8 +32,8 @@ def onepass_trajectory(name: str, seed: int, config: dict, every: int = 20) -> l
     data = w.data
     model = w.model(seed)
     val = w.val_loss(model)
-    opt, fold, _ = onepass_optimizer(model.parameters(), config, val, model)
-    steps = w.steps - int(round(fold * w.steps))
+    opt = onepass_optimizer(model.parameters(), config, val, model)
+    steps = w.steps - int(round(config.get("fold", 0.0) * w.steps))
     batches = w.batches(data.x_train, data.y_train, seed)
     out = []
     model.train()

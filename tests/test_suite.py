@@ -112,9 +112,10 @@ def test_rows_are_the_published_defaults_and_the_readme_use():
     assert sgd.defaults["lr"] == 0.1 and sgd.defaults["momentum"] == 0.9
     _, schedule = base.baseline_optimizer("adamw_cosine", params, 100)
     assert schedule(0) == pytest.approx(0.2) and schedule(4) == pytest.approx(1.0) and schedule(99) < 0.01
-    opt, fold, _ = base.onepass_optimizer(params, base.onepass_config(), lambda: params[0].sum(), None)
+    config = base.onepass_config()
+    opt = base.onepass_optimizer(params, config, lambda: params[0].sum(), None)
     plain = onepass.optim.AdamW(params, val_loss=lambda: params[0].sum())
-    assert type(opt) is onepass.optim.AdamW and fold == 0.25
+    assert type(opt) is onepass.optim.AdamW and config["fold"] == onepass.optim.recipe.recipe("adamw")["loop"]["fold"]
     assert opt.hyperparameters == plain.hyperparameters and opt._config == plain._config
 
 

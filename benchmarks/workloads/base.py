@@ -19,7 +19,6 @@ recipe's loop step (the fold); ``onepass_sgd`` is ``onepass.optim.SGD``'s.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -165,7 +164,7 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "decay", "val_keep", "best_val", "recipe")
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "recipe")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step and the recipe's fingerprint."""
 
@@ -185,18 +184,6 @@ def recipe_fingerprint(rule: str = "adamw") -> str:
     return json.dumps({k: table[k] for k in ("values", "settings")}, sort_keys=True, default=str)
 
 
-def fold_schedule(kind: str | None, steps: int) -> Callable[[int], float] | None:
-    """The learning-rate factor over the fold's ``steps`` updates: ``None`` keeps
-    the learned rate; ``"linear"`` decays it linearly to 0 (a cool-down)."""
-    if kind in (None, "none"):
-        return None
-    if kind == "linear":
-        return lambda t: max(0.0, 1.0 - t / max(1, steps))
-    if kind == "cosine":
-        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(1.0, t / max(1, steps))))
-    raise ValueError(f"unknown fold decay {kind!r}")
-
-
 def optimizer_overrides(config: dict) -> dict:
     """The optimizer's part of a :func:`onepass_config` (what a framework
     integration can take: it has no loop step such as the fold)."""
@@ -204,24 +191,24 @@ def optimizer_overrides(config: dict) -> dict:
 
 
 def onepass_optimizer(params, config: dict, val_loss, model: nn.Module, start: dict | None = None):
-    """(optimizer, fold, decay) for a onepass row: ``config`` is :func:`onepass_config`'s."""
+    """The optimizer of a onepass row: ``config`` is :func:`onepass_config`'s."""
     rule = config.get("rule", "adamw")
-    fold = float(config.get("fold", 0.0))
     kwargs = {**optimizer_overrides(config), **(start or {})}
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     cls = {"adamw": onepass.optim.AdamW, "adam": onepass.optim.Adam, "sgd": onepass.optim.SGD}[rule]
-    return cls(list(params), val_loss=val_loss, model=model, **kwargs), fold, config.get("decay")
+    return cls(list(params), val_loss=val_loss, model=model, **kwargs)
 
 
 # ----------------------------------------------------------------------------- the plain loop
 
-def _loop(workload: Workload, model, opt, steps: int, batches, schedule=None, graph=False) -> bool:
-    """``steps`` updates; False as soon as the training loss is not finite."""
+def _loop(workload: Workload, model, opt, steps: int, next_batch, schedule=None, graph=False,
+          after_step=None) -> bool:
+    """``steps`` updates on ``next_batch()``; False as soon as the training loss is not finite."""
     model.train()
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule else None
     for _ in range(steps):
-        xb, yb = next(batches)
+        xb, yb = next_batch()
         opt.zero_grad()
         loss = workload.loss(model(xb), yb)
         if not torch.isfinite(loss):
@@ -230,6 +217,8 @@ def _loop(workload: Workload, model, opt, steps: int, batches, schedule=None, gr
         opt.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
     return True
 
 
@@ -251,37 +240,29 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
     start = time.perf_counter()
     hyper = None
     if row in ("onepass", "onepass_sgd"):
-        x_train, y_train, x_val, y_val = split_validation(data, options["config"].get("val_keep", 1.0))
-        best = {"loss": math.inf, "state": None}
-
-        def val_loss():
-            value = workload.loss(model(x_val), y_val)
-            if options["config"].get("best_val") and float(value) < best["loss"]:
-                best["loss"], best["state"] = float(value), copy.deepcopy(model.state_dict())
-            return value
-        opt, fold, decay = onepass_optimizer(model.parameters(), options["config"], val_loss, model,
-                                             options.get("start"))
-        tuned = steps - int(round(fold * steps))
+        config = options["config"]
+        x_train, y_train, x_val, y_val = split_validation(data, config.get("val_keep", 1.0))
+        opt = onepass_optimizer(model.parameters(), config, lambda: workload.loss(model(x_val), y_val), model,
+                                options.get("start"))
+        fold = onepass.optim.Fold(opt, steps, fraction=config.get("fold", 0.0),
+                                  keep_best=config.get("keep_best", False), model=model)
+        train = workload.batches(x_train, y_train, seed)
+        folded = workload.batches(data.x_trainval, data.y_trainval, seed + 1)
         finite = True
         try:
-            finite = _loop(workload, model, opt, tuned, workload.batches(x_train, y_train, seed), graph=True)
+            finite = _loop(workload, model, opt, steps, lambda: next(folded if fold.folded else train),
+                           graph=True, after_step=fold.step)
         except onepass.NonFiniteError:
             finite = False
         hyper = opt.hyperparameters
-        if finite and best["state"] is not None:
-            model.load_state_dict(best["state"])
-        if finite and tuned < steps:
-            plain = opt.frozen()
-            finite = _loop(workload, model, plain, steps - tuned,
-                           workload.batches(data.x_trainval, data.y_trainval, seed + 1),
-                           fold_schedule(decay, steps - tuned))
     else:
         on_train = options.get("on_train", False)
         x, y = (data.x_train, data.y_train) if on_train else (data.x_trainval, data.y_trainval)
         opt, schedule = baseline_optimizer(row, model.parameters(), steps, lr=options.get("lr"),
                                            weight_decay=options.get("weight_decay", 0.0))
         set_mode(opt, True)
-        finite = _loop(workload, model, opt, steps, workload.batches(x, y, seed), schedule)
+        batches = workload.batches(x, y, seed)
+        finite = _loop(workload, model, opt, steps, lambda: next(batches), schedule)
         set_mode(opt, False)
     return model, time.perf_counter() - start, finite, hyper
 

@@ -6,6 +6,7 @@ loop: gradient accumulation, ``clip_grad_norm_``, ``GradScaler``, LR
 schedulers, DDP and ``optimizer.state_dict()`` keep working. See
 :class:`TunedOptimizer` for the loop's side of the contract.
 """
+from .fold import Fold
 from .optimizer import SGD, Adam, AdamW, TunedOptimizer
 
-__all__ = ["SGD", "Adam", "AdamW", "TunedOptimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Fold", "TunedOptimizer"]

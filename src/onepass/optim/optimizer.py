@@ -128,7 +128,9 @@ class TunedOptimizer(torch.optim.Optimizer):
             ``grad_scaler``, low-precision parameters, or autocast active when
             :attr:`needs_graph` or :meth:`step` is called), else off.
         model: optional; checked to be supported (no FSDP; under DDP every
-            trainable parameter in the optimizer).
+            trainable parameter in the optimizer), put in eval mode while
+            ``val_loss`` runs, and kept as the public attribute ``model``
+            (:class:`~onepass.optim.Fold` keeps its buffers with the weights).
         process_group: ranks to average the hyperparameter step over. Default:
             all ranks when ``torch.distributed`` is initialised with more than
             one; ``False`` for none.
@@ -216,6 +218,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._grad_norms: dict | None = None   # per position in the window: max |p.grad| per parameter
         self._capture = GradientCapture(params)
         self.val_loss = val_loss
+        self.model = model
         self.grad_scaler = grad_scaler
         self.skip_non_finite = skip_non_finite
         self._autocast_seen = False

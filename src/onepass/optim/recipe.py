@@ -28,15 +28,18 @@ _ADAM_SETTINGS = {**_SETTINGS, "update_interval": 20}
 RECIPES: dict[str, dict] = {
     "sgd": {"values": {"lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0}, "settings": dict(_SETTINGS)},
     "adam": {"values": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-             "settings": dict(_ADAM_SETTINGS), "loop": {"fold": 0.25}},
+             "settings": dict(_ADAM_SETTINGS), "loop": {"fold": 0.25, "keep_best": True}},
     "adamw": {"values": {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
-              "settings": dict(_ADAM_SETTINGS), "loop": {"fold": 0.25}},
+              "settings": dict(_ADAM_SETTINGS), "loop": {"fold": 0.25, "keep_best": True}},
 }
 """``loop`` is the user's part of the recipe, which the optimizer cannot do
-itself: ``fold`` is the fraction of the updates, at the end, trained on
-train+validation with the hyperparameters frozen (the optimizer's
-``torch.optim`` namesake at the learned values, moments carried over;
-``opt.frozen()``)."""
+itself; :class:`onepass.optim.Fold` does it in a plain loop. ``keep_best``:
+keep the weights (and the model's buffers) of the lowest validation loss seen
+while tuning and restore them at the fold; ``fold``: the fraction of the
+updates, at the end, trained on train+validation with the hyperparameters
+frozen in place (``opt.freeze()``: the ``torch.optim`` namesake's update at the
+learned values, moments carried over, the user's LR scheduler still driving
+it)."""
 
 
 def recipe(rule: str) -> dict:

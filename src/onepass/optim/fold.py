@@ -1,0 +1,143 @@
+"""The recipe's step in your loop: keep the best-validation weights, then fold
+the validation split into training with the hyperparameters frozen.
+
+An optimizer cannot change what data your loop feeds it, so this part of the
+recipe (:mod:`onepass.optim.recipe`, ``loop``) is a small object your loop
+asks::
+
+    opt = onepass.optim.AdamW(model.parameters(), val_loss=val_loss, model=model)
+    fold = onepass.optim.Fold(opt, total_steps=steps)
+    for step in range(steps):
+        x, y = next(train_and_val if fold.folded else train)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+        scheduler.step()          # yours, if you have one: it keeps driving opt
+        fold.step()
+
+Until the fold, it watches the optimizer's ``val_loss`` and keeps a copy of the
+weights (and the model's buffers, BatchNorm's statistics) at the lowest
+validation loss it has seen, on the device and without a host sync. At the
+fold it restores them and calls ``opt.freeze()``: the same optimizer goes on as
+its ``torch.optim`` namesake at the learned values, so your LR scheduler still
+drives it. Without a fold (``fraction=0``) call :meth:`restore_best` at the end.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .recipe import recipe
+
+__all__ = ["BestWeights", "Fold"]
+
+
+class BestWeights:
+    """The tensors' values at the lowest loss passed to :meth:`observe`; the
+    comparison and the copy stay on the device (``torch.where``, no sync). A
+    non-finite loss is never the best."""
+
+    def __init__(self, tensors):
+        self.tensors = list(tensors)
+        self.loss: Tensor | None = None
+        self.copies: list[Tensor] = []
+
+    def observe(self, loss: Tensor) -> None:
+        with torch.no_grad():
+            loss = loss.detach().float().reshape(())
+            if self.loss is None:
+                finite = torch.isfinite(loss)
+                self.loss = torch.where(finite, loss, torch.full_like(loss, float("inf")))
+                self.copies = [t.detach().clone() for t in self.tensors]
+                return
+            better = loss < self.loss
+            self.loss = torch.where(better, loss, self.loss)
+            for copy, t in zip(self.copies, self.tensors):
+                copy.copy_(torch.where(better, t.detach(), copy))
+
+    def restore(self) -> bool:
+        """Copy the best values back; False if nothing was observed (or no
+        observed loss was finite)."""
+        if self.loss is None or not bool(torch.isfinite(self.loss)):
+            return False
+        with torch.no_grad():
+            for t, copy in zip(self.tensors, self.copies):
+                t.copy_(copy)
+        return True
+
+    def state_dict(self) -> dict:
+        return {"loss": self.loss, "copies": self.copies}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss = state["loss"]
+        self.copies = [c.clone() for c in state["copies"]]
+
+
+class Fold:
+    """The recipe's loop step for ``optimizer`` over ``total_steps`` updates.
+
+    ``fraction`` (default: the recipe's ``fold``) of the updates, at the end,
+    are the fold: :attr:`folded` turns true, and your loop feeds
+    train+validation. ``keep_best`` (default: the recipe's) restores the
+    weights of the lowest validation loss seen before the fold. ``model``
+    (default: the optimizer's ``model=``) adds its buffers to what is kept.
+    Call :meth:`step` once after every ``optimizer.step()``.
+    """
+
+    def __init__(self, optimizer, total_steps: int, *, fraction: float | None = None,
+                 keep_best: bool | None = None, model: nn.Module | None = None):
+        loop = recipe(type(optimizer).__name__.lower()).get("loop", {})
+        self.fraction = float(loop.get("fold", 0.0) if fraction is None else fraction)
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"fraction must lie in [0, 1), got {self.fraction}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be at least 1, got {total_steps}")
+        self.optimizer = optimizer
+        self.total_steps = int(total_steps)
+        self.fold_at = self.total_steps - int(round(self.fraction * self.total_steps))
+        self.steps = 0
+        self.best: BestWeights | None = None
+        keep_best = bool(loop.get("keep_best", False) if keep_best is None else keep_best)
+        if keep_best:
+            model = model if model is not None else getattr(optimizer, "model", None)
+            tensors = [p for group in optimizer.param_groups for p in group["params"]]
+            if model is not None:
+                tensors += list(model.buffers())
+            self.best = BestWeights(tensors)
+            watched = optimizer.val_loss
+            if watched is not None:
+                optimizer.val_loss = self._watch(watched)
+
+    def _watch(self, val_loss: Callable) -> Callable:
+        def watched():
+            value = val_loss()
+            if not self.folded:
+                self.best.observe(value)
+            return value
+        return watched
+
+    @property
+    def folded(self) -> bool:
+        """True from the fold on: feed train+validation."""
+        return self.fraction > 0 and self.steps >= self.fold_at
+
+    def step(self) -> None:
+        """Count one update; at the fold restore the best weights and freeze the optimizer."""
+        self.steps += 1
+        if self.fraction > 0 and self.steps == self.fold_at:
+            self.restore_best()
+            self.optimizer.freeze()
+
+    def restore_best(self) -> bool:
+        """Put the best-validation weights back (False if none were kept)."""
+        return self.best.restore() if self.best is not None else False
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "best": self.best.state_dict() if self.best is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        if self.best is not None and state["best"] is not None:
+            self.best.load_state_dict(state["best"])
