@@ -18,8 +18,6 @@ that a rule and its ``torch.optim`` twin agree step by step.
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence, Union
 

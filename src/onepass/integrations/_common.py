@@ -6,7 +6,7 @@ import contextlib
 import torch
 
 from ..optim import TunedOptimizer
-from ..optim.gradients import eval_mode
+from ..core.losses import eval_mode  # noqa: F401  (the integrations import it from here)
 
 
 def tuned_values(optimizer: TunedOptimizer) -> dict[str, float]:
