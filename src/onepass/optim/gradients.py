@@ -49,6 +49,7 @@ _PARTS: dict[int, list[Tensor]] = {}
 
 _HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
 _KEPT: set[int] = set()   # the parameters with an entry in _PARTS or _HANDED: plain updates find it empty
+_HOOKS: dict[int, object] = {}   # the parameters whose hook is registered now, and its handle
 
 
 def _keep_graph(p: Tensor) -> None:
@@ -69,6 +70,7 @@ def _forget(key: int) -> None:
     _PARTS.pop(key, None)
     _HANDED.pop(key, None)
     _KEPT.discard(key)
+    _HOOKS.pop(key, None)
 
 
 class GradientCapture:
@@ -78,16 +80,51 @@ class GradientCapture:
     graph-carrying tensor is kept (:attr:`parts`) and ``p.grad`` becomes a
     detached copy, so in-place clipping or unscaling never touches the graph
     and no reference cycle ``p → p.grad → graph → p`` is left behind.
+
+    The hooks are registered only while armed (:meth:`arm`: the optimizer's
+    ``needs_graph`` was true, so a ``create_graph`` backward is coming) and
+    removed after the step (:meth:`disarm`): a plain update's backward calls
+    no Python hook (one call per parameter per backward otherwise). A
+    graph-carrying ``p.grad`` found unhooked at ``step()`` (a loop that passes
+    ``create_graph=True`` without reading ``needs_graph``) is kept then
+    (:meth:`adopt`), as the hook would have, and from then on the hooks stay.
     """
 
     def __init__(self, params: list[Tensor]):
         self.params = params
+        self.armed = False
+        self.always = False   # a loop that makes graphs unasked: keep the hooks registered
         for p in params:
             if id(p) not in _PARTS:
                 _PARTS[id(p)] = []
-                if p.requires_grad:   # a frozen parameter never gets a gradient: torch.optim skips it
-                    p.register_post_accumulate_grad_hook(_keep_graph)
                 weakref.finalize(p, _forget, id(p))
+
+    def arm(self) -> None:
+        """Register the hooks (on the parameters that require grad; a frozen
+        parameter never gets a gradient: torch.optim skips it)."""
+        if self.armed:
+            return
+        for p in self.params:
+            if p.requires_grad and id(p) not in _HOOKS:
+                _HOOKS[id(p)] = p.register_post_accumulate_grad_hook(_keep_graph)
+        self.armed = True
+
+    def disarm(self) -> None:
+        """Remove the hooks (after a step), unless the loop makes graphs unasked."""
+        if not self.armed or self.always:
+            return
+        for p in self.params:
+            handle = _HOOKS.pop(id(p), None)
+            if handle is not None:
+                handle.remove()
+        self.armed = False
+
+    def adopt(self, p: Tensor) -> None:
+        """``p.grad`` carries a graph the hook did not see: keep it now, and keep the hooks from now on."""
+        _keep_graph(p)
+        self.always = True
+        self.armed = False
+        self.arm()
 
     @property
     def parts(self) -> dict[int, list[Tensor]]:
@@ -144,7 +181,13 @@ class StepGradient:
             if grad.is_sparse:
                 raise RuntimeError("onepass.optim does not support sparse gradients (nn.Embedding(sparse=True), "
                                    "nn.EmbeddingBag(sparse=True)): use sparse=False")
-            plain.append(grad.detach())
+            if grad.requires_grad:
+                if grad.grad_fn is not None:   # a graph the (unarmed) hook did not see
+                    capture.adopt(p)
+                    grad = p.grad
+                plain.append(grad.detach())
+            else:
+                plain.append(grad)   # no graph: no new view needed
         parts = capture.parts if capture.has_graph else {}
         untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
         return cls(params, tuple(plain), parts, scale, untouched=untouched, missing=tuple(missing))

@@ -216,6 +216,8 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._pinned_groups = pinned_groups
         self._params = params
         self._grad_norms: dict | None = None   # per position in the window: max |p.grad| per parameter
+        # Gradients (hence their norms) of several dtypes or devices: _check_window brings them to one.
+        self._mixed_grads = len({(p.dtype, p.device) for p in params}) > 1
         self._capture = GradientCapture(params)
         self.val_loss = val_loss
         self.model = model
@@ -250,7 +252,10 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Whether the next :meth:`step` differentiates its gradient: pass it as
         ``loss.backward(create_graph=optimizer.needs_graph)``."""
         self._autocast_seen = self._autocast_seen or _autocast_on()
-        return not self._frozen and self._tuner.needs_graph
+        if self._frozen or not self._tuner.needs_graph:
+            return False
+        self._capture.arm()   # the hooks that keep the coming backward's graph
+        return True
 
     @property
     def steps_taken(self) -> int:
@@ -323,12 +328,12 @@ class TunedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"update {step} closes a window of update_interval={tuner.update_interval}: "
                              "give the optimizer val_loss= (a callable returning the validation loss) "
                              "or pass it to step()")
-        scale = float(self._grad_scaler.get_scale()) if self._grad_scaler is not None \
-            and self._capture.has_graph else 1.0
-        source = StepGradient.read(self._params, self._capture, scale)
+        source = StepGradient.read(self._params, self._capture)
         if len(source.missing) == len(self._params):   # no gradient at all: torch.optim moves nothing
-            self._capture.clear()
+            self._release()
             return loss
+        if self._grad_scaler is not None and source.parts:
+            source.scale = float(self._grad_scaler.get_scale())
         if position is not None:
             self._record_grad_norms(source.plain, position)
             if position == tuner.update_interval:
@@ -342,8 +347,13 @@ class TunedOptimizer(torch.optim.Optimizer):
                 raise
             self._skip(part)
         finally:
-            self._capture.clear()
+            self._release()
         return loss
+
+    def _release(self) -> None:
+        """After a step: drop the kept graphs and remove the hooks until ``needs_graph`` asks again."""
+        self._capture.clear()
+        self._capture.disarm()
 
     def _frozen_step(self, loss):
         """After :meth:`freeze`: the namesake's update from ``p.grad``."""
@@ -352,7 +362,7 @@ class TunedOptimizer(torch.optim.Optimizer):
             if len(source.missing) < len(self._params):   # no gradient at all: torch.optim moves nothing
                 self._tuner.step_without_tuning(source.part(None, graph=False))
         finally:
-            self._capture.clear()
+            self._release()
         return loss
 
     def _record_grad_norms(self, plain, position: int) -> None:
@@ -366,12 +376,13 @@ class TunedOptimizer(torch.optim.Optimizer):
         """A non-finite training gradient in this window: name its update and parameter."""
         positions = sorted([k for k in self._grad_norms if k <= position])
         norms = [n for k in positions for n in self._grad_norms[k]]
-        first = norms[0]
-        if len({(n.dtype, n.device) for n in norms}) > 1:
+        if self._mixed_grads:
+            first = norms[0]
             norms = [n.to(device=first.device, dtype=torch.float32) for n in norms]
-        bad = ~torch.isfinite(torch.stack(norms).view(len(positions), -1))
-        if not bool(bad.any()):
+        table = torch.stack(norms)
+        if bool(table.isfinite().all()):   # the usual case: one stack and one check per window
             return
+        bad = ~torch.isfinite(table.view(len(positions), -1))
         row, index = (int(i) for i in bad.nonzero()[0])
         update = step - position + positions[row]
         group = self._tuner.slots.group_of[index]
