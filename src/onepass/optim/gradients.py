@@ -49,16 +49,50 @@ _PARTS: dict[int, list[Tensor]] = {}
 
 _HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
 _KEPT: set[int] = set()   # the parameters with an entry in _PARTS or _HANDED: plain updates find it empty
-_HOOKS: dict[int, object] = {}   # the parameters whose hook is registered now, and its handle
+_PENDING: set[int] = set()   # a graph-carrying gradient was kept and p.grad is being accumulated from its copy
+
+
+def _part_hook(p: Tensor) -> Callable:
+    """The hook on ``p``'s gradient accumulator, before it accumulates: a
+    gradient with a graph is kept as it arrives and handed on detached, so
+    that ``p.grad`` never carries the graph and the kept graph has no copy
+    node of torch's accumulation in it (every Hessian–vector product runs
+    through it). It sits on the accumulator, not on the tensor: a tensor hook
+    would also see, and detach, a user's own ``autograd.grad(...,
+    create_graph=True)``, which never reaches the accumulator."""
+    key, ref = id(p), weakref.ref(p)
+
+    def hook(grad_outputs):
+        grad = grad_outputs[0]
+        if grad is None or grad.grad_fn is None:
+            return None
+        prev = ref().grad
+        # A pass after the first: the accumulated value, as torch's own accumulation makes it.
+        _PARTS[key].append(grad if prev is None else prev + grad)
+        _KEPT.add(key)
+        _PENDING.add(key)
+        return (grad.detach(),)
+    return hook
+
+
+def _remove(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _keep_graph(p: Tensor) -> None:
+    """After accumulation: remember the ``p.grad`` the loop gets (to see whether it changes before ``step()``)."""
+    key = id(p)
+    if key in _PENDING:
+        _PENDING.discard(key)
+        _HANDED[key] = (p.grad, p.grad._version)
+        return
     grad = p.grad
-    if grad is not None and grad.grad_fn is not None:
-        _PARTS[id(p)].append(grad)
+    if grad is not None and grad.grad_fn is not None:   # a graph from another route (p.grad set by hand)
+        _PARTS[key].append(grad)
         p.grad = grad.detach().clone()
-        _HANDED[id(p)] = (p.grad, p.grad._version)
-        _KEPT.add(id(p))
+        _HANDED[key] = (p.grad, p.grad._version)
+        _KEPT.add(key)
 
 
 def _untouched(p: Tensor) -> bool:
@@ -70,7 +104,7 @@ def _forget(key: int) -> None:
     _PARTS.pop(key, None)
     _HANDED.pop(key, None)
     _KEPT.discard(key)
-    _HOOKS.pop(key, None)
+    _PENDING.discard(key)
 
 
 class GradientCapture:
@@ -80,51 +114,27 @@ class GradientCapture:
     graph-carrying tensor is kept (:attr:`parts`) and ``p.grad`` becomes a
     detached copy, so in-place clipping or unscaling never touches the graph
     and no reference cycle ``p → p.grad → graph → p`` is left behind.
-
-    The hooks are registered only while armed (:meth:`arm`: the optimizer's
-    ``needs_graph`` was true, so a ``create_graph`` backward is coming) and
-    removed after the step (:meth:`disarm`): a plain update's backward calls
-    no Python hook (one call per parameter per backward otherwise). A
-    graph-carrying ``p.grad`` found unhooked at ``step()`` (a loop that passes
-    ``create_graph=True`` without reading ``needs_graph``) is kept then
-    (:meth:`adopt`), as the hook would have, and from then on the hooks stay.
     """
 
     def __init__(self, params: list[Tensor]):
         self.params = params
-        self.armed = False
-        self.always = False   # a loop that makes graphs unasked: keep the hooks registered
         for p in params:
             if id(p) not in _PARTS:
                 _PARTS[id(p)] = []
+                if p.requires_grad:   # a frozen parameter never gets a gradient: torch.optim skips it
+                    p.register_post_accumulate_grad_hook(_keep_graph)
                 weakref.finalize(p, _forget, id(p))
-
-    def arm(self) -> None:
-        """Register the hooks (on the parameters that require grad; a frozen
-        parameter never gets a gradient: torch.optim skips it)."""
-        if self.armed:
-            return
-        for p in self.params:
-            if p.requires_grad and id(p) not in _HOOKS:
-                _HOOKS[id(p)] = p.register_post_accumulate_grad_hook(_keep_graph)
-        self.armed = True
-
-    def disarm(self) -> None:
-        """Remove the hooks (after a step), unless the loop makes graphs unasked."""
-        if not self.armed or self.always:
-            return
-        for p in self.params:
-            handle = _HOOKS.pop(id(p), None)
-            if handle is not None:
-                handle.remove()
-        self.armed = False
-
-    def adopt(self, p: Tensor) -> None:
-        """``p.grad`` carries a graph the hook did not see: keep it now, and keep the hooks from now on."""
-        _keep_graph(p)
-        self.always = True
-        self.armed = False
-        self.arm()
+        # The accumulators' hooks are this capture's own: held (an accumulator lives while something
+        # holds it) and removed with it. Should torch replace an accumulator (p.data of another dtype
+        # or device), the tensor hook above still keeps the graph, with the copy node.
+        self._accumulators, handles = [], []
+        with torch.enable_grad():
+            for p in params:
+                if p.requires_grad and p.grad_fn is None:
+                    accumulator = p.view_as(p).grad_fn.next_functions[0][0]
+                    self._accumulators.append(accumulator)
+                    handles.append(accumulator.register_prehook(_part_hook(p)))
+        weakref.finalize(self, _remove, handles)
 
     @property
     def parts(self) -> dict[int, list[Tensor]]:
@@ -144,6 +154,7 @@ class GradientCapture:
                 _PARTS[key].clear()
                 _HANDED.pop(key, None)
                 _KEPT.discard(key)
+                _PENDING.discard(key)
 
 
 @dataclass
@@ -181,13 +192,7 @@ class StepGradient:
             if grad.is_sparse:
                 raise RuntimeError("onepass.optim does not support sparse gradients (nn.Embedding(sparse=True), "
                                    "nn.EmbeddingBag(sparse=True)): use sparse=False")
-            if grad.requires_grad:
-                if grad.grad_fn is not None:   # a graph the (unarmed) hook did not see
-                    capture.adopt(p)
-                    grad = p.grad
-                plain.append(grad.detach())
-            else:
-                plain.append(grad)   # no graph: no new view needed
+            plain.append(grad.detach() if grad.requires_grad else grad)   # no graph: no new view needed
         parts = capture.parts if capture.has_graph else {}
         untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
         return cls(params, tuple(plain), parts, scale, untouched=untouched, missing=tuple(missing))

@@ -252,10 +252,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Whether the next :meth:`step` differentiates its gradient: pass it as
         ``loss.backward(create_graph=optimizer.needs_graph)``."""
         self._autocast_seen = self._autocast_seen or _autocast_on()
-        if self._frozen or not self._tuner.needs_graph:
-            return False
-        self._capture.arm()   # the hooks that keep the coming backward's graph
-        return True
+        return not self._frozen and self._tuner.needs_graph
 
     @property
     def steps_taken(self) -> int:
@@ -328,12 +325,12 @@ class TunedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"update {step} closes a window of update_interval={tuner.update_interval}: "
                              "give the optimizer val_loss= (a callable returning the validation loss) "
                              "or pass it to step()")
-        source = StepGradient.read(self._params, self._capture)
+        scale = float(self._grad_scaler.get_scale()) if self._grad_scaler is not None \
+            and self._capture.has_graph else 1.0
+        source = StepGradient.read(self._params, self._capture, scale)
         if len(source.missing) == len(self._params):   # no gradient at all: torch.optim moves nothing
-            self._release()
+            self._capture.clear()
             return loss
-        if self._grad_scaler is not None and source.parts:
-            source.scale = float(self._grad_scaler.get_scale())
         if position is not None:
             self._record_grad_norms(source.plain, position)
             if position == tuner.update_interval:
@@ -347,13 +344,8 @@ class TunedOptimizer(torch.optim.Optimizer):
                 raise
             self._skip(part)
         finally:
-            self._release()
+            self._capture.clear()
         return loss
-
-    def _release(self) -> None:
-        """After a step: drop the kept graphs and remove the hooks until ``needs_graph`` asks again."""
-        self._capture.clear()
-        self._capture.disarm()
 
     def _frozen_step(self, loss):
         """After :meth:`freeze`: the namesake's update from ``p.grad``."""
@@ -362,7 +354,7 @@ class TunedOptimizer(torch.optim.Optimizer):
             if len(source.missing) < len(self._params):   # no gradient at all: torch.optim moves nothing
                 self._tuner.step_without_tuning(source.part(None, graph=False))
         finally:
-            self._release()
+            self._capture.clear()
         return loss
 
     def _record_grad_norms(self, plain, position: int) -> None:
