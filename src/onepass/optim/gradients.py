@@ -49,15 +49,50 @@ _PARTS: dict[int, list[Tensor]] = {}
 
 _HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
 _KEPT: set[int] = set()   # the parameters with an entry in _PARTS or _HANDED: plain updates find it empty
+_PENDING: set[int] = set()   # a graph-carrying gradient was kept and p.grad is being accumulated from its copy
+
+
+def _part_hook(p: Tensor) -> Callable:
+    """The hook on ``p``'s gradient accumulator, before it accumulates: a
+    gradient with a graph is kept as it arrives and handed on detached, so
+    that ``p.grad`` never carries the graph and the kept graph has no copy
+    node of torch's accumulation in it (every Hessian–vector product runs
+    through it). It sits on the accumulator, not on the tensor: a tensor hook
+    would also see, and detach, a user's own ``autograd.grad(...,
+    create_graph=True)``, which never reaches the accumulator."""
+    key, ref = id(p), weakref.ref(p)
+
+    def hook(grad_outputs):
+        grad = grad_outputs[0]
+        if grad is None or grad.grad_fn is None:
+            return None
+        prev = ref().grad
+        # A pass after the first: the accumulated value, as torch's own accumulation makes it.
+        _PARTS[key].append(grad if prev is None else prev + grad)
+        _KEPT.add(key)
+        _PENDING.add(key)
+        return (grad.detach(),)
+    return hook
+
+
+def _remove(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _keep_graph(p: Tensor) -> None:
+    """After accumulation: remember the ``p.grad`` the loop gets (to see whether it changes before ``step()``)."""
+    key = id(p)
+    if key in _PENDING:
+        _PENDING.discard(key)
+        _HANDED[key] = (p.grad, p.grad._version)
+        return
     grad = p.grad
-    if grad is not None and grad.grad_fn is not None:
-        _PARTS[id(p)].append(grad)
+    if grad is not None and grad.grad_fn is not None:   # a graph from another route (p.grad set by hand)
+        _PARTS[key].append(grad)
         p.grad = grad.detach().clone()
-        _HANDED[id(p)] = (p.grad, p.grad._version)
-        _KEPT.add(id(p))
+        _HANDED[key] = (p.grad, p.grad._version)
+        _KEPT.add(key)
 
 
 def _untouched(p: Tensor) -> bool:
@@ -69,6 +104,7 @@ def _forget(key: int) -> None:
     _PARTS.pop(key, None)
     _HANDED.pop(key, None)
     _KEPT.discard(key)
+    _PENDING.discard(key)
 
 
 class GradientCapture:
@@ -88,6 +124,17 @@ class GradientCapture:
                 if p.requires_grad:   # a frozen parameter never gets a gradient: torch.optim skips it
                     p.register_post_accumulate_grad_hook(_keep_graph)
                 weakref.finalize(p, _forget, id(p))
+        # The accumulators' hooks are this capture's own: held (an accumulator lives while something
+        # holds it) and removed with it. Should torch replace an accumulator (p.data of another dtype
+        # or device), the tensor hook above still keeps the graph, with the copy node.
+        self._accumulators, handles = [], []
+        with torch.enable_grad():
+            for p in params:
+                if p.requires_grad and p.grad_fn is None:
+                    accumulator = p.view_as(p).grad_fn.next_functions[0][0]
+                    self._accumulators.append(accumulator)
+                    handles.append(accumulator.register_prehook(_part_hook(p)))
+        weakref.finalize(self, _remove, handles)
 
     @property
     def parts(self) -> dict[int, list[Tensor]]:
@@ -107,6 +154,7 @@ class GradientCapture:
                 _PARTS[key].clear()
                 _HANDED.pop(key, None)
                 _KEPT.discard(key)
+                _PENDING.discard(key)
 
 
 @dataclass
@@ -144,7 +192,7 @@ class StepGradient:
             if grad.is_sparse:
                 raise RuntimeError("onepass.optim does not support sparse gradients (nn.Embedding(sparse=True), "
                                    "nn.EmbeddingBag(sparse=True)): use sparse=False")
-            plain.append(grad.detach())
+            plain.append(grad.detach() if grad.requires_grad else grad)   # no graph: no new view needed
         parts = capture.parts if capture.has_graph else {}
         untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
         return cls(params, tuple(plain), parts, scale, untouched=untouched, missing=tuple(missing))

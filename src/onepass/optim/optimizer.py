@@ -216,6 +216,8 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._pinned_groups = pinned_groups
         self._params = params
         self._grad_norms: dict | None = None   # per position in the window: max |p.grad| per parameter
+        # Gradients (hence their norms) of several dtypes or devices: _check_window brings them to one.
+        self._mixed_grads = len({(p.dtype, p.device) for p in params}) > 1
         self._capture = GradientCapture(params)
         self.val_loss = val_loss
         self.model = model
@@ -366,12 +368,13 @@ class TunedOptimizer(torch.optim.Optimizer):
         """A non-finite training gradient in this window: name its update and parameter."""
         positions = sorted([k for k in self._grad_norms if k <= position])
         norms = [n for k in positions for n in self._grad_norms[k]]
-        first = norms[0]
-        if len({(n.dtype, n.device) for n in norms}) > 1:
+        if self._mixed_grads:
+            first = norms[0]
             norms = [n.to(device=first.device, dtype=torch.float32) for n in norms]
-        bad = ~torch.isfinite(torch.stack(norms).view(len(positions), -1))
-        if not bool(bad.any()):
+        table = torch.stack(norms)
+        if bool(table.isfinite().all()):   # the usual case: one stack and one check per window
             return
+        bad = ~torch.isfinite(table.view(len(positions), -1))
         row, index = (int(i) for i in bad.nonzero()[0])
         update = step - position + positions[row]
         group = self._tuner.slots.group_of[index]
