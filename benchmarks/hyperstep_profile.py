@@ -5,7 +5,8 @@ Neumann terms) in the plain loop of ``benchmarks/full_size.py`` (its models
 and synthetic data). Each update is split into the loop's forward, its
 backward (with ``create_graph`` at the update that closes a window), and
 ``step()``; the closing ``step()`` is split again by timing the products the
-estimator calls (``onepass.optim.gradients.LoopOps``): taking the gradient's
+estimator calls (``LossPart.gradient``, ``Ops.linear_update`` and the
+optimizer's ``closure_val_gradient``): taking the gradient's
 graph, the differentiated update, the validation gradient, the K - 1
 products ``s ↦ Jᵀ s`` (each a Hessian–vector product through the gradient's
 graph and a VJP through the update) and the final VJP to the hyperparameters.
@@ -17,7 +18,7 @@ Then, at the same weights and batch, one Hessian–vector product two ways:
 * ``forward-over-reverse``: ``torch.func.jvp`` of ``torch.func.grad`` of the
   loss through ``torch.func.functional_call`` (each product re-runs the
   forward and backward with tangents; :func:`forward_over_reverse`, and
-  :class:`ForwardOverReverseOps` for a whole hyperparameter step with it).
+  :class:`ForwardOverReverseLosses` for a whole hyperparameter step with it).
 
 and the Neumann series' decay at each measured hyperparameter step: the norm
 of each term ``(Jᵀ)^j v`` over ``‖v‖``, and the relative error of the
@@ -42,8 +43,11 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 import onepass.optim
-from onepass.core.products import Gradient, Ops
-from onepass.optim.gradients import LoopOps
+import onepass.optim.gradients as optim_gradients
+from onepass.core.products import BatchLosses, Gradient, LossPart, Ops
+
+HOOKED = ((LossPart, "gradient"), (Ops, "linear_update"), (optim_gradients, "closure_val_gradient"))
+"""Where :func:`timed_products` hooks in, and restores on leaving."""
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import full_size  # noqa: E402  (the models, their synthetic data and the plain loop's settings)
@@ -101,17 +105,17 @@ def model_loss(model, loss):
     return loss_fn
 
 
-class ForwardOverReverseOps(Ops):
-    """:class:`~onepass.core.products.Ops` (``torch.func``) whose products
-    ``r ↦ ∇²L_T r`` are :func:`forward_over_reverse` instead of the reverse
-    pass through the gradient's graph: the estimator is unchanged."""
+class ForwardOverReverseLosses(BatchLosses):
+    """:class:`~onepass.core.products.BatchLosses` (``torch.func``) whose
+    products ``r ↦ ∇²L_T r`` are :func:`forward_over_reverse` instead of the
+    reverse pass through the gradient's graph: the loss's part changes, the
+    estimator and the rule's part do not."""
 
     def gradient(self, weights, batch, graph=False):
         plain = super().gradient(weights, batch)
         if not graph:
             return plain
-        return Gradient(plain.grads, plain.loss,
-                        lambda r: self._reduced(forward_over_reverse(self.loss, weights, batch, r)))
+        return Gradient(plain.grads, plain.loss, lambda r: forward_over_reverse(self.loss, weights, batch, r))
 
 
 class _Functional:
@@ -211,9 +215,9 @@ def _flat(tree) -> torch.Tensor:
 
 @contextlib.contextmanager
 def timed_products(timer: Timer):
-    """Time the estimator's calls on :class:`LoopOps` (and keep the Neumann terms)."""
-    originals = {name: LoopOps.__dict__.get(name) for name in ("gradient", "val_gradient", "linear_update")}
-    gradient, val_gradient, linear_update = (getattr(LoopOps, n) for n in originals)
+    """Time the estimator's calls (:data:`HOOKED`; and keep the Neumann terms)."""
+    originals = {(owner, name): owner.__dict__[name] for owner, name in HOOKED}
+    gradient, linear_update, val_gradient = (getattr(owner, name) for owner, name in HOOKED)
 
     def clocked(part, fn):
         def wrapper(*args, **kwargs):
@@ -223,9 +227,9 @@ def timed_products(timer: Timer):
             return out
         return wrapper
 
-    def timed_gradient(self, weights, batch, graph=False):
+    def timed_gradient(self, weights, graph):
         fn = clocked("graph", gradient) if graph else gradient
-        out = fn(self, weights, batch, graph)
+        out = fn(self, weights, graph)
         if graph:
             timer.gradient = out
         return out
@@ -258,17 +262,14 @@ def timed_products(timer: Timer):
         update.backward = products
         return update
 
-    LoopOps.gradient = timed_gradient
-    LoopOps.val_gradient = clocked("val_gradient", val_gradient)
-    LoopOps.linear_update = timed_update
+    LossPart.gradient = timed_gradient
+    Ops.linear_update = timed_update
+    optim_gradients.closure_val_gradient = clocked("val_gradient", val_gradient)
     try:
         yield timer
     finally:
-        for name, fn in originals.items():
-            if fn is None:
-                delattr(LoopOps, name)
-            else:
-                setattr(LoopOps, name, fn)
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
 
 
 def neumann_decay(terms, contributions) -> dict:

@@ -117,10 +117,9 @@ def test_a_hyperstep_with_forward_over_reverse_products_is_todays_estimate(name)
     update = get_rule("adamw").update
     today, w_today, _, val_today = implicit_hypergradient(update, loss_fn, loss_fn, weights, state, raw, _to_hyper,
                                                           batch, val_batch, terms=5)
-    ops = PROFILE.ForwardOverReverseOps(loss_fn, loss_fn, Ops.of_functions(update, _to_hyper, loss_fn).update,
-                                        functional=True)
-    forward, w_forward, _, _, val_forward = hyperstep(ops, weights, state, raw, batch, val_batch,
-                                                      solve=partial(neumann_series, terms=5))
+    part = PROFILE.ForwardOverReverseLosses(loss_fn, loss_fn, functional=True).part(batch, val_batch)
+    forward, w_forward, _, _, val_forward = hyperstep(Ops.of_functions(update, _to_hyper), part, weights, state,
+                                                      raw, solve=partial(neumann_series, terms=5))
     assert set(forward) == set(today) == {"lr", "weight_decay"}
     for key in today:
         assert math.isfinite(float(today[key])) and float(today[key]) != 0.0
@@ -135,8 +134,7 @@ def test_the_profile_times_a_run_without_changing_it():
     the same weights and learning rate as an untimed run of the same updates;
     its parts, the Neumann terms' decay (the truncation error is 0 at K) and the
     HVP timings are reported."""
-    hooked = ("gradient", "val_gradient", "linear_update")
-    before = {name: PROFILE.LoopOps.__dict__.get(name) for name in hooked}
+    before = {(owner, name): owner.__dict__[name] for owner, name in PROFILE.HOOKED}
     result = PROFILE.profile("gru_adding", "tiny", hypersteps=1, plain_updates=2, repeats=1)
     closing, plain = result["medians"]["closing"], result["medians"]["plain"]
     assert set(closing) >= {"forward", "backward", "step", *PROFILE.PARTS, "total", "hvp_alone", "products_each"}
@@ -166,7 +164,7 @@ def test_the_profile_times_a_run_without_changing_it():
     (w_timed, lr_timed), (w_plain, lr_plain) = runs
     assert lr_timed == lr_plain != 1e-2
     assert all(torch.equal(a, b) for a, b in zip(w_timed, w_plain))
-    assert {name: PROFILE.LoopOps.__dict__.get(name) for name in hooked} == before   # the hooks are gone
+    assert {(owner, name): owner.__dict__[name] for owner, name in PROFILE.HOOKED} == before   # the hooks are gone
 
 
 class _nothing:
