@@ -147,6 +147,19 @@ def test_a_cheap_hyperstep_keeps_the_interval_and_tune_after_shifts_the_windows(
     assert tuner.cost_budget.chosen == 4 and tuner.update_interval == 4
 
 
+def assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, tolerance):
+    """40 updates each under fake clocks (a hyperparameter step costs 5 extra):
+    the optimizer and the Tuner take their steps at the same updates, choose
+    an interval of 10 and end with the same weights and learned lr."""
+    closing_a = train_optimizer(a, opt, 40, clock_a, extra=5.0)
+    closing_b = train_tuner(tuner, 40, clock_b, extra=5.0)
+    assert closing_a == closing_b
+    assert hyperstep_updates(closing_a) == [4, 8, 12, 16, 26, 36]   # extra 5 / (1 × 0.5) = 10
+    assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < tolerance
+    assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=tolerance)
+
+
 def test_the_optimizer_and_the_tuner_make_the_same_choice_and_the_same_run():
     a, b = make_model(), make_model()
     clock_a, clock_b = FakeClock(), FakeClock()
@@ -155,13 +168,7 @@ def test_the_optimizer_and_the_tuner_make_the_same_choice_and_the_same_run():
                             cost_budget=budgeted(1.5, clock_a), **settings)
     tuner = onepass.Tuner(b, mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5, weight_decay=0.0),
                           cost_budget=budgeted(1.5, clock_b), **settings)
-    closing_a = train_optimizer(a, opt, 40, clock_a, extra=5.0)
-    closing_b = train_tuner(tuner, 40, clock_b, extra=5.0)
-    assert closing_a == closing_b
-    assert hyperstep_updates(closing_a) == [4, 8, 12, 16, 26, 36]   # extra 5 / (1 × 0.5) = 10
-    assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
-    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < 1e-10
-    assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=1e-10)
+    assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, 1e-10)
 
 
 @pytest.mark.parametrize("method", ["neumann", "cg"])
@@ -179,13 +186,7 @@ def test_every_rule_and_method_the_budget_serves_chooses_and_trains_as_the_tuner
     values = {**RULES[rule].defaults, "lr": 0.01}
     tuner = onepass.Tuner(b, mse_loss, rule=rule, hyperparameters=values,
                           cost_budget=budgeted(1.5, clock_b), **settings)
-    closing_a = train_optimizer(a, opt, 40, clock_a, extra=5.0)
-    closing_b = train_tuner(tuner, 40, clock_b, extra=5.0)
-    assert closing_a == closing_b
-    assert hyperstep_updates(closing_a) == [4, 8, 12, 16, 26, 36]   # extra 5 / (1 × 0.5) = 10
-    assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
-    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < 1e-6
-    assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=1e-6)
+    assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, 1e-6)
 
 
 def test_the_budget_is_off_by_default_and_a_ratio_turns_it_on():

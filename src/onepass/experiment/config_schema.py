@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from onepass.core.estimators import ESTIMATORS
 from onepass.core.hyperparameters import closest
 from onepass.core.rules import RULES
+from onepass.core.tuner import HYPER_OPTIMIZERS
 from onepass.data.uci import UCI_DATASETS
 from onepass.experiment import algorithms as _algorithms
 
@@ -229,7 +230,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                              nullable=True, check=lambda v: None if math.isfinite(v) and v > 1 else
                              f"must be a finite number > 1, got {v!r}"),
         "hyper_optimizer": Field("str", "adam", "optimiser of the raw hyperparameters",
-                                 choices=("adam", "sgd")),
+                                 choices=tuple(HYPER_OPTIMIZERS)),
         "hyper_lr": Field("float", 0.05, "learning rate of the hyper-optimiser", check=_positive),
         "validation": Field("str", "split", "split: hold out the validation set; merged: train on "
                             "train+val", choices=("split", "merged")),
