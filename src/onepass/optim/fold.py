@@ -88,7 +88,7 @@ class Fold:
 
     def __init__(self, optimizer, total_steps: int, *, fraction: float | None = None,
                  keep_best: bool | None = None, model: nn.Module | None = None):
-        loop = recipe(type(optimizer).__name__.lower()).get("loop", {})
+        loop = recipe(optimizer.tuner.rule.name).get("loop", {})
         self.fraction = float(loop.get("fold", 0.0) if fraction is None else fraction)
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(f"fraction must lie in [0, 1), got {self.fraction}")
