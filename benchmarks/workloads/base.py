@@ -165,7 +165,7 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "recipe", "budget_margin")
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and the budget's margin."""
 
@@ -250,7 +250,8 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
         opt = onepass_optimizer(model.parameters(), config, lambda: workload.loss(model(x_val), y_val), model,
                                 options.get("start"))
         fold = onepass.optim.Fold(opt, steps, fraction=config.get("fold", 0.0),
-                                  keep_best=config.get("keep_best", False), model=model)
+                                  keep_best=config.get("keep_best", False), model=model,
+                                  average=config.get("average", 0.0))
         train = workload.batches(x_train, y_train, seed)
         folded = workload.batches(data.x_trainval, data.y_trainval, seed + 1)
         finite = True
