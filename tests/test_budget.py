@@ -145,6 +145,10 @@ def test_the_tuner_chooses_once_after_its_measured_windows_and_keeps_to_it():
     assert clock.reads == 13 and syncs == list(range(4, 17))
     state = tuner.state_dict()
     assert state["update_interval"] == 18 and state["cost_budget"]["chosen"] == 18
+    # the hyper-step grows with the window (18 / 4): as far per weight update as before
+    asked = onepass.Tuner(make_model(), mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5), update_interval=4)
+    hyper_lr = asked.state_dict()["hyper_optimizer"]["param_groups"][0]["lr"]
+    assert state["hyper_optimizer"]["param_groups"][0]["lr"] == pytest.approx(hyper_lr * 18 / 4)
 
 
 def test_a_cheap_hyperstep_keeps_the_interval_and_tune_after_shifts_the_windows():

@@ -158,8 +158,10 @@ class Tuner:
             :class:`~onepass.core.budget.CostBudget` (to inject a clock). The
             run times its own updates over its first windows, then fixes
             :attr:`update_interval` (never below ``update_interval``) so that a
-            window costs at most that ratio of plain updates; the choice is in
-            :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
+            window costs at most that ratio of plain updates, and scales the
+            hyper-optimiser's step by the same factor as the window, so the
+            hyperparameters can move as far per weight update as before; the
+            choice is in :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
             (the paper's schedule). Not for ``"baydin"`` methods (every
             update) or ``reset_each_window``.
         population: train ``P`` independent runs at once. Every parameter then
@@ -496,6 +498,10 @@ class Tuner:
         window = (step - self._window_origin - 1) // self.update_interval
         chosen = budget.observe(window, position, self.update_interval)
         if chosen is not None:
+            if self._hyper_optimizer is not None and chosen != self.update_interval:
+                # as far per weight update as before: a longer window, a proportionally longer hyper-step
+                for group in self._hyper_optimizer.param_groups:
+                    group["lr"] *= chosen / self.update_interval
             self._set_interval(chosen, step)
 
     def _set_interval(self, interval: int, origin: int) -> None:
