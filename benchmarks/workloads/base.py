@@ -165,9 +165,9 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin")
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin", "budget_hyper_step")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
-the loop's step, the recipe's fingerprint and the budget's margin."""
+the loop's step, the recipe's fingerprint and how the budget chooses."""
 
 
 def onepass_config(rule: str = "adamw", **overrides) -> dict:
@@ -179,6 +179,7 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     if config.get("cost_budget", recipe(rule)["settings"]["cost_budget"]) is not None:
         # the budget's margin decides its interval as much as the ratio does
         config["budget_margin"] = CostBudget.__init__.__kwdefaults__["margin"]
+        config["budget_hyper_step"] = "scaled"   # a longer window takes a longer hyper-step (since 03:15, 7 Dec)
     return config
 
 
