@@ -215,20 +215,20 @@ class StepGradient:
         if not self.parts:
             raise ValueError("this update differentiates its gradient, but backward() kept no graph: "
                              "call loss.backward(create_graph=optimizer.needs_graph) before step()")
-        scale = self.scale
-        unscaled = tuple(torch.zeros_like(p) if not self.parts.get(id(p)) else
-                         self.parts[id(p)][-1].detach() / scale if scale != 1.0 else self.parts[id(p)][-1].detach()
-                         for p in self.params)
-        self.max_norm = self._max_norm(unscaled, agree_on_max_norm)
-        return kept_graph_gradient(self.params, self.parts, self.loss, scale=scale, reduce=reduce,
+        self.max_norm = self._max_norm(agree_on_max_norm)
+        return kept_graph_gradient(self.params, self.parts, self.loss, scale=self.scale, reduce=reduce,
                                    max_norm=self.max_norm, missing=self.missing)
 
-    def _max_norm(self, unscaled: Tensors, agree: Callable | None) -> float | None:
+    def _max_norm(self, agree: Callable | None) -> float | None:
         """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``.
         With ``agree`` (data-parallel) the ranks decide together, so that a
         refusal on one rank is a refusal on all, never a hang in a collective."""
         if self.untouched and self.scale == 1.0 and agree is None:
             return None              # p.grad is the gradient backward() produced: nothing to read off
+        scale, parts = self.scale, self.parts
+        unscaled = tuple(torch.zeros_like(p) if not parts.get(id(p)) else
+                         parts[id(p)][-1].detach() / scale if scale != 1.0 else parts[id(p)][-1].detach()
+                         for p in self.params)
         norm = _norm(unscaled)
         now = _norm(self.plain)
         factor = now / norm if norm > 0 else 1.0
