@@ -282,6 +282,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._params = params
         self._watch = _NonFiniteWatch(params)
         self._capture = GradientCapture(params)
+        self._capture.armed = self._tuner.needs_graph
         self.val_loss = val_loss
         self.model = model
         self.grad_scaler = grad_scaler
@@ -315,7 +316,15 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Whether the next :meth:`step` differentiates its gradient: pass it as
         ``loss.backward(create_graph=optimizer.needs_graph)``."""
         self._autocast_seen = self._autocast_seen or _autocast_on()
-        return not self._frozen and self._tuner.needs_graph
+        needed = not self._frozen and self._tuner.needs_graph
+        if needed and not self._capture.armed:   # armed after each step already: a Tuner changed from outside
+            self._capture.armed = True
+        return needed
+
+    def _arm(self) -> None:
+        """The hooks that keep the graph are on for the backward passes of an
+        update whose gradient is differentiated, and off otherwise."""
+        self._capture.armed = not self._frozen and self._tuner.needs_graph
 
     @property
     def steps_taken(self) -> int:
@@ -408,6 +417,7 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._skip(part)
         finally:
             self._capture.clear()
+            self._arm()
         return loss
 
     def _frozen_step(self, loss):
@@ -537,6 +547,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self.in_use()   # refuses per-weight values now, not at the next step
         self._frozen = True
         self._groups_seen = None
+        self._arm()
 
     @property
     def is_frozen(self) -> bool:
@@ -627,6 +638,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._watch.restart()
         self.skipped_hypersteps = int(extra["skipped"])
         self._frozen = bool(extra.get("frozen", False))   # checkpoints from before freeze() lack it
+        self._arm()
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "_tuner"):
