@@ -2,7 +2,7 @@
 
 For each model it builds ``torch.optim.AdamW`` (the bare optimizer) and
 ``onepass.optim.AdamW`` with the recipe's settings (tuning lr, the recipe's
-``cost_budget=1.5`` unless ``--budget``), on the same initial weights and
+``cost_budget``, 1.5 unless ``--budget``), on the same initial weights and
 synthetic data of the real shapes (no download), each in the plain loop
 (``zero_grad``, ``backward(create_graph=opt.needs_graph)``, ``clip_grad_norm_``
 for Penn Treebank, ``step``). ``--rule sgd`` compares ``onepass.optim.SGD``
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                         help="full: the papers' sizes; cpu: smaller ones (default on a CPU); tiny: to test the script")
     parser.add_argument("--rule", choices=("adamw", "sgd"), default="adamw",
                         help="adamw (the recipe, default) or sgd (Ours WD+LR+M)")
-    parser.add_argument("--budget", type=float, default=1.5, help="cost_budget (default 1.5)")
+    parser.add_argument("--budget", type=float, default=None, help="cost_budget (default: the recipe's)")
     parser.add_argument("--windows", type=int, default=3, help="timed windows of the chosen interval (default 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates of the bare optimizer first")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")

@@ -187,7 +187,7 @@ def _summary(values, seconds, adam_seconds, **extra) -> dict:
 
 
 def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers: int,
-              cached_only: bool = False) -> dict:
+              cached_only: bool = False, time_ratios: dict | None = None) -> dict:
     """Run (or, ``cached_only``, only read from the cache) every row on every
     workload; with ``cached_only`` each workload keeps the seeds whose runs are
     all cached, and a workload with none is left out."""
@@ -265,7 +265,7 @@ def benchmark(names, rows, seeds, scale, config, sgd_config, runs: Runs, workers
         entry.update(compare(table))
         out[name] = entry
     if eqtime:
-        equal_time(out, names, eqtime, seeds, scale, config, runs, workers, cached_only)
+        equal_time(out, names, eqtime, seeds, scale, config, runs, workers, cached_only, time_ratios)
     return out
 
 
@@ -285,12 +285,16 @@ def equal_time_updates(steps: int, onepass_seconds, baseline_seconds) -> int:
 
 
 def equal_time(out: dict, names, eqtime, seeds, scale, config, runs: Runs, workers: int,
-               cached_only: bool = False) -> None:
+               cached_only: bool = False, time_ratios: dict | None = None) -> None:
     """Add the equal-time rows to ``out``'s workloads: each baseline rerun for
     :func:`equal_time_updates` updates (a cosine schedule stretched to them),
     from the onepass row's and the baseline's own seconds at the workload's
     updates. The onepass runs are read from the cache wherever any seed is
-    cached (the time reference is never rerun); only a workload without any is run."""
+    cached (the time reference is never rerun); only a workload without any is run.
+    ``time_ratios`` (workload -> onepass's time over Adam's, measured apart on a
+    quiet machine: ``--time-ratios``) replaces the cached seconds, which mix
+    runs made under different loads, for the workloads it names."""
+    time_ratios = time_ratios or {}
     reference, plan = {}, []
     need = []
     for name in names:
@@ -312,7 +316,8 @@ def equal_time(out: dict, names, eqtime, seeds, scale, config, runs: Runs, worke
         seconds = [runs.records[key(j)]["seconds"] for j in onepass]
         for row in eqtime:
             base = [runs.records[key(j)]["seconds"] for j in bases[EQTIME[row]]]
-            updates[(name, row)] = equal_time_updates(steps, seconds, base)
+            updates[(name, row)] = equal_time_updates(steps, seconds, base) if name not in time_ratios else \
+                max(steps, int(round(steps * time_ratios[name])))
     for seed in range(seeds):             # seed by seed, as the suite
         for (name, row), n in updates.items():
             plan.append(job(name, EQTIME[row], seed, n))
@@ -545,6 +550,9 @@ def main(argv=None) -> dict:
     p.add_argument("--readme", type=Path, default=None, help="write the README's compact table")
     p.add_argument("--from-json", type=Path, default=None, help="re-render a --json result, running nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time-ratios", type=Path, default=None,
+                   help="a --json result whose onepass time_ratio per workload (measured apart, quiet) sets the "
+                        "equal-time rows' updates")
     p.add_argument("--cached-only", action="store_true",
                    help="run nothing: summarise the seeds whose runs are all in --runs")
     args = p.parse_args(argv)
@@ -557,8 +565,13 @@ def main(argv=None) -> dict:
         runs = Runs(args.runs)
         start = time.perf_counter()
         names = _names(args.workloads)
+        time_ratios = None
+        if args.time_ratios:
+            timed = json.loads(args.time_ratios.read_text())["workloads"]
+            time_ratios = {n: e["rows"]["onepass"]["time_ratio"] for n, e in timed.items()
+                           if e["rows"].get("onepass", {}).get("time_ratio")}
         workloads = benchmark(names, rows, args.seeds, args.steps, config, sgd_config, runs, args.workers,
-                              cached_only=args.cached_only)
+                              cached_only=args.cached_only, time_ratios=time_ratios)
         import platform
 
         import torch

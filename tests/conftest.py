@@ -40,6 +40,21 @@ def _isolated_data_dir(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_cost_budget(request):
+    """The recipe's ``cost_budget`` off (``None``, today's fixed interval) in every
+    test but tests/test_budget.py, so that no test's schedule depends on how fast
+    the machine is; test_budget.py tests the budget with an injected clock."""
+    if request.module.__name__.rsplit(".", 1)[-1] == "test_budget":
+        yield
+        return
+    from onepass.optim.recipe import RECIPES
+    with pytest.MonkeyPatch.context() as patch:
+        for table in RECIPES.values():
+            patch.setitem(table["settings"], "cost_budget", None)
+        yield
+
+
 @pytest.fixture
 def uci_data_dir() -> Path:
     """A data directory holding all eight UCI sets: the copies shipped with the package."""

@@ -61,7 +61,8 @@ XV, YV = batch(-1, 32)
 
 
 def budgeted(ratio: float, clock: FakeClock) -> CostBudget:
-    return CostBudget(ratio, clock=clock, windows=3)
+    """No margin: the interval planned for the budget itself, easy arithmetic."""
+    return CostBudget(ratio, clock=clock, windows=3, margin=0.0)
 
 
 def train_optimizer(model, opt, steps, clock=None, plain=1.0, extra=9.0, start=0):
@@ -104,9 +105,14 @@ def same_tensors(a, b) -> bool:
 
 def test_the_choice_is_the_shortest_interval_that_keeps_the_budget():
     clock = FakeClock()
-    budget = CostBudget(1.5, clock=clock)
+    budget = CostBudget(1.5, clock=clock, margin=0.0)
     budget.plain, budget.closing = [1.0, 1.0, 5.0], [10.0, 10.0, 10.0]   # medians: 1 and 10, extra 9
     assert budget.choose(4) == 18            # (18 + 9) / 18 = 1.5
+    # the default margin leaves a tenth of the extra 0.5 unplanned: ceil(9 / 0.45) = 20, 1.45
+    default = CostBudget(1.5, clock=clock)
+    default.plain, default.closing = budget.plain, budget.closing
+    assert default.margin == 0.1 and default.planned == pytest.approx(1.45) and default.choose(4) == 20
+    assert CostBudget(1.5, margin=0.5).planned == 1.25
     assert budget.choose(20) == 20           # already within: never below the interval asked for
     # the update after a closing one, slowed by it (a graph to free), counts; a burst does not
     budget.first = [5.0, 5.0, 40.0]
@@ -118,6 +124,9 @@ def test_the_choice_is_the_shortest_interval_that_keeps_the_budget():
     for ratio in (1.0, 0.5, math.inf, math.nan):
         with pytest.raises(ValueError, match=r"^cost_budget must be a ratio > 1"):
             CostBudget(ratio)
+    for margin in (-0.1, 1.0, math.nan):
+        with pytest.raises(ValueError, match=r"^margin must be in \[0, 1\)"):
+            CostBudget(1.5, margin=margin)
 
 
 def test_the_tuner_chooses_once_after_its_measured_windows_and_keeps_to_it():
@@ -189,10 +198,11 @@ def test_every_rule_and_method_the_budget_serves_chooses_and_trains_as_the_tuner
     assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, 1e-6)
 
 
-def test_the_budget_is_off_by_default_and_a_ratio_turns_it_on():
-    assert recipe("adamw")["settings"]["cost_budget"] is recipe("sgd")["settings"]["cost_budget"] is None
+def test_the_recipe_sets_the_default_budget_and_none_turns_it_off():
+    assert recipe("adamw")["settings"]["cost_budget"] == recipe("sgd")["settings"]["cost_budget"] == 1.5
     model = make_model()
-    assert onepass.optim.AdamW(model.parameters()).tuner.cost_budget is None
+    default = onepass.optim.AdamW(model.parameters()).tuner.cost_budget
+    assert default.ratio == 1.5 and default.planned == pytest.approx(1.45)
     assert onepass.optim.AdamW(model.parameters(), cost_budget=1.5).tuner.cost_budget.ratio == 1.5
     assert onepass.optim.AdamW(model.parameters(), cost_budget=None).tuner.cost_budget is None
     assert onepass.optim.SGD(model.parameters(), cost_budget=3).tuner.cost_budget.ratio == 3.0
@@ -330,12 +340,12 @@ def test_onepass_train_logs_the_chosen_interval_with_the_hyperparameters(uci_dat
                                                      "logging.tensorboard=true", "algorithm.cost_budget=1.5",
                                                      f"algorithm.update_interval={interval}"])
     summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
-    # plain 1, extra 9: ceil(9 / (1 × 0.5)) = 18, chosen at the end of window 5 (update 24)
-    assert summary["status"] == "finished" and summary["hyperparameters"]["interval"] == 18.0
+    # plain 1, extra 9, the default margin: ceil(9 / (1 × 0.45)) = 20, chosen at the end of window 5 (update 24)
+    assert summary["status"] == "finished" and summary["hyperparameters"]["interval"] == 20.0
     with (tmp_path / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["step"]), float(r["interval"])) for r in rows] == \
-        [(10, 4.0), (20, 4.0), (30, 18.0), (40, 18.0), (50, 18.0), (60, 18.0)]
+        [(10, 4.0), (20, 4.0), (30, 20.0), (40, 20.0), (50, 20.0), (60, 20.0)]
     assert all(float(r["lr"]) > 0 for r in rows)
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()

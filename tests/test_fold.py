@@ -126,3 +126,30 @@ def test_fold_state_dict_resumes_exactly():
     resumed = run(state=run(stop=17))
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+
+
+def test_fold_average_puts_in_the_mean_of_the_last_updates_weights_and_buffers():
+    model, (x, y), (x_val, y_val) = _problem(1)
+    loss_fn = torch.nn.functional.mse_loss
+    opt = onepass.optim.AdamW(model.parameters(), lr=1e-2, model=model, update_interval=5,
+                              val_loss=lambda: loss_fn(model(x_val), y_val))
+    steps = 40
+    fold = onepass.optim.Fold(opt, steps, fraction=0.25, keep_best=False, average=0.1)
+    assert fold.average_from == 36
+    floats = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    history = []
+    for t in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+        if t + 1 >= fold.average_from:
+            history.append([f.detach().clone() for f in floats])
+        fold.step()
+    assert len(history) == 5
+    for i, f in enumerate(floats):
+        expected = torch.stack([h[i] for h in history]).mean(0)
+        assert torch.allclose(f, expected, atol=1e-6), i
+        assert not torch.equal(f, history[-1][i])   # the last update's weights were replaced
+    assert int(model[1].num_batches_tracked) == steps   # integer buffers are not averaged
+    with pytest.raises(ValueError, match=r"^average must lie in \[0, 1\)"):
+        onepass.optim.Fold(opt, steps, average=1.0)

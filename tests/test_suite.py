@@ -160,6 +160,13 @@ def test_equal_time_rows_give_the_baselines_onepass_wall_clock(tmp_path, monkeyp
     again = suite.main(args[:3] + eqtime + args[10:-6])
     assert again["workloads"]["uci_energy"]["onepass_eqtime_ratio"] == entry["onepass_eqtime_ratio"]
     assert len(runs.read_text().splitlines()) == lines
+    monkeypatch.undo()
+
+    # --time-ratios: the update count from a time ratio measured apart, not from the cached seconds
+    timed = tmp_path / "timing.json"
+    timed.write_text(json.dumps({"workloads": {"uci_energy": {"rows": {"onepass": {"time_ratio": 3.0}}}}}))
+    quiet = suite.main(args[:3] + eqtime + args[10:-6] + ["--time-ratios", str(timed)])["workloads"]["uci_energy"]
+    assert {quiet["rows"][r]["updates"] for r in eqtime} == {3 * steps}
 
 
 def test_equal_time_updates():

@@ -32,6 +32,7 @@ from torch import nn
 import onepass
 import onepass.optim
 from onepass.data.splits import Splits
+from onepass.core.budget import CostBudget
 from onepass.optim.recipe import recipe
 
 BASELINES = ("adam", "adamw", "adamw_cosine", "prodigy", "schedulefree", "sgd")
@@ -164,9 +165,9 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "recipe")
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
-the loop's step and the recipe's fingerprint."""
+the loop's step, the recipe's fingerprint and the budget's margin."""
 
 
 def onepass_config(rule: str = "adamw", **overrides) -> dict:
@@ -174,7 +175,11 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     keyword arguments) and the recipe's loop step, plus ablation overrides; its
     ``recipe`` entry fingerprints the recipe's table, so the suite's cache never
     answers a changed recipe with an old run."""
-    return {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
+    config = {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
+    if config.get("cost_budget", recipe(rule)["settings"]["cost_budget"]) is not None:
+        # the budget's margin decides its interval as much as the ratio does
+        config["budget_margin"] = CostBudget.__init__.__kwdefaults__["margin"]
+    return config
 
 
 def recipe_fingerprint(rule: str = "adamw") -> str:
@@ -245,7 +250,8 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
         opt = onepass_optimizer(model.parameters(), config, lambda: workload.loss(model(x_val), y_val), model,
                                 options.get("start"))
         fold = onepass.optim.Fold(opt, steps, fraction=config.get("fold", 0.0),
-                                  keep_best=config.get("keep_best", False), model=model)
+                                  keep_best=config.get("keep_best", False), model=model,
+                                  average=config.get("average", 0.0))
         train = workload.batches(x_train, y_train, seed)
         folded = workload.batches(data.x_trainval, data.y_trainval, seed + 1)
         finite = True

@@ -21,6 +21,9 @@ validation loss it has seen, on the device and without a host sync. At the
 fold it restores them and calls ``opt.freeze()``: the same optimizer goes on as
 its ``torch.optim`` namesake at the learned values, so your LR scheduler still
 drives it. Without a fold (``fraction=0``) call :meth:`restore_best` at the end.
+``average`` (off in the recipe; an ablation) averages the weights and the
+model's floating-point buffers over that last share of the updates and puts
+the average in at the last update.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ class Fold:
     """
 
     def __init__(self, optimizer, total_steps: int, *, fraction: float | None = None,
-                 keep_best: bool | None = None, model: nn.Module | None = None):
+                 keep_best: bool | None = None, model: nn.Module | None = None, average: float | None = None):
         loop = recipe(optimizer.tuner.rule.name).get("loop", {})
         self.fraction = float(loop.get("fold", 0.0) if fraction is None else fraction)
         if not 0.0 <= self.fraction < 1.0:
@@ -99,12 +102,18 @@ class Fold:
         self.fold_at = self.total_steps - int(round(self.fraction * self.total_steps))
         self.steps = 0
         self.best: BestWeights | None = None
+        model = model if model is not None else getattr(optimizer, "model", None)
+        tensors = [p for group in optimizer.param_groups for p in group["params"]]
+        if model is not None:
+            tensors += list(model.buffers())
+        average = float(loop.get("average", 0.0) if average is None else average)
+        if not 0.0 <= average < 1.0:
+            raise ValueError(f"average must lie in [0, 1), got {average}")
+        self.average_from = self.total_steps - int(round(average * self.total_steps)) if average > 0 else None
+        self.averaged = [t for t in tensors if t.is_floating_point()]
+        self.mean: list[Tensor] = []
         keep_best = bool(loop.get("keep_best", False) if keep_best is None else keep_best)
         if keep_best:
-            model = model if model is not None else getattr(optimizer, "model", None)
-            tensors = [p for group in optimizer.param_groups for p in group["params"]]
-            if model is not None:
-                tensors += list(model.buffers())
             self.best = BestWeights(tensors)
             watched = optimizer.val_loss
             if watched is not None:
@@ -129,15 +138,33 @@ class Fold:
         if self.fraction > 0 and self.steps == self.fold_at:
             self.restore_best()
             self.optimizer.freeze()
+        if self.average_from is not None and self.steps >= self.average_from:
+            self._average()
+
+    def _average(self) -> None:
+        """Running mean of the weights after each update from ``average_from`` on;
+        at the last update it replaces them."""
+        with torch.no_grad():
+            n = self.steps - self.average_from
+            if n == 0:
+                self.mean = [t.detach().clone() for t in self.averaged]
+            else:
+                for mean, t in zip(self.mean, self.averaged):
+                    mean.add_(t.detach() - mean, alpha=1.0 / (n + 1))
+            if self.steps == self.total_steps:
+                for t, mean in zip(self.averaged, self.mean):
+                    t.copy_(mean)
 
     def restore_best(self) -> bool:
         """Put the best-validation weights back (False if none were kept)."""
         return self.best.restore() if self.best is not None else False
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "best": self.best.state_dict() if self.best is not None else None}
+        return {"steps": self.steps, "best": self.best.state_dict() if self.best is not None else None,
+                "mean": list(self.mean)}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]
+        self.mean = [m.clone() for m in state.get("mean", [])]
         if self.best is not None and state["best"] is not None:
             self.best.load_state_dict(state["best"])

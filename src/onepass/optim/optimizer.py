@@ -158,7 +158,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         neumann_terms, unroll_steps, update_interval, hyper_optimizer, hyper_lr:
             as for :class:`~onepass.Tuner`.
         cost_budget: the wall-clock you accept, as a multiple of the bare
-            ``torch.optim`` loop's (default: the recipe's, ``None``; e.g. 1.5). Over its first
+            ``torch.optim`` loop's (default: the recipe's, 1.5). Over its first
             windows the run times its own loop (your forward and backward
             included), then fixes the interval once (never below
             ``update_interval``) so that a window costs at most this ratio;
