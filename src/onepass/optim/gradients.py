@@ -5,8 +5,9 @@ A plain update reads ``p.grad`` as the loop left it (accumulated, clipped,
 unscaled, all-reduced by DDP). An update whose gradient is differentiated
 (:meth:`~onepass.core.estimators.Estimator.graph_at`) needs that gradient as
 a function of the weights: the loop calls
-``loss.backward(create_graph=optimizer.needs_graph)``, and a hook on every
-parameter keeps the graph-carrying gradient of each backward pass and hands
+``loss.backward(create_graph=optimizer.needs_graph)``, and for that update
+only (:class:`GradientCapture`) a hook on every parameter's gradient
+accumulator keeps the graph-carrying gradient of each backward pass and hands
 ``p.grad`` back as a plain copy, for the loop to clip or unscale in place.
 
 At ``step()`` the two are compared. ``p.grad`` may differ from what the
