@@ -6,7 +6,8 @@ parameters, parameters whose ``grad`` is ``None``, ``step(closure)``; with
 ``tune=()`` it is the namesake bit for bit. A misuse gets one line naming
 the fix: sparse gradients, a ``val_loss`` on a copy of the model, a tuned
 starting value outside its bounds. A non-finite training gradient is named
-by update and parameter. Models as people write them: BatchNorm and dropout
+by update and parameter (on an accelerator, by update; the parameter where
+that update's gradients are at hand). Models as people write them: BatchNorm and dropout
 (``model=``), ``torch.compile``, Hugging Face's no-decay group.
 """
 from __future__ import annotations
@@ -211,6 +212,45 @@ def test_a_non_finite_training_gradient_is_named_by_update_and_parameter(name):
     assert opt.steps_taken == 9 and opt.hyperparameters == hyper       # what the message says
     assert all(torch.equal(p, before[n]) or torch.isnan(p).any() for n, p in model.named_parameters())
     assert not torch.isfinite(model.head.bias).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_on_an_accelerator_the_window_end_names_the_update(name):
+    """Off the CPU no flag is read before the window's last update (no host sync
+    per update): the update is named, and the parameter where that update's
+    gradients are at hand. Simulated on the CPU by reading the flags as there."""
+    cls, _, kwargs = OPTIMIZERS[name]
+    model = WithHead()
+    opt = cls(model.parameters(), **kwargs, update_interval=5, val_loss=val_loss_of(model))
+    opt._watch._host = False
+    run(model, opt, 6)
+    x, y = batch(6)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward()
+    model.head.bias.grad[0] = math.nan                      # update 7
+    opt.step()
+    run(model, opt, 2, 7)
+    x, y = batch(9)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+    with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 7; updates 7-9 "
+                                                     r"were applied with it, as torch.optim would, .*") as caught:
+        opt.step()
+    assert caught.value.step == 7 and caught.value.where is None and opt.steps_taken == 9
+    model = WithHead()
+    opt = cls(model.parameters(), **kwargs, update_interval=2, val_loss=val_loss_of(model))
+    opt._watch._host = False
+    run(model, opt, 1)
+    x, y = batch(1)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+    model.head.bias.grad[0] = math.inf                      # the window's last update: its gradients are here
+    before = snapshot(model)
+    with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 2 in "
+                                                     r"param_groups\[0\]\['params'\]\[3\] .*; weights and "
+                                                     r"hyperparameters were left as they were$"):
+        opt.step()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()) and opt.steps_taken == 1
 
 
 def test_a_non_finite_gradient_at_the_hyperparameter_step_leaves_everything():

@@ -5,8 +5,9 @@ A plain update reads ``p.grad`` as the loop left it (accumulated, clipped,
 unscaled, all-reduced by DDP). An update whose gradient is differentiated
 (:meth:`~onepass.core.estimators.Estimator.graph_at`) needs that gradient as
 a function of the weights: the loop calls
-``loss.backward(create_graph=optimizer.needs_graph)``, and a hook on every
-parameter keeps the graph-carrying gradient of each backward pass and hands
+``loss.backward(create_graph=optimizer.needs_graph)``, and for that update
+only (:class:`GradientCapture`) a hook on every parameter's gradient
+accumulator keeps the graph-carrying gradient of each backward pass and hands
 ``p.grad`` back as a plain copy, for the loop to clip or unscale in place.
 
 At ``step()`` the two are compared. ``p.grad`` may differ from what the
@@ -40,26 +41,25 @@ from ..core.products import Gradient, LossPart, Tensors
 __all__ = ["GradientCapture", "StepGradient", "eval_mode"]   # eval_mode: for the integrations
 
 
-# Per parameter, the graph-carrying gradients kept since the last step. One
-# hook per parameter, however many optimizers were built on it (a notebook
-# that rebuilds its optimizer must not leave a stale hook that eats the graph).
-# Keyed by id (a tensor's == is elementwise); an entry goes when its parameter does.
+# Per parameter, the graph-carrying gradients kept since the last step, shared
+# by every optimizer built on it (a notebook that rebuilds its optimizer: the
+# first armed hook keeps the graph and hands on a detached gradient, so another
+# finds nothing to keep). Keyed by id (a tensor's == is elementwise); an entry
+# goes when its parameter does.
 _PARTS: dict[int, list[Tensor]] = {}
-
-
-_HANDED: dict[int, tuple[Tensor, int]] = {}   # the copy handed back as p.grad, and its version
-_KEPT: set[int] = set()   # the parameters with an entry in _PARTS or _HANDED: plain updates find it empty
-_PENDING: set[int] = set()   # a graph-carrying gradient was kept and p.grad is being accumulated from its copy
+_KEPT: set[int] = set()   # the parameters with an entry in _PARTS: plain updates find it empty
 
 
 def _part_hook(p: Tensor) -> Callable:
     """The hook on ``p``'s gradient accumulator, before it accumulates: a
     gradient with a graph is kept as it arrives and handed on detached, so
-    that ``p.grad`` never carries the graph and the kept graph has no copy
-    node of torch's accumulation in it (every Hessian–vector product runs
-    through it). It sits on the accumulator, not on the tensor: a tensor hook
-    would also see, and detach, a user's own ``autograd.grad(...,
-    create_graph=True)``, which never reaches the accumulator."""
+    that ``p.grad`` never carries the graph (no reference cycle ``p → p.grad →
+    graph → p``; in-place clipping or unscaling of ``p.grad`` never touches
+    the graph) and the kept graph has no copy node of torch's accumulation in
+    it (every Hessian–vector product runs through it). It sits on the
+    accumulator, not on the tensor: a tensor hook would also see, and detach,
+    a user's own ``autograd.grad(..., create_graph=True)``, which never
+    reaches the accumulator."""
     key, ref = id(p), weakref.ref(p)
 
     def hook(grad_outputs):
@@ -70,7 +70,6 @@ def _part_hook(p: Tensor) -> Callable:
         # A pass after the first: the accumulated value, as torch's own accumulation makes it.
         _PARTS[key].append(grad if prev is None else prev + grad)
         _KEPT.add(key)
-        _PENDING.add(key)
         return (grad.detach(),)
     return hook
 
@@ -78,42 +77,25 @@ def _part_hook(p: Tensor) -> Callable:
 def _remove(handles: list) -> None:
     for handle in handles:
         handle.remove()
-
-
-def _keep_graph(p: Tensor) -> None:
-    """After accumulation: remember the ``p.grad`` the loop gets (to see whether it changes before ``step()``)."""
-    key = id(p)
-    if key in _PENDING:
-        _PENDING.discard(key)
-        _HANDED[key] = (p.grad, p.grad._version)
-        return
-    grad = p.grad
-    if grad is not None and grad.grad_fn is not None:   # a graph from another route (p.grad set by hand)
-        _PARTS[key].append(grad)
-        p.grad = grad.detach().clone()
-        _HANDED[key] = (p.grad, p.grad._version)
-        _KEPT.add(key)
-
-
-def _untouched(p: Tensor) -> bool:
-    handed = _HANDED.get(id(p))
-    return handed is not None and p.grad is handed[0] and p.grad._version == handed[1]
+    handles.clear()
 
 
 def _forget(key: int) -> None:
     _PARTS.pop(key, None)
-    _HANDED.pop(key, None)
     _KEPT.discard(key)
-    _PENDING.discard(key)
 
 
 class GradientCapture:
-    """Hooks that keep the graph of every ``backward(create_graph=True)``.
+    """Hooks that keep the graph of every ``backward(create_graph=True)``
+    (:attr:`parts`), on the backward passes of the updates whose gradient is
+    differentiated only.
 
-    After each accumulation into ``p.grad`` that carries a graph, the
-    graph-carrying tensor is kept (:attr:`parts`) and ``p.grad`` becomes a
-    detached copy, so in-place clipping or unscaling never touches the graph
-    and no reference cycle ``p → p.grad → graph → p`` is left behind.
+    The optimizer :attr:`armed` them before such an update and takes them off
+    after it. A hook left on would cost every plain update's backward a
+    Python call per parameter, and so would its empty shell: torch keeps a
+    hook's wrapper on its accumulator for the accumulator's life. So the
+    accumulators are fetched when the hooks go on and let go when they come
+    off; once nothing holds an accumulator, torch makes a new, bare one.
     """
 
     def __init__(self, params: list[Tensor]):
@@ -121,20 +103,31 @@ class GradientCapture:
         for p in params:
             if id(p) not in _PARTS:
                 _PARTS[id(p)] = []
-                if p.requires_grad:   # a frozen parameter never gets a gradient: torch.optim skips it
-                    p.register_post_accumulate_grad_hook(_keep_graph)
                 weakref.finalize(p, _forget, id(p))
-        # The accumulators' hooks are this capture's own: held (an accumulator lives while something
-        # holds it) and removed with it. Should torch replace an accumulator (p.data of another dtype
-        # or device), the tensor hook above still keeps the graph, with the copy node.
-        self._accumulators, handles = [], []
+        # A frozen parameter (or a non-leaf) has no accumulator: torch.optim skips it, and so do the hooks.
+        self._hooked = [(p, _part_hook(p)) for p in params if p.requires_grad and p.grad_fn is None]
+        self._handles: list = []
+        self._accumulators: list = []   # held while armed: an accumulator lives while something holds it
+        weakref.finalize(self, _remove, self._handles)
+
+    @property
+    def armed(self) -> bool:
+        """Whether the hooks are on: set it before the update's backward passes."""
+        return bool(self._handles)
+
+    @armed.setter
+    def armed(self, on: bool) -> None:
+        if on == bool(self._handles):
+            return
+        if not on:
+            _remove(self._handles)
+            self._accumulators.clear()
+            return
         with torch.enable_grad():
-            for p in params:
-                if p.requires_grad and p.grad_fn is None:
-                    accumulator = p.view_as(p).grad_fn.next_functions[0][0]
-                    self._accumulators.append(accumulator)
-                    handles.append(accumulator.register_prehook(_part_hook(p)))
-        weakref.finalize(self, _remove, handles)
+            for p, hook in self._hooked:
+                accumulator = p.view_as(p).grad_fn.next_functions[0][0]   # torch's own, now
+                self._accumulators.append(accumulator)
+                self._handles.append(accumulator.register_prehook(hook))
 
     @property
     def parts(self) -> dict[int, list[Tensor]]:
@@ -152,9 +145,7 @@ class GradientCapture:
             key = id(p)
             if key in _KEPT:
                 _PARTS[key].clear()
-                _HANDED.pop(key, None)
                 _KEPT.discard(key)
-                _PENDING.discard(key)
 
 
 @dataclass
@@ -174,8 +165,6 @@ class StepGradient:
     """The loop's own training loss is not the optimizer's to check: a
     non-finite gradient is found at the window's end (``_check_window``)."""
     max_norm: float | None = None
-    untouched: bool = False
-    """``p.grad`` is still the copy the hook made, unchanged (no clipping, no unscaling)."""
     missing: tuple[int, ...] = ()
     """Indices of the parameters with no gradient (``p.grad is None``, frozen or
     unused): as in ``torch.optim`` the update leaves them and their state alone."""
@@ -192,10 +181,11 @@ class StepGradient:
             if grad.is_sparse:
                 raise RuntimeError("onepass.optim does not support sparse gradients (nn.Embedding(sparse=True), "
                                    "nn.EmbeddingBag(sparse=True)): use sparse=False")
-            plain.append(grad.detach() if grad.requires_grad else grad)   # no graph: no new view needed
+            if grad.requires_grad:   # backward(create_graph=True) with the hooks off, or p.grad set by hand
+                grad = p.grad = grad.detach()   # no graph needed here: and none left in a cycle through p
+            plain.append(grad)
         parts = capture.parts if capture.has_graph else {}
-        untouched = bool(parts) and all(_untouched(p) for p in params if id(p) in parts)
-        return cls(params, tuple(plain), parts, scale, untouched=untouched, missing=tuple(missing))
+        return cls(params, tuple(plain), parts, scale, missing=tuple(missing))
 
     def part(self, val_loss: Callable | None, *, graph: bool, reduce: Callable | None = None,
              agree_on_max_norm: Callable | None = None, model: nn.Module | None = None) -> LossPart:
@@ -215,20 +205,21 @@ class StepGradient:
         if not self.parts:
             raise ValueError("this update differentiates its gradient, but backward() kept no graph: "
                              "call loss.backward(create_graph=optimizer.needs_graph) before step()")
-        scale = self.scale
-        unscaled = tuple(torch.zeros_like(p) if not self.parts.get(id(p)) else
-                         self.parts[id(p)][-1].detach() / scale if scale != 1.0 else self.parts[id(p)][-1].detach()
-                         for p in self.params)
-        self.max_norm = self._max_norm(unscaled, agree_on_max_norm)
-        return kept_graph_gradient(self.params, self.parts, self.loss, scale=scale, reduce=reduce,
+        self.max_norm = self._max_norm(agree_on_max_norm)
+        return kept_graph_gradient(self.params, self.parts, self.loss, scale=self.scale, reduce=reduce,
                                    max_norm=self.max_norm, missing=self.missing)
 
-    def _max_norm(self, unscaled: Tensors, agree: Callable | None) -> float | None:
+    def _max_norm(self, agree: Callable | None) -> float | None:
         """The ``max_norm`` of a ``clip_grad_norm_`` applied to ``p.grad``, or ``None``.
         With ``agree`` (data-parallel) the ranks decide together, so that a
         refusal on one rank is a refusal on all, never a hang in a collective."""
-        if self.untouched and self.scale == 1.0 and agree is None:
+        scale, parts = self.scale, self.parts
+        if scale == 1.0 and agree is None and all(torch.equal(g, parts[id(p)][-1]) for p, g in
+                                                  zip(self.params, self.plain) if id(p) in parts):
             return None              # p.grad is the gradient backward() produced: nothing to read off
+        unscaled = tuple(torch.zeros_like(p) if not parts.get(id(p)) else
+                         parts[id(p)][-1].detach() / scale if scale != 1.0 else parts[id(p)][-1].detach()
+                         for p in self.params)
         norm = _norm(unscaled)
         now = _norm(self.plain)
         factor = now / norm if norm > 0 else 1.0

@@ -76,6 +76,71 @@ def _autocast_on() -> bool:
     return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
 
+class _NonFiniteWatch:
+    """Where in a window the training gradient first was not finite, without a
+    host sync per update on an accelerator.
+
+    Each update of a window sets its own device-side flag with one fused op
+    (``torch._amp_foreach_non_finite_check_and_unscale_``, as ``GradScaler``
+    uses, at scale 1: the gradients keep their values bit for bit). On the
+    CPU, where reading a flag costs nothing, a set flag is read at once and
+    that update's gradients are searched for the parameter; on an accelerator
+    the window's last update reads the flags once, and the parameter is named
+    only where the gradients are still at hand (the last update's own)."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        by_device: dict[torch.device, list[int]] = {}
+        for i, p in enumerate(params):
+            by_device.setdefault(p.device, []).append(i)
+        self._groups = list(by_device.items())
+        self._host = all(device.type == "cpu" for device in by_device)
+        self._one = {device: torch.ones((), dtype=torch.float32, device=device) for device in by_device}
+        self._flags: dict = {}   # device -> (interval,) float32, and its one-element views
+        self._found: tuple[int, int] | None = None
+        self._open = False
+
+    def restart(self) -> None:
+        """Forget the window so far (a checkpoint was loaded)."""
+        self._open = False
+
+    def record(self, grads, position: int, interval: int) -> None:
+        if position == 1 or not self._open:
+            self._start(interval)
+        for device, indices in self._groups:
+            flags, views = self._flags[device]
+            tensors = grads if len(self._groups) == 1 else [grads[i] for i in indices]
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, views[position - 1], self._one[device])
+            if self._host and self._found is None and views[position - 1].item():
+                self._found = (position, _first_non_finite(grads))
+
+    def first(self, position: int, grads) -> tuple[int, int | None] | None:
+        """``(position, parameter index or None)`` of the window's first non-finite
+        gradient, or ``None``; ``grads`` are the gradients of update ``position``."""
+        if self._host:
+            return self._found
+        positions = [int(flags[:position].nonzero()[0]) + 1 for flags, _ in self._flags.values()
+                     if bool(flags[:position].any())]
+        if not positions:
+            return None
+        at = min(positions)
+        return at, _first_non_finite(grads) if at == position else None
+
+    def _start(self, interval: int) -> None:
+        for device, _ in self._groups:
+            flags = self._flags.get(device, (None,))[0]
+            if flags is None or flags.numel() < interval:
+                flags = torch.zeros(interval, dtype=torch.float32, device=device)
+                self._flags[device] = (flags, [flags[k:k + 1] for k in range(interval)])
+            else:
+                flags.zero_()
+        self._found = None
+        self._open = True
+
+
+def _first_non_finite(grads) -> int:
+    return next(i for i, g in enumerate(grads) if not bool(torch.isfinite(g).all()))
+
+
 class TunedOptimizer(torch.optim.Optimizer):
     """Base class of :class:`SGD`, :class:`Adam` and :class:`AdamW`.
 
@@ -215,10 +280,9 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._model = model
         self._pinned_groups = pinned_groups
         self._params = params
-        self._grad_norms: dict | None = None   # per position in the window: max |p.grad| per parameter
-        # Gradients (hence their norms) of several dtypes or devices: _check_window brings them to one.
-        self._mixed_grads = len({(p.dtype, p.device) for p in params}) > 1
+        self._watch = _NonFiniteWatch(params)
         self._capture = GradientCapture(params)
+        self._capture.armed = self._tuner.needs_graph
         self.val_loss = val_loss
         self.model = model
         self.grad_scaler = grad_scaler
@@ -252,7 +316,15 @@ class TunedOptimizer(torch.optim.Optimizer):
         """Whether the next :meth:`step` differentiates its gradient: pass it as
         ``loss.backward(create_graph=optimizer.needs_graph)``."""
         self._autocast_seen = self._autocast_seen or _autocast_on()
-        return not self._frozen and self._tuner.needs_graph
+        needed = not self._frozen and self._tuner.needs_graph
+        if needed and not self._capture.armed:   # armed after each step already: a Tuner changed from outside
+            self._capture.armed = True
+        return needed
+
+    def _arm(self) -> None:
+        """The hooks that keep the graph are on for the backward passes of an
+        update whose gradient is differentiated, and off otherwise."""
+        self._capture.armed = not self._frozen and self._tuner.needs_graph
 
     @property
     def steps_taken(self) -> int:
@@ -332,9 +404,9 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._capture.clear()
             return loss
         if position is not None:
-            self._record_grad_norms(source.plain, position)
+            self._watch.record(source.plain, position, tuner.update_interval)
             if position == tuner.update_interval:
-                self._check_window(step, position)
+                self._check_window(step, position, source.plain)
         part = source.part(val if validates else None, graph=tuner.needs_graph, reduce=self._reduce,
                            agree_on_max_norm=self._agree, model=self._model)
         try:
@@ -345,6 +417,7 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._skip(part)
         finally:
             self._capture.clear()
+            self._arm()
         return loss
 
     def _frozen_step(self, loss):
@@ -357,29 +430,18 @@ class TunedOptimizer(torch.optim.Optimizer):
             self._capture.clear()
         return loss
 
-    def _record_grad_norms(self, plain, position: int) -> None:
-        """Each update of a window keeps ``max |p.grad|`` per parameter (device
-        tensors, no host sync); the window's last update reads them."""
-        if position == 1 or self._grad_norms is None:
-            self._grad_norms = {}
-        self._grad_norms[position] = torch._foreach_norm(list(plain), math.inf)
-
-    def _check_window(self, step: int, position: int) -> None:
-        """A non-finite training gradient in this window: name its update and parameter."""
-        positions = sorted([k for k in self._grad_norms if k <= position])
-        norms = [n for k in positions for n in self._grad_norms[k]]
-        if self._mixed_grads:
-            first = norms[0]
-            norms = [n.to(device=first.device, dtype=torch.float32) for n in norms]
-        table = torch.stack(norms)
-        if bool(table.isfinite().all()):   # the usual case: one stack and one check per window
+    def _check_window(self, step: int, position: int, grads) -> None:
+        """A non-finite training gradient in this window: name its update, and its parameter where known."""
+        found = self._watch.first(position, grads)
+        if found is None:
             return
-        bad = ~torch.isfinite(table.view(len(positions), -1))
-        row, index = (int(i) for i in bad.nonzero()[0])
-        update = step - position + positions[row]
-        group = self._tuner.slots.group_of[index]
-        within = index - sum(1 for g in self._tuner.slots.group_of[:index] if g < group)
-        where = (f"param_groups[{group}]['params'][{within}] (shape {tuple(self._params[index].shape)})")
+        at, index = found
+        update = step - position + at
+        where = None
+        if index is not None:
+            group = self._tuner.slots.group_of[index]
+            within = index - sum(1 for g in self._tuner.slots.group_of[:index] if g < group)
+            where = f"param_groups[{group}]['params'][{within}] (shape {tuple(self._params[index].shape)})"
         if update == step:
             left = "weights and hyperparameters were left as they were"
         else:
@@ -485,6 +547,7 @@ class TunedOptimizer(torch.optim.Optimizer):
         self.in_use()   # refuses per-weight values now, not at the next step
         self._frozen = True
         self._groups_seen = None
+        self._arm()
 
     @property
     def is_frozen(self) -> bool:
@@ -572,9 +635,10 @@ class TunedOptimizer(torch.optim.Optimizer):
         self._tuner.load_state_dict(extra["tuner"])
         self._seen = [dict(s) for s in extra["seen"]]
         self._groups_seen = None
-        self._grad_norms = None
+        self._watch.restart()
         self.skipped_hypersteps = int(extra["skipped"])
         self._frozen = bool(extra.get("frozen", False))   # checkpoints from before freeze() lack it
+        self._arm()
 
     def add_param_group(self, param_group: dict) -> None:
         if hasattr(self, "_tuner"):
