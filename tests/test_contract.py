@@ -214,19 +214,26 @@ def test_a_non_finite_training_gradient_is_named_by_update_and_parameter(name):
     assert not torch.isfinite(model.head.bias).all()
 
 
+def _off_the_host(name, interval: int, updates: int, graph: bool):
+    """An optimizer that reads its non-finite flags as off the CPU, after
+    ``updates`` updates and the next one's backward (``create_graph`` if ``graph``)."""
+    cls, _, kwargs = OPTIMIZERS[name]
+    model = WithHead()
+    opt = cls(model.parameters(), **kwargs, update_interval=interval, val_loss=val_loss_of(model))
+    opt._watch._host = False
+    run(model, opt, updates)
+    x, y = batch(updates)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward(create_graph=graph and opt.needs_graph)
+    return model, opt
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_on_an_accelerator_the_window_end_names_the_update(name):
     """Off the CPU no flag is read before the window's last update (no host sync
     per update): the update is named, and the parameter where that update's
     gradients are at hand. Simulated on the CPU by reading the flags as there."""
-    cls, _, kwargs = OPTIMIZERS[name]
-    model = WithHead()
-    opt = cls(model.parameters(), **kwargs, update_interval=5, val_loss=val_loss_of(model))
-    opt._watch._host = False
-    run(model, opt, 6)
-    x, y = batch(6)
-    opt.zero_grad()
-    mse_loss(model(x), y).backward()
+    model, opt = _off_the_host(name, interval=5, updates=6, graph=False)
     model.head.bias.grad[0] = math.nan                      # update 7
     opt.step()
     run(model, opt, 2, 7)
@@ -237,13 +244,7 @@ def test_on_an_accelerator_the_window_end_names_the_update(name):
                                                      r"were applied with it, as torch.optim would, .*") as caught:
         opt.step()
     assert caught.value.step == 7 and caught.value.where is None and opt.steps_taken == 9
-    model = WithHead()
-    opt = cls(model.parameters(), **kwargs, update_interval=2, val_loss=val_loss_of(model))
-    opt._watch._host = False
-    run(model, opt, 1)
-    x, y = batch(1)
-    opt.zero_grad()
-    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+    model, opt = _off_the_host(name, interval=2, updates=1, graph=True)
     model.head.bias.grad[0] = math.inf                      # the window's last update: its gradients are here
     before = snapshot(model)
     with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 2 in "
