@@ -18,6 +18,8 @@ import torch
 
 import onepass.optim
 
+TARGET = 1.47   # issue #18: no worse than the figure before the core redesign
+
 
 def model(seed: int, n_layer: int = 6, n_embd: int = 384, n_head: int = 6, n_positions: int = 256,
           vocab_size: int = 8192):
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     print(f"torch.optim.AdamW   {total['adamw']:.1f} s")
     print(f"onepass.optim.AdamW {total['onepass']:.1f} s  (lr and weight decay tuned, "
           f"{args.updates // tuned.tuner.update_interval} hyperparameter steps)")
-    print(f"ratio {ratio:.2f}; target <= 2.0: {'met' if ratio <= 2.0 else 'MISSED'}; "
+    print(f"ratio {ratio:.2f}; target <= {TARGET}: {'met' if ratio <= TARGET else 'MISSED'}; "
           f"learned {tuned.hyperparameters['lr/group0']:.3g} lr, "
           f"{tuned.hyperparameters['weight_decay/group0']:.3g} weight decay")
     if args.json:
