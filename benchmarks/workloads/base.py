@@ -32,7 +32,7 @@ from torch import nn
 import onepass
 import onepass.optim
 from onepass.data.splits import Splits
-from onepass.core.budget import CostBudget
+from onepass.core.budget import MARGIN
 from onepass.optim.recipe import recipe
 
 BASELINES = ("adam", "adamw", "adamw_cosine", "prodigy", "schedulefree", "sgd")
@@ -177,9 +177,10 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     answers a changed recipe with an old run."""
     config = {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
     if config.get("cost_budget", recipe(rule)["settings"]["cost_budget"]) is not None:
-        # the budget's margin decides its interval as much as the ratio does
-        config["budget_margin"] = CostBudget.__init__.__kwdefaults__["margin"]
-        config["budget_hyper_step"] = "scaled"   # a longer window takes a longer hyper-step (since 03:15, 7 Dec)
+        # how the budget chooses decides a run as much as its ratio: its margin, and that a
+        # longer window takes a proportionally longer hyper-step (runs from before lack the key)
+        config["budget_margin"] = MARGIN
+        config["budget_hyper_step"] = "scaled"
     return config
 
 

@@ -46,6 +46,9 @@ from typing import Callable
 
 import torch
 
+MARGIN = 0.1
+"""The share of the allowed extra wall-clock a choice leaves unplanned (by default)."""
+
 
 class CostBudget:
     """Measure early, then fix the hyperparameter step's interval.
@@ -63,7 +66,7 @@ class CostBudget:
     """
 
     def __init__(self, ratio: float, *, clock: Callable[[], float] = time.perf_counter, windows: int = 5,
-                 margin: float = 0.1):
+                 margin: float = MARGIN):
         ratio = float(ratio)
         if not (math.isfinite(ratio) and ratio > 1):
             raise ValueError(f"cost_budget must be a ratio > 1 (1.5: at most 50% more wall-clock than the "
@@ -160,7 +163,7 @@ class CostBudget:
         return max(interval, needed)
 
     def state_dict(self) -> dict:
-        return {"ratio": self.ratio, "margin": self.margin, "chosen": self.chosen, "first": list(self.first), "plain": list(self.plain),
+        return {"ratio": self.ratio, "chosen": self.chosen, "first": list(self.first), "plain": list(self.plain),
                 "closing": list(self.closing)}
 
     def load_state_dict(self, state: dict) -> None:

@@ -99,7 +99,7 @@ class Fold:
             raise ValueError(f"total_steps must be at least 1, got {total_steps}")
         self.optimizer = optimizer
         self.total_steps = int(total_steps)
-        self.fold_at = self.total_steps - int(round(self.fraction * self.total_steps))
+        self.fold_at = self._from_end(self.fraction)
         self.steps = 0
         self.best: BestWeights | None = None
         model = model if model is not None else getattr(optimizer, "model", None)
@@ -109,7 +109,7 @@ class Fold:
         average = float(loop.get("average", 0.0) if average is None else average)
         if not 0.0 <= average < 1.0:
             raise ValueError(f"average must lie in [0, 1), got {average}")
-        self.average_from = self.total_steps - int(round(average * self.total_steps)) if average > 0 else None
+        self.average_from = self._from_end(average) if average > 0 else None
         self.averaged = [t for t in tensors if t.is_floating_point()]
         self.mean: list[Tensor] = []
         keep_best = bool(loop.get("keep_best", False) if keep_best is None else keep_best)
@@ -118,6 +118,10 @@ class Fold:
             watched = optimizer.val_loss
             if watched is not None:
                 optimizer.val_loss = self._watch(watched)
+
+    def _from_end(self, share: float) -> int:
+        """The update from which the last ``share`` of the run begins."""
+        return self.total_steps - int(round(share * self.total_steps))
 
     def _watch(self, val_loss: Callable) -> Callable:
         def watched():
