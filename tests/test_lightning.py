@@ -93,12 +93,12 @@ def loaders(batch_size: int = 16, dtype=DOUBLE):
             DataLoader(TensorDataset(XV.to(dtype), YV.to(dtype)), batch_size=16))
 
 
-def trainer(tmp_path: Path, callbacks=(), **kwargs) -> lightning.Trainer:
+def trainer(tmp_path: Path, callbacks=(), onepass: dict | None = None, **kwargs) -> lightning.Trainer:
     options = dict(accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"), log_every_n_steps=1,
                    enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                    num_sanity_val_steps=0, limit_val_batches=0)
     options.update(kwargs)
-    return lightning.Trainer(callbacks=[OnepassCallback(), *callbacks], **options)
+    return lightning.Trainer(callbacks=[OnepassCallback(**(onepass or {})), *callbacks], **options)
 
 
 def hypersteps(run: lightning.Trainer) -> int:
@@ -106,9 +106,14 @@ def hypersteps(run: lightning.Trainer) -> int:
     return callback.val_batches_taken
 
 
-def plain_loop(steps: int, *, dtype=torch.float64, clip=None, schedule_on=False, autocast=False, scaler=None):
+def plain_loop(steps: int, *, dtype=torch.float64, clip=None, schedule_on=False, autocast=False, scaler=None,
+               fold=None):
     """The same training with onepass.optim in a plain loop: batches in order,
-    validation batches cycled; ``autocast``: bfloat16, or float16 with ``scaler``."""
+    validation batches cycled; ``autocast``: bfloat16, or float16 with ``scaler``.
+    The recipe's loop step as ``onepass.optim.Fold`` gives it (``fold``: its
+    fraction, default the recipe's 0.25), with the callback's way of folding the
+    validation data in: of the fold's batches, 2 validation batches to 6
+    training batches, so every 4th is the next validation batch instead."""
     net = make_net().to(dtype)
     half = torch.float16 if scaler is not None else torch.bfloat16
     val_batches = [(XV[i:i + 16].to(dtype), YV[i:i + 16].to(dtype)) for i in range(0, 32, 16)]
@@ -122,8 +127,15 @@ def plain_loop(steps: int, *, dtype=torch.float64, clip=None, schedule_on=False,
     opt = oo.AdamW(net.parameters(), **SETTINGS, val_loss=val_loss, grad_scaler=scaler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule_on else None
     batches = [(X[i:i + 16].to(dtype), Y[i:i + 16].to(dtype)) for i in range(0, 96, 16)]
+    loop_step = oo.Fold(opt, total_steps=steps, fraction=fold, model=net)
+    drawn = used = 0
     for t in range(steps):
         x, y = batches[t % len(batches)]
+        if loop_step.folded:
+            drawn += 1
+            if drawn % 4 == 0:
+                x, y = val_batches[used % len(val_batches)]
+                used += 1
         opt.zero_grad()
         with torch.autocast("cpu", half, enabled=autocast):
             loss = mse_loss(net(x), y)
@@ -139,6 +151,9 @@ def plain_loop(steps: int, *, dtype=torch.float64, clip=None, schedule_on=False,
             scaler.update()
         if scheduler is not None:
             scheduler.step()
+        loop_step.step()
+    if loop_step.fraction == 0:
+        loop_step.restore_best()
     return net, opt
 
 
@@ -167,7 +182,11 @@ def test_a_lightning_run_equals_the_plain_loop_and_logs_the_hyperparameters(tmp_
     run.fit(model, *loaders())
     net, ref = plain_loop(23, clip=clip, schedule_on=case == "schedule")
     opt = run.optimizers[0]
-    assert opt.steps_taken == 23 and hypersteps(run) == 4
+    # the recipe's fold: the last round(0.25 * 23) = 6 updates frozen, so 3 hyperparameter steps
+    assert opt.steps_taken == 23 and hypersteps(run) == 3 and opt.is_frozen
+    (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+    assert callback.folds[0].fold_at == 17 and callback.folds[0].best is not None
+    assert callback._fold_batches.drawn == 6 and callback._fold_batches.taken == 1   # update 21's batch
     assert_same(model, opt, net, ref)
     assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02 * (schedule(22) if case == "schedule" else 1))
     assert opt.hyperparameters["weight_decay/group0"] != pytest.approx(1e-2)
@@ -179,7 +198,8 @@ def test_a_lightning_run_equals_the_plain_loop_and_logs_the_hyperparameters(tmp_
     assert sorted(lr) == list(range(23)) and sorted(wd) == list(range(23))   # one row per update
     assert lr[22] == pytest.approx(opt.hyperparameters["lr/group0"], rel=1e-6)
     assert wd[22] == pytest.approx(opt.hyperparameters["weight_decay/group0"], rel=1e-6)
-    assert len(set(wd.values())) == 5    # the start and four hyperparameter steps
+    assert len(set(wd.values())) == 4    # the start and three hyperparameter steps
+    assert len({wd[t] for t in range(17, 23)}) == 1    # frozen in the fold
     assert min(val) == INTERVAL - 1      # logged from the first hyperparameter step on
 
 
@@ -191,36 +211,44 @@ def test_clipping_was_active():
     assert float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in net.parameters()]))) > 0.5
 
 
-def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path, epoch):
     """Bit for bit. (The module is built in float64 rather than converted by precision="64-true":
-    Lightning loads a checkpoint into the module before that conversion, rounding it to float32.)"""
-    # 6 updates per epoch, a window of 5: the epoch-2 checkpoint (12 updates) is mid-window,
-    # and the validation data (2 batches) is in its second pass.
+    Lightning loads a checkpoint into the module before that conversion, rounding it to float32.)
+    6 updates per epoch, 30 in all, a window of 5, the fold from update 22 on (round(7.5) = 8
+    updates): the epoch-1 checkpoint (12 updates) is mid-window, with the validation data (2
+    batches) in its second pass and the best weights so far kept; the epoch-3 one (24) is in
+    the fold, frozen, 2 of its batches drawn."""
     save = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, save_top_k=-1)
     whole = Regression()
-    trainer(tmp_path / "a", [save], max_epochs=4, enable_checkpointing=True).fit(whole, *loaders())
-    (middle,) = (tmp_path / "ckpt").glob("epoch=1-*.ckpt")
+    trainer(tmp_path / "a", [save], max_epochs=5, enable_checkpointing=True).fit(whole, *loaders())
+    (middle,) = (tmp_path / "ckpt").glob(f"epoch={epoch}-*.ckpt")
 
     resumed = Regression()
     with torch.no_grad():
         for p in resumed.parameters():
             p.add_(1.0)                      # the checkpoint, not the initialisation, decides
-    run = trainer(tmp_path / "b", max_epochs=4)
+    run = trainer(tmp_path / "b", max_epochs=5)
     run.fit(resumed, *loaders(), ckpt_path=str(middle))
     opt, whole_opt = run.optimizers[0], whole.trainer.optimizers[0]
-    assert opt.steps_taken == whole_opt.steps_taken == 24
+    assert opt.steps_taken == whole_opt.steps_taken == 30 and opt.is_frozen
     for p, q in zip(resumed.parameters(), whole.parameters()):
         assert torch.equal(p, q)
     assert opt.hyperparameters == whole_opt.hyperparameters
     assert hypersteps(run) == 4
+    (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+    assert callback._fold_batches.drawn == 8 and callback._fold_batches.taken == 2
+    net, ref = plain_loop(30)
+    assert_same(resumed, opt, net, ref)
 
 
 def test_two_accumulated_micro_batches_equal_one_batch_of_both(tmp_path):
     small = Regression()
-    run_small = trainer(tmp_path / "a", max_steps=12, accumulate_grad_batches=2)
+    # No fold: it replaces whole micro-batches (12 to 2 validation batches here, 6 to 2 there)
+    run_small = trainer(tmp_path / "a", max_steps=12, accumulate_grad_batches=2, onepass={"fold": 0})
     run_small.fit(small, *loaders(batch_size=8))
     big = Regression()
-    run_big = trainer(tmp_path / "b", max_steps=12)
+    run_big = trainer(tmp_path / "b", max_steps=12, onepass={"fold": 0})
     run_big.fit(big, *loaders(batch_size=16))
     assert run_small.optimizers[0].steps_taken == 12
     assert_same(small, run_small.optimizers[0], big.net, run_big.optimizers[0], rel=1e-10)
@@ -233,7 +261,7 @@ def test_bf16_mixed_runs_and_equals_the_plain_loop_under_autocast(tmp_path):
     run.fit(model, *loaders(dtype=torch.float32))
     opt = run.optimizers[0]
     net, ref = plain_loop(15, dtype=torch.float32, autocast=True)
-    assert hypersteps(run) == 3
+    assert hypersteps(run) == 2      # the fold from update 11 on
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # The callback sets skip_non_finite under a mixed precision, so the optimizer is in
     # AMP mode: a non-finite hypergradient would skip a hyperparameter step, not raise.
@@ -255,7 +283,7 @@ def test_16_mixed_with_its_grad_scaler_equals_the_plain_loop_with_that_scaler(tm
     net, ref = plain_loop(10, dtype=torch.float32, autocast=True, clip=0.05,
                           scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 10))
     opt = run.optimizers[0]
-    assert hypersteps(run) == 2
+    assert hypersteps(run) == 1      # the fold from update 8 on
     assert_same(model, opt, net, ref, rel=1e-5)
     assert opt.hyperparameters["lr/group0"] != pytest.approx(0.02)
 
@@ -314,7 +342,8 @@ def test_an_explicit_val_loss_callable_and_loader(tmp_path):
         return mse_loss(module(batch[0]), batch[1])
     only_second = DataLoader(TensorDataset(XV[16:], YV[16:]), batch_size=16)
     model = Regression(dtype=torch.float32)
-    run = lightning.Trainer(callbacks=[OnepassCallback(val_dataloader=only_second, val_loss=loss_fn)],
+    run = lightning.Trainer(callbacks=[OnepassCallback(val_dataloader=only_second, val_loss=loss_fn, fold=0,
+                                                       keep_best=False)],
                             accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, precision="64-true")
     run.fit(model, loaders(dtype=torch.float32)[0])
@@ -345,7 +374,7 @@ def test_manual_optimization_equals_the_plain_loop(tmp_path):
     run = trainer(tmp_path, max_steps=12)
     run.fit(model, *loaders())
     net, ref = plain_loop(12)
-    assert hypersteps(run) == 2
+    assert hypersteps(run) == 1      # the fold from update 9 on
     assert_same(model, run.optimizers[0], net, ref)
 
 
@@ -379,7 +408,7 @@ def test_attention_takes_the_math_kernel_on_the_differentiated_updates(tmp_path)
     model = Attention()
     run = trainer(tmp_path, max_steps=10)
     run.fit(model, *loaders())
-    assert hypersteps(run) == 2
+    assert hypersteps(run) == 1      # the fold from update 8 on
     assert run.optimizers[0].hyperparameters["lr/group0"] != pytest.approx(0.02)
 
 
@@ -398,14 +427,15 @@ def test_a_compiled_model_equals_the_plain_loop(tmp_path):
     model.net = torch.compile(model.net, backend="aot_eager")
     run = trainer(tmp_path, max_steps=12)
     run.fit(model, *loaders())
-    assert hypersteps(run) == 2
+    assert hypersteps(run) == 1      # the fold from update 9 on
     reference, ref = plain_loop(12)
     assert_same(model, run.optimizers[0], reference, ref)
 
 
-def test_the_callback_sets_public_attributes_and_wraps_only_backward(tmp_path):
+def test_the_callback_sets_public_attributes_and_wraps_backward_and_training_step(tmp_path):
     """The optimizer gets the validation loss as its public ``val_loss`` attribute (unset at
-    teardown); the module's ``backward`` is the one method the callback wraps."""
+    teardown); the module's ``backward`` is the one method the callback wraps, and
+    ``training_step`` when the recipe folds validation batches into training."""
     seen = {}
 
     class Look(lightning.Callback):
@@ -418,8 +448,12 @@ def test_the_callback_sets_public_attributes_and_wraps_only_backward(tmp_path):
     model = Regression()
     run = trainer(tmp_path, max_steps=2, callbacks=[Look()])
     run.fit(model, *loaders())
-    assert seen == {"module": ["backward"], "optimizer": [], "val_loss": True}
+    assert seen == {"module": ["backward", "training_step"], "optimizer": [], "val_loss": True}
     assert run.optimizers[0].val_loss is None and "backward" not in vars(model)
+    assert "training_step" not in vars(model)
+    model = Regression()
+    trainer(tmp_path, max_steps=2, callbacks=[Look()], onepass={"fold": 0}).fit(model, *loaders())
+    assert seen["module"] == ["backward"]
 
 
 def test_the_one_private_name_fails_with_one_line_naming_the_fix(monkeypatch):

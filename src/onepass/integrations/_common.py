@@ -60,3 +60,53 @@ def own_randomness():
     back after the block, so dropout and shuffling match a run resumed elsewhere."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return torch.random.fork_rng(devices=devices)
+
+
+class FoldBatches:
+    """Which training batches of the fold are replaced by validation batches.
+
+    In the recipe's fold (:class:`onepass.optim.Fold`) a plain loop draws its
+    batches from train+validation. A framework's loop owns its training data,
+    so the integrations replace some training batches with validation batches
+    instead: of the fold's batches, the share ``val_batches / (train_batches +
+    val_batches)`` (a pass over each at the same pace), spread evenly by a
+    fixed rule (batch ``j`` is replaced when ``floor((j+1)·share)`` steps up).
+    The rule depends on the count only, so a resumed run replaces the same
+    batches; ``taken`` is how many validation batches were used so far (the
+    position in the validation data, which the loader must give in the same
+    order each pass)."""
+
+    def __init__(self, train_batches: int, val_batches: int):
+        if train_batches < 1 or val_batches < 1:
+            raise ValueError(f"FoldBatches needs at least one batch of each, got {train_batches} and {val_batches}")
+        self.train_batches, self.val_batches = int(train_batches), int(val_batches)
+        self.drawn = 0          # batches of the fold so far (micro-batches under accumulation)
+
+    def _taken_after(self, drawn: int) -> int:
+        return drawn * self.val_batches // (self.train_batches + self.val_batches)
+
+    @property
+    def taken(self) -> int:
+        return self._taken_after(self.drawn)
+
+    def next_is_validation(self) -> bool:
+        """Count one batch of the fold; True if it is to be a validation batch."""
+        self.drawn += 1
+        return self._taken_after(self.drawn) > self._taken_after(self.drawn - 1)
+
+
+def cycled(make_iterator, skip: int = 0):
+    """Batches of ``make_iterator()`` passed over again and again (a fresh iterator
+    each pass), starting after ``skip`` batches."""
+    position, length = 0, None
+    while True:
+        if length and skip - position >= length:   # whole passes need not be read
+            position += (skip - position) // length * length
+        start = position
+        for batch in make_iterator():
+            if position >= skip:
+                yield batch
+            position += 1
+        if position == start:
+            raise ValueError("onepass: the validation dataloader yields no batches")
+        length = position - start

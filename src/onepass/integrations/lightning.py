@@ -82,8 +82,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from ..optim import TunedOptimizer
-from ._common import differentiated_forward, eval_mode, own_randomness, tuned_values
+from ..optim import Fold, TunedOptimizer
+from ._common import FoldBatches, cycled, differentiated_forward, eval_mode, own_randomness, tuned_values
 from ._private import lightning_fit_val_loader
 
 try:
@@ -106,12 +106,27 @@ class OnepassCallback(pl.Callback):
             value ``pl_module.validation_step(batch, batch_idx)`` returns (a
             tensor, or a dict with ``"loss"``).
         prefix: prefix of the logged names (``"onepass/"``: ``onepass/lr/group0``).
+        fold: the share of the updates, at the end, trained with the
+            hyperparameters frozen and validation batches mixed into the
+            training data (:class:`~onepass.optim.Fold`). Default: the
+            optimizer's recipe (AdamW and Adam: 0.25; SGD: none); 0 turns it off.
+        keep_best: restore the weights of the lowest validation loss seen
+            while tuning, at the fold (at the end without a fold). Default:
+            the recipe's (AdamW and Adam: on).
     """
 
     def __init__(self, val_dataloader: Iterable | None = None,
-                 val_loss: Callable[[Any, Any], torch.Tensor] | None = None, prefix: str = "onepass/"):
+                 val_loss: Callable[[Any, Any], torch.Tensor] | None = None, prefix: str = "onepass/",
+                 fold: float | None = None, keep_best: bool | None = None):
         if val_loss is not None and not callable(val_loss):
             raise ValueError("OnepassCallback(val_loss=...) must be a callable val_loss(pl_module, batch)")
+        if fold is not None and not 0.0 <= fold < 1.0:
+            raise ValueError(f"OnepassCallback(fold=...) must lie in [0, 1), got {fold}")
+        self._fold_share, self._keep_best = fold, keep_best
+        self.folds: list[Fold] = []              # one per onepass optimizer, from on_train_start
+        self._fold_batches: FoldBatches | None = None
+        self._fold_data = None                   # the validation batches the fold trains on
+        self._fold_restored: dict | None = None
         self._loader_given = val_dataloader
         self._loss_fn = val_loss
         self.prefix = prefix
@@ -125,7 +140,7 @@ class OnepassCallback(pl.Callback):
         self._last_val: torch.Tensor | None = None
         self._logged_at: list[int] = []
         self._patched: list[tuple[Any, str, Any]] = []   # (object, attribute, previous instance value)
-        self._given: list[tuple[TunedOptimizer, str]] = []   # optimizer attributes the callback set
+        self._val_losses: list[tuple[TunedOptimizer, Any]] = []   # each optimizer's val_loss before the fit
         self._forward = contextlib.ExitStack()   # the differentiated update's forward context
 
     # ------------------------------------------------------------------ setup
@@ -164,8 +179,10 @@ class OnepassCallback(pl.Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         val_loss = functools.partial(self._validation_loss, trainer, pl_module)
         for optimizer in self._optimizers:
+            # the fit's val_loss (the callback's, then the fold's watch on it); teardown puts the user's back
+            self._val_losses.append((optimizer, optimizer.val_loss))
             if optimizer in needs_data:
-                self._give(optimizer, "val_loss", val_loss)
+                optimizer.val_loss = val_loss
             if scaler is not None and optimizer.grad_scaler is None:
                 optimizer.grad_scaler = scaler   # the hyperparameter step divides the loss scale out
             if "mixed" in str(trainer.precision) and optimizer.skip_non_finite is None:
@@ -199,16 +216,11 @@ class OnepassCallback(pl.Callback):
         self._patched.append((obj, name, obj.__dict__.get(name, _MISSING)))
         setattr(obj, name, value)
 
-    def _give(self, optimizer: TunedOptimizer, name: str, value) -> None:
-        """Set one of the optimizer's public attributes for this fit only (unset at teardown)."""
-        setattr(optimizer, name, value)
-        self._given.append((optimizer, name))
-
     def _unpatch(self) -> None:
         self._forward.close()
-        while self._given:
-            optimizer, name = self._given.pop()
-            setattr(optimizer, name, None)
+        while self._val_losses:
+            optimizer, previous = self._val_losses.pop()
+            optimizer.val_loss = previous
         while self._patched:
             obj, name, previous = self._patched.pop()
             if previous is _MISSING:
@@ -224,6 +236,69 @@ class OnepassCallback(pl.Callback):
                 kwargs["create_graph"] = True
             return backward(loss, *args, **kwargs)
         return backward_with_graph
+
+    # ------------------------------------------------------------------ the fold
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """The recipe's loop step (:class:`onepass.optim.Fold`), one per optimizer,
+        over the fit's ``estimated_stepping_batches``; from the fold on, a share of
+        the training batches are validation batches (:class:`FoldBatches`)."""
+        self.folds = []
+        if not self._optimizers:
+            return
+        self._logged_at = [o.steps_taken for o in self._optimizers]   # a resumed optimizer's count is in by now
+        total = trainer.estimated_stepping_batches
+        if total == float("inf"):
+            if self._fold_share:
+                raise ValueError("OnepassCallback(fold=...): the fit has no known number of updates "
+                                 "(set max_steps or max_epochs)")
+            share = 0.0
+        else:
+            share = self._fold_share
+        for optimizer in self._optimizers:
+            fraction = share
+            if total == float("inf"):
+                fraction, total = 0.0, max(optimizer.steps_taken, 1)
+            self.folds.append(Fold(optimizer, total_steps=int(total), fraction=fraction,
+                                   keep_best=self._keep_best, model=pl_module))
+        self._fold_batches = None
+        if any(f.fraction > 0 for f in self.folds):
+            loader = self._loader if self._loader is not None else self._find_loader(trainer)
+            try:
+                self._fold_batches = FoldBatches(int(trainer.num_training_batches), len(loader))
+            except TypeError:   # no validation data, or a loader without a length
+                warnings.warn("OnepassCallback: the fold trains on the training data only (it needs a "
+                              "validation dataloader with a length)", UserWarning, stacklevel=2)
+        if self._fold_restored is not None:
+            for fold, state in zip(self.folds, self._fold_restored["folds"]):
+                fold.load_state_dict(state)
+            if self._fold_batches is not None:
+                self._fold_batches.drawn = int(self._fold_restored["drawn"])
+        self._fold_restored = None
+        if self._fold_batches is not None:
+            skip = self._fold_batches.taken
+            self._fold_data = cycled(lambda: iter(loader), skip=skip)
+            self._patch(pl_module, "training_step", self._training_step_of_the_fold(trainer, pl_module))
+
+    def _training_step_of_the_fold(self, trainer, pl_module) -> Callable:
+        training_step = pl_module.training_step
+
+        def training_step_of_the_fold(batch, *args, **kwargs):
+            if any(f.folded for f in self.folds) and self._fold_batches.next_is_validation():
+                with own_randomness():
+                    batch = self._prepared(trainer, pl_module, next(self._fold_data))
+            return training_step(batch, *args, **kwargs)
+        return training_step_of_the_fold
+
+    def _count_updates(self, before: list[int]) -> None:
+        for fold, optimizer, seen in zip(self.folds, self._optimizers, before):
+            for _ in range(optimizer.steps_taken - seen):
+                fold.step()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for fold in self.folds:
+            if fold.fraction == 0:
+                fold.restore_best()   # keep_best without a fold: the best weights at the end
 
     # ------------------------------------------------------------------ the differentiated updates' forward
 
@@ -260,16 +335,22 @@ class OnepassCallback(pl.Callback):
         self.val_batches_taken += 1
         return batch
 
+    @staticmethod
+    def _prepared(trainer, pl_module, batch):
+        """A batch from a validation loader as Lightning prepares a batch: the
+        precision plugin's input conversion, the batch-transfer hook, the device."""
+        batch = trainer.precision_plugin.convert_input(batch)
+        datamodule = trainer.datamodule   # whose hook Lightning calls: the datamodule's if it overrides it
+        owner = datamodule if is_overridden("on_before_batch_transfer", datamodule) else pl_module
+        batch = owner.on_before_batch_transfer(batch, 0)
+        return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
     def _validation_loss(self, trainer, pl_module) -> torch.Tensor:
         with own_randomness():   # the training's random streams do not see the validation
             batch = self._next_batch()
             batch_idx = self._index - 1
             precision = trainer.precision_plugin
-            batch = precision.convert_input(batch)
-            datamodule = trainer.datamodule   # whose hook Lightning calls: the datamodule's if it overrides it
-            owner = datamodule if is_overridden("on_before_batch_transfer", datamodule) else pl_module
-            batch = owner.on_before_batch_transfer(batch, 0)
-            batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+            batch = self._prepared(trainer, pl_module, batch)
             with eval_mode(pl_module), _no_logging(pl_module), precision.val_step_context():
                 if self._loss_fn is not None:
                     out = self._loss_fn(pl_module, batch)
@@ -292,6 +373,7 @@ class OnepassCallback(pl.Callback):
         steps = [o.steps_taken for o in optimizers]
         if steps == self._logged_at:
             return   # a micro-batch of gradient accumulation: no update yet
+        self._count_updates(self._logged_at)
         self._logged_at = steps
         # Only on the steps Lightning writes (every log_every_n_steps), as its own
         # LearningRateMonitor does: self.log costs more than the values themselves.
@@ -316,13 +398,17 @@ class OnepassCallback(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"val_passes": self._passes, "val_index": self._index, "val_batches_taken": self.val_batches_taken,
-                "last_val": None if self._last_val is None else float(self._last_val)}
+                "last_val": None if self._last_val is None else float(self._last_val),
+                "folds": [f.state_dict() for f in self.folds],
+                "fold_drawn": 0 if self._fold_batches is None else self._fold_batches.drawn}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = (int(state_dict["val_passes"]), int(state_dict["val_index"]))
         self.val_batches_taken = int(state_dict["val_batches_taken"])
         last = state_dict.get("last_val")
         self._last_val = None if last is None else torch.tensor(last)
+        if state_dict.get("folds"):
+            self._fold_restored = {"folds": state_dict["folds"], "drawn": state_dict.get("fold_drawn", 0)}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._forward.close()   # a micro-batch of gradient accumulation takes no optimizer step
@@ -330,7 +416,7 @@ class OnepassCallback(pl.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._unpatch()
-        self._iterator = None
+        self._iterator = self._fold_data = None
 
 
 _MISSING = object()
