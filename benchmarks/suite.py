@@ -156,9 +156,17 @@ def steps_of(name: str, scale: float) -> int:
     return max(2, int(round(ALL[name].steps * scale)))
 
 
+def onepass_job(name: str, seed: int, steps: int, config: dict) -> dict:
+    """The onepass row's run; through a framework integration it also names the
+    integration's loop step (runs from before the integrations folded lack it)."""
+    if ALL[name].family == "frameworks":
+        return job(name, "onepass", seed, steps, config=config, integration_loop="fold")
+    return job(name, "onepass", seed, steps, config=config)
+
+
 def row_jobs(name: str, row: str, seed: int, steps: int, config: dict, sgd_config: dict) -> list[dict]:
     if row == "onepass":
-        return [job(name, row, seed, steps, config=config)]
+        return [onepass_job(name, seed, steps, config)]
     if row == "onepass_sgd":
         return [job(name, row, seed, steps, config=sgd_config)]
     return [job(name, row, seed, steps)]
@@ -299,7 +307,7 @@ def equal_time(out: dict, names, eqtime, seeds, scale, config, runs: Runs, worke
     need = []
     for name in names:
         steps = steps_of(name, scale)
-        onepass = [job(name, "onepass", s, steps, config=config) for s in range(seeds)]
+        onepass = [onepass_job(name, s, steps, config) for s in range(seeds)]
         cached = [j for j in onepass if key(j) in runs.records]
         bases = {r: [job(name, r, s, steps) for s in range(seeds)] for r in {"adam"} | {EQTIME[e] for e in eqtime}}
         if cached_only:

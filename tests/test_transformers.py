@@ -66,9 +66,12 @@ def arguments(out: Path, **overrides) -> TrainingArguments:
     return TrainingArguments(**settings)
 
 
-def trained(out: Path, resume: str | None = None, train=TRAIN, eval_=EVAL, dropout=0.1, **overrides) -> Trainer:
+def trained(out: Path, resume: str | None = None, train=TRAIN, eval_=EVAL, dropout=0.1, fold=None,
+            **overrides) -> Trainer:
+    """The one line, with a window of 5 and the weight decay tuned too; the recipe's fold
+    (the last quarter of the updates frozen) unless ``fold`` says otherwise."""
     trainer = tune(Trainer(model=model(dropout), args=arguments(out, **overrides), train_dataset=train,
-                           eval_dataset=eval_), update_interval=5)                       # the one line
+                           eval_dataset=eval_), update_interval=5, tune=("lr", "weight_decay"), fold=fold)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -86,7 +89,8 @@ def whole(tmp_path_factory) -> Trainer:
 
 def test_hyperparameters_move_and_are_logged_to_log_history_and_tensorboard(whole):
     optimizer = onepass_of(whole)
-    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 4   # a window of 5
+    # a window of 5, the fold from update 15 on: 3 hyperparameter steps
+    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 3 and optimizer.is_frozen
     learned = optimizer.tuner.hyperparameters
     assert learned["lr"] != pytest.approx(LR, rel=1e-3)
     assert learned["weight_decay"] != pytest.approx(WEIGHT_DECAY, rel=1e-3)
@@ -94,7 +98,7 @@ def test_hyperparameters_move_and_are_logged_to_log_history_and_tensorboard(whol
     history = [h for h in whole.state.log_history if "onepass/lr/group0" in h]
     assert [h["step"] for h in history] == [5, 10, 15, 20]
     assert history[-1]["onepass/weight_decay/group0"] == pytest.approx(learned["weight_decay"])
-    assert len({h["onepass/weight_decay/group0"] for h in history}) == 4    # one hyperparameter step apart
+    assert len({h["onepass/weight_decay/group0"] for h in history}) == 3    # one hyperparameter step apart, then frozen
     assert all("onepass/val_loss" in h and "loss" in h for h in history)
     assert not any(k.startswith("onepass/beta") for k in history[0])     # the tuned values only
     # lr/group0 is the learned value; lr_in_use/group0 is it times the Trainer's linear schedule
@@ -117,18 +121,66 @@ def test_resuming_from_a_checkpoint_equals_the_uninterrupted_run(whole, tmp_path
     assert middle.is_dir()
     resumed = trained(tmp_path, resume=str(middle))
     optimizer, uninterrupted = onepass_of(resumed), onepass_of(whole)
-    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 4
+    assert optimizer.steps_taken == 20 and optimizer.validation.taken == 3
     for p, q in zip(resumed.model.parameters(), whole.model.parameters()):
         assert torch.equal(p, q)    # bit for bit: at step 10 the eval data was 2 batches into its 3
     assert optimizer.tuner.hyperparameters == uninterrupted.tuner.hyperparameters
 
 
+class Recording(Trainer):
+    """Records the batches each update trains on (the model in train mode)."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            self.trained_on = getattr(self, "trained_on", []) + [inputs["input_ids"].clone()]
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def test_the_default_use_gives_the_recipe_lr_tuned_then_the_fold_with_eval_batches(tmp_path):
+    """``tune(trainer)`` with nothing else: the learning rate tuned (the weight decay kept at
+    its start), the best-validation weights kept, and the last quarter of the updates (from
+    update 18 of 24) frozen, with 3 eval batches to the epoch's 8 training batches: of the
+    fold's 6 batches the 4th (update 22) is the first eval batch."""
+    trainer = tune(Recording(model=model(), args=arguments(tmp_path, max_steps=24, save_strategy="no", report_to=[]),
+                             train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5)
+    trainer.train()
+    optimizer = onepass_of(trainer)
+    assert optimizer.tuner.tuned == ("lr",) and optimizer.is_frozen
+    assert optimizer.hyperparameters["weight_decay/group0"] == pytest.approx(WEIGHT_DECAY)
+    assert optimizer.validation.taken == 3                       # updates 5, 10, 15
+    assert optimizer.fold.fold_at == 18 and optimizer.fold.best is not None
+    assert optimizer.fold_batches.drawn == 6 and optimizer.fold_batches.taken == 1
+    first_eval = torch.stack([row["input_ids"] for row in EVAL[:8]])
+    train_rows = {tuple(row["input_ids"].tolist()) for row in TRAIN}
+    assert len(trainer.trained_on) == 24
+    for update, ids in enumerate(trainer.trained_on, start=1):
+        if update == 22:
+            assert torch.equal(ids, first_eval)
+        else:
+            assert all(tuple(row.tolist()) in train_rows for row in ids), update
+
+
+def test_resuming_inside_the_fold_equals_the_uninterrupted_run(tmp_path):
+    """fold=0.4 of 20 updates: frozen from update 12; the step-16 checkpoint is 4 batches into
+    the fold, one of them an eval batch."""
+    whole = trained(tmp_path / "whole", fold=0.4, save_steps=8, report_to=[])
+    middle = Path(whole.args.output_dir) / "checkpoint-16"
+    assert middle.is_dir()
+    resumed = trained(tmp_path / "resumed", resume=str(middle), fold=0.4, save_steps=8, report_to=[])
+    optimizer, uninterrupted = onepass_of(resumed), onepass_of(whole)
+    assert optimizer.is_frozen and optimizer.fold_batches.drawn == 8 and optimizer.fold_batches.taken == 2
+    for p, q in zip(resumed.model.parameters(), whole.model.parameters()):
+        assert torch.equal(p, q)
+    assert optimizer.tuner.hyperparameters == uninterrupted.tuner.hyperparameters
+
+
 def test_two_accumulated_micro_batches_equal_one_batch_of_both(tmp_path):
     """Without dropout (whose random draws differ between the two layouts)."""
+    # No fold: it replaces whole micro-batches (16 to 3 eval batches here, 8 to 3 there)
     small = trained(tmp_path / "a", per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=10,
-                    save_strategy="no", report_to=[], dropout=0.0)
+                    save_strategy="no", report_to=[], dropout=0.0, fold=0)
     big = trained(tmp_path / "b", max_steps=10, save_strategy="no", per_device_train_batch_size=8, report_to=[],
-                  dropout=0.0)
+                  dropout=0.0, fold=0)
     for p, q in zip(small.model.parameters(), big.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert onepass_of(small).tuner.hyperparameters == pytest.approx(onepass_of(big).tuner.hyperparameters,
@@ -138,7 +190,7 @@ def test_two_accumulated_micro_batches_equal_one_batch_of_both(tmp_path):
 def test_bf16_runs(tmp_path):
     trainer = trained(tmp_path, bf16=True, max_steps=10, save_strategy="no", report_to=[])
     optimizer = onepass_of(trainer)
-    assert optimizer.validation.taken == 2
+    assert optimizer.validation.taken == 1     # the fold from update 8 on
     assert optimizer.hyperparameters["skipped_hypersteps"] == 0.0     # in AMP mode: it would skip, not raise
     assert optimizer.tuner.hyperparameters["lr"] != pytest.approx(LR, rel=1e-3)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -161,9 +213,11 @@ def test_a_trl_style_trainer_overriding_prepare_inputs_equals_the_plain_trainer(
     options = dict(max_steps=10, save_strategy="no", report_to=[])
     plain = trained(tmp_path / "plain", **options)
     generating = tune(Generating(model=model(), args=arguments(tmp_path / "trl", **options),
-                                 train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5)
+                                 train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5,
+                      tune=("lr", "weight_decay"))
     generating.train()
-    assert len(generating.seen) == 10 and onepass_of(generating).validation.taken == 2
+    # the fold from update 8 on; of its 2 batches none is replaced yet (3 eval batches to 8)
+    assert len(generating.seen) == 10 and onepass_of(generating).validation.taken == 1
     train_rows = {tuple(row["input_ids"].tolist()) for row in TRAIN}
     assert all(tuple(row.tolist()) in train_rows for ids in generating.seen for row in ids)
     for p, q in zip(generating.model.parameters(), plain.model.parameters()):
@@ -178,19 +232,19 @@ def test_a_compiled_model_equals_the_eager_run(tmp_path):
     eager = trained(tmp_path / "eager", **options)
     compiled = trained(tmp_path / "compiled", torch_compile=True, torch_compile_backend="aot_eager", **options)
     assert type(compiled.model_wrapped).__name__ == "OptimizedModule"
-    assert onepass_of(compiled).validation.taken == 2
+    assert onepass_of(compiled).validation.taken == 1
     for p, q in zip(compiled.model.parameters(), eager.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert onepass_of(compiled).tuner.hyperparameters == pytest.approx(onepass_of(eager).tuner.hyperparameters,
                                                                        rel=1e-5)
 
 
-def test_tune_wraps_only_the_accelerators_backward(tmp_path):
+def test_tune_wraps_only_the_accelerators_backward_and_training_step(tmp_path):
     trainer = Trainer(model=model(), args=arguments(tmp_path), train_dataset=TRAIN, eval_dataset=EVAL)
     before = dict(vars(trainer))
     tune(trainer)
     changed = sorted(k for k, v in vars(trainer).items() if k not in before or before[k] is not v)
-    assert changed == ["optimizer"]                 # Trainer(optimizers=...)'s own attribute
+    assert changed == ["optimizer", "training_step"]   # Trainer(optimizers=...)'s own attribute; the fold's batches
     assert sorted(k for k in vars(trainer.accelerator) if k == "backward") == ["backward"]
     assert type(trainer.callback_handler.callbacks[0]).__module__ == "onepass.integrations.transformers"
 
@@ -242,7 +296,7 @@ def ddp_run(out: str, world: int) -> Trainer:
     trainer = tune(Trainer(model=model(0.0), args=arguments(Path(out), per_device_train_batch_size=8 // world,
                                                              per_device_eval_batch_size=8 // world,
                                                              save_strategy="no", report_to=[], max_steps=10),
-                           train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5)
+                           train_dataset=TRAIN, eval_dataset=EVAL), update_interval=5, tune=("lr", "weight_decay"))
     trainer.train()
     return trainer
 

@@ -192,9 +192,16 @@ def recipe_fingerprint(rule: str = "adamw") -> str:
 
 
 def optimizer_overrides(config: dict) -> dict:
-    """The optimizer's part of a :func:`onepass_config` (what a framework
-    integration can take: it has no loop step such as the fold)."""
+    """The optimizer's part of a :func:`onepass_config`."""
     return {k: v for k, v in config.items() if k not in LOOP_KEYS}
+
+
+def integration_loop(config: dict) -> dict:
+    """The loop step's settings a framework integration takes (``fold``,
+    ``keep_best``), only where an ablation moves them from the recipe's: the
+    recipe's own run is the integration's default use, given nothing."""
+    loop = recipe(config.get("rule", "adamw")).get("loop", {})
+    return {k: config[k] for k in ("fold", "keep_best") if k in config and config[k] != loop.get(k)}
 
 
 def onepass_optimizer(params, config: dict, val_loss, model: nn.Module, start: dict | None = None):

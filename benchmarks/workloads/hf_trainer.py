@@ -7,8 +7,9 @@ from the label's group; 10% of the labels are flipped. 1,600 training, 400
 validation and 1,000 test rows. Baselines: ``Trainer(optimizers=(opt,
 scheduler))`` on train+validation at a constant schedule (the cosine row
 gives its own). onepass: ``tune(Trainer(..., eval_dataset=validation))``,
-exactly the integration's default use (it tunes lr and weight decay, and has
-no fold step); an ablation's optimizer settings go to ``tune(trainer, **settings)``."""
+exactly the integration's default use (the recipe: lr tuned, the best weights
+kept, the last quarter folded with eval batches); an ablation's settings go to
+``tune(trainer, **settings)``."""
 from __future__ import annotations
 
 import functools
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Data, Workload, baseline_optimizer, optimizer_overrides, set_mode
+from .base import Data, Workload, baseline_optimizer, integration_loop, optimizer_overrides, set_mode
 
 VOCAB, LENGTH, CLASSES, GROUP = 64, 24, 4, 4
 N_TRAIN, N_VAL, N_TEST = 1600, 400, 1000
@@ -90,7 +91,7 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
         if row == "onepass":
             trainer = tune(Trainer(model=model, args=args, train_dataset=_Rows(data.x_train, data.y_train),
                                    eval_dataset=_Rows(data.x_val, data.y_val)),
-                           **optimizer_overrides(options["config"]))
+                           **integration_loop(options["config"]), **optimizer_overrides(options["config"]))
         elif row == "onepass_sgd":
             raise ValueError("the HF workload has no onepass_sgd row (tune(trainer) gives AdamW)")
         else:

@@ -3,8 +3,9 @@ real ``lightning.Trainer``. Baselines: ``configure_optimizers`` returns the
 row's optimizer (and its per-update scheduler), trained on train+validation.
 onepass: ``configure_optimizers`` returns ``onepass.optim.AdamW(self.parameters())``,
 ``Trainer(callbacks=[OnepassCallback()])`` and ``fit(model, train, val)``:
-the callback's default use (it has no fold step); an ablation's optimizer
-settings go to the optimizer, ``onepass_sgd`` uses ``onepass.optim.SGD``."""
+the callback's default use (the recipe's fold included); an ablation's optimizer
+settings go to the optimizer, its loop settings to the callback, ``onepass_sgd``
+uses ``onepass.optim.SGD``."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from . import mnist_1d
-from .base import Workload, baseline_optimizer, optimizer_overrides, set_mode
+from .base import Workload, baseline_optimizer, integration_loop, optimizer_overrides, set_mode
 
 
 def _net() -> nn.Module:
@@ -70,7 +71,8 @@ def train(workload: Workload, row: str, seed: int, steps: int, options: dict):
     trainer = lightning.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False,
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, check_val_every_n_epoch=10**6,
-                                callbacks=[OnepassCallback()] if row in ("onepass", "onepass_sgd") else [])
+                                callbacks=[OnepassCallback(**integration_loop(options["config"]))]
+                                if row in ("onepass", "onepass_sgd") else [])
     start = time.perf_counter()
     if row in ("onepass", "onepass_sgd"):
         trainer.fit(module, loader(data.x_train, data.y_train, True, workload.batch),

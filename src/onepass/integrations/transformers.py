@@ -64,12 +64,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from typing import Any, Mapping
 
 import torch
 
-from ..optim import AdamW
-from ._common import differentiated_forward, eval_mode, own_randomness, tuned_values
+from ..optim import AdamW, Fold
+from ._common import FoldBatches, cycled, differentiated_forward, eval_mode, own_randomness, tuned_values
 
 try:
     import transformers
@@ -84,9 +85,9 @@ _DEFAULT_WEIGHT_DECAY = 1e-2
 
 
 def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str = "onepass/",
-         **adamw) -> "transformers.Trainer":
+         fold: float | None = None, keep_best: bool | None = None, **adamw) -> "transformers.Trainer":
     """Make ``trainer`` train with :class:`onepass.optim.AdamW`, tuning its
-    learning rate and weight decay (see the module's docs); returns ``trainer``.
+    learning rate, with the recipe's loop step (see the module's docs); returns ``trainer``.
 
     Args:
         trainer: a ``transformers.Trainer`` that has not built its optimizer.
@@ -94,8 +95,16 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
             dataset, or a key of a dict ``eval_dataset``). Default: the
             Trainer's ``eval_dataset``.
         prefix: prefix of the logged names.
+        fold: the share of the updates, at the end, trained with the
+            hyperparameters frozen and eval batches mixed into the training
+            batches (:class:`onepass.optim.Fold`). Default: the recipe's
+            (0.25); 0 turns it off.
+        keep_best: restore the weights of the lowest validation loss seen
+            while tuning, at the fold (at the end without one). Default: the
+            recipe's (on).
         **adamw: arguments of :class:`onepass.optim.AdamW`, overriding those
-            read from ``trainer.args``.
+            read from ``trainer.args`` (``tune=("lr", "weight_decay")`` tunes
+            the weight decay too).
     """
     if not isinstance(trainer, transformers.Trainer):
         raise TypeError(f"tune() takes a transformers.Trainer, got {type(trainer).__name__}")
@@ -111,11 +120,12 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
         raise ValueError(f"tune(trainer, eval_dataset={eval_dataset!r}): the Trainer's eval_dataset is not a dict")
     if eval_dataset is None and isinstance(trainer.eval_dataset, Mapping):
         eval_dataset = next(iter(trainer.eval_dataset))
+    if fold is not None and not 0.0 <= fold < 1.0:
+        raise ValueError(f"tune(trainer, fold={fold}): the fold is a share of the updates in [0, 1)")
 
     args = trainer.args
     settings = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                    weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY,
-                    tune=("lr", "weight_decay"))
+                    weight_decay=args.weight_decay if args.weight_decay > 0 else _DEFAULT_WEIGHT_DECAY)
     if args.bf16 or args.fp16:   # autocast runs inside the model's forward, where the optimizer cannot see it
         settings["skip_non_finite"] = True
     settings.update(adamw)
@@ -133,8 +143,18 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
             kwargs["create_graph"] = True
         return backward(loss, **kwargs)
     trainer.accelerator.backward = backward_with_graph   # the one method tune() wraps
+    tuning = _Tuning(trainer, optimizer, validation, prefix, fold, keep_best)
+    training_step = trainer.training_step
+
+    @functools.wraps(training_step)
+    def training_step_of_the_fold(model, inputs, num_items_in_batch=None, *args, **kwargs):
+        batch = tuning.fold_batch()
+        if batch is not None:   # counted over the eval batch's own items
+            inputs, num_items_in_batch = batch, None
+        return training_step(model, inputs, num_items_in_batch, *args, **kwargs)
+    trainer.training_step = training_step_of_the_fold
     # First among the callbacks: the report_to loggers' on_log then see the tuned values.
-    trainer.callback_handler.callbacks.insert(0, _Tuning(trainer, optimizer, validation, prefix))
+    trainer.callback_handler.callbacks.insert(0, tuning)
     return trainer
 
 
@@ -152,19 +172,26 @@ def optimizer_of(trainer: "transformers.Trainer") -> "TrainerAdamW":
 
 class TrainerAdamW(AdamW):
     """:class:`onepass.optim.AdamW` whose ``state_dict`` also holds the position
-    in the eval data (what :func:`tune` gives the Trainer)."""
+    in the eval data and the fold's state (what :func:`tune` gives the Trainer)."""
 
     validation: "_Validation | None" = None
+    fold: "Fold | None" = None
+    fold_batches: "FoldBatches | None" = None
+    fold_restored: "dict | None" = None   # a checkpoint's fold state, until on_train_begin builds the fold
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.validation is not None:
             state["onepass_eval_batches"] = self.validation.taken
+        if self.fold is not None:
+            state["onepass_fold"] = {"fold": self.fold.state_dict(),
+                                     "drawn": 0 if self.fold_batches is None else self.fold_batches.drawn}
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state_dict = dict(state_dict)
         taken = state_dict.pop("onepass_eval_batches", None)
+        self.fold_restored = state_dict.pop("onepass_fold", None)
         super().load_state_dict(state_dict)
         if taken is not None and self.validation is not None:
             self.validation.restart(int(taken))
@@ -238,9 +265,50 @@ class _Tuning(transformers.TrainerCallback):
     * ``on_log``: a training log gets the tuned values and the last validation loss.
     """
 
-    def __init__(self, trainer, optimizer: TrainerAdamW, validation: _Validation, prefix: str):
+    def __init__(self, trainer, optimizer: TrainerAdamW, validation: _Validation, prefix: str,
+                 fold: float | None, keep_best: bool | None):
         self.trainer, self.optimizer, self.validation, self.prefix = trainer, optimizer, validation, prefix
+        self.fold_share, self.keep_best = fold, keep_best
+        self._fold_data = None
         self._forward = contextlib.ExitStack()
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        """The recipe's loop step over the run's ``max_steps``: a
+        :class:`~onepass.optim.Fold` (it watches the validation losses for the
+        best weights) and, from the fold on, a share of the training batches
+        replaced by eval batches (:class:`~onepass.integrations._common.FoldBatches`)."""
+        optimizer, trainer = self.optimizer, self.trainer
+        optimizer.val_loss = self.validation          # a second train() watches afresh
+        fold = Fold(optimizer, total_steps=max(int(state.max_steps), 1), fraction=self.fold_share,
+                    keep_best=self.keep_best, model=trainer.model)
+        optimizer.fold, optimizer.fold_batches, self._fold_data = fold, None, None
+        if fold.fraction > 0:
+            try:
+                eval_batches = len(trainer.get_eval_dataloader(self.validation.dataset))
+                optimizer.fold_batches = FoldBatches(len(train_dataloader), eval_batches)
+            except TypeError:   # a dataset without a length
+                warnings.warn("tune(trainer): the fold trains on the training data only (it needs train and "
+                              "eval dataloaders with a length)", UserWarning, stacklevel=2)
+        restored, optimizer.fold_restored = optimizer.fold_restored, None
+        if restored is not None:
+            fold.load_state_dict(restored["fold"])
+            if optimizer.fold_batches is not None:
+                optimizer.fold_batches.drawn = int(restored["drawn"])
+        if optimizer.fold_batches is not None:
+            dataset = self.validation.dataset
+            self._fold_data = cycled(lambda: iter(trainer.get_eval_dataloader(dataset)),
+                                     skip=optimizer.fold_batches.taken)
+
+    def fold_batch(self):
+        """The eval batch that replaces this training batch, or None (not folded yet, or not this one)."""
+        optimizer = self.optimizer
+        fold = optimizer.fold
+        if fold is None or optimizer.fold_batches is None or not fold.folded:
+            return None
+        if not optimizer.fold_batches.next_is_validation():
+            return None
+        with own_randomness():
+            return next(self._fold_data)
 
     def on_step_begin(self, args, state, control, **kwargs):
         optimizer = self.optimizer
@@ -257,9 +325,14 @@ class _Tuning(transformers.TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._forward.close()
+        if self.optimizer.fold is not None:
+            self.optimizer.fold.step()
 
     def on_train_end(self, args, state, control, **kwargs):
         self._forward.close()
+        fold = self.optimizer.fold
+        if fold is not None and fold.fraction == 0:
+            fold.restore_best()   # keep_best without a fold: the best weights at the end
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not ("loss" in logs or "learning_rate" in logs):
