@@ -23,7 +23,7 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
 
 * **backward.** The module's ``backward`` (which Lightning's precision plugin
   calls for the loss of ``training_step``) is given
-  ``create_graph=optimizer.needs_graph``: the one method the callback wraps.
+  ``create_graph=optimizer.needs_graph``: one of the two methods the callback wraps (``training_step`` during the fold, below).
   A module that overrides ``backward`` must pass its keyword arguments on to
   ``loss.backward``. From ``on_train_batch_start`` to
   ``on_before_optimizer_step`` of those updates, ``scaled_dot_product_attention``
@@ -46,6 +46,18 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   loop logs as usual). The callback hands this to the optimizer as its public
   ``val_loss`` attribute for the fit; an optimizer built with its own
   ``val_loss=`` keeps it.
+* **The loop step** (the recipe's, :class:`onepass.optim.Fold`, one per
+  optimizer; ``fold=`` and ``keep_best=``): the weights (and the module's
+  buffers) of the lowest validation loss seen while tuning are kept; after
+  75% of ``trainer.estimated_stepping_batches`` they are restored and the
+  optimizer frozen (your LR scheduler still drives it), and from then on the
+  module's ``training_step`` (wrapped for the fit) gets a validation batch,
+  prepared like a training batch, instead of the training batch for
+  ``len(val) / (len(train) + len(val))`` of the batches, spread by a fixed
+  rule (:class:`~._common.FoldBatches`): Lightning gives a callback no way to
+  change the training data, and this trains on the validation data as a
+  plain loop's fold draws from train+validation. ``onepass.optim.SGD``'s
+  recipe has no loop step.
 * **Logging.** The tuned values go to Lightning's loggers through
   ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the learned value;
   ``onepass/lr_in_use/group0`` is the rate in use, learned × scheduled; fixed values are not logged), with
@@ -53,7 +65,7 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   after the optimizer steps Lightning writes (every ``log_every_n_steps``).
 * **Checkpoints.** The optimizer's ``state_dict`` holds the tuned values and
   their optimiser's state, and the callback's holds the position in the
-  validation data, so ``trainer.fit(..., ckpt_path=...)`` resumes the tuned run
+  validation data and the folds' state, so ``trainer.fit(..., ckpt_path=...)`` resumes the tuned run
   exactly from an end-of-epoch checkpoint (given a validation loader that
   yields the same batches each pass). Lightning itself restarts the epoch's
   data when it resumes from a mid-epoch checkpoint, with any optimizer.

@@ -1,5 +1,6 @@
-"""Hugging Face ``transformers``: one line makes a ``Trainer`` tune its learning
-rate and weight decay with :class:`onepass.optim.AdamW`::
+"""Hugging Face ``transformers``: one line makes a ``Trainer`` train with the
+recipe of :class:`onepass.optim.AdamW` (its learning rate tuned, the loop step
+included)::
 
     from onepass.integrations.transformers import tune
 
@@ -12,16 +13,16 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
 * **The optimizer.** ``onepass.optim.AdamW`` over the model's trainable
   parameters, from ``args.learning_rate``, ``args.adam_beta1/2``,
   ``args.adam_epsilon`` and ``args.weight_decay`` (0.01, ``torch.optim.AdamW``'s
-  default, when that is 0: a tuned weight decay must start above 0); it tunes
-  ``lr`` and ``weight_decay`` (``tune(trainer, tune=("lr",))`` tunes the rate
-  only, as ``onepass.optim.AdamW`` does by default). Keyword arguments of
+  default, when that is 0); it tunes ``lr``, as ``onepass.optim.AdamW`` does
+  by default (``tune(trainer, tune=("lr", "weight_decay"))`` tunes both; a
+  tuned weight decay must start above 0). Keyword arguments of
   :func:`tune` go to ``AdamW`` (``update_interval=``, ``hyper_lr=``, ...; its
   recipe's defaults otherwise). All
   parameters are one group: onepass tunes one weight decay for all of them,
   so the Trainer's exemption of biases and LayerNorm weights does not apply.
 * **backward.** ``Trainer.training_step`` calls
   ``self.accelerator.backward(loss)``; that call gets
-  ``create_graph=optimizer.needs_graph``: the one method :func:`tune` wraps.
+  ``create_graph=optimizer.needs_graph``: one of the two methods :func:`tune` wraps (``Trainer.training_step``, for the fold, below).
   The rest is a ``TrainerCallback`` (first in the Trainer's list): from
   ``on_step_begin`` to ``on_pre_optimizer_step`` of those updates,
   ``scaled_dot_product_attention`` takes its math kernel (``sdpa``'s fused
@@ -46,11 +47,22 @@ rate and weight decay with :class:`onepass.optim.AdamW`::
   (that of the last hyperparameter step), so they are in ``trainer.state.log_history`` and
   every ``report_to`` logger (TensorBoard, W&B, ...). ``learning_rate`` stays
   the Trainer's: the schedule only.
+* **The loop step** (the recipe's, :class:`onepass.optim.Fold`; ``fold=`` and
+  ``keep_best=`` of :func:`tune`): the weights (and buffers) of the lowest
+  validation loss seen while tuning are kept; after 75% of ``max_steps`` they
+  are restored and the optimizer frozen (``freeze()``: the Trainer's schedule
+  still drives it), and from then on ``training_step`` (the second method
+  :func:`tune` wraps) trains on an eval batch instead of the training batch
+  for ``len(eval) / (len(train) + len(eval))`` of the batches, as loader
+  batches, spread by a fixed rule (:class:`~._common.FoldBatches`), so the
+  eval data is trained on as a plain loop's fold draws from train+validation.
 * **LR scheduler.** The Trainer's own (``lr_scheduler_type``, warm-up) sets the
   schedule; the learned rate multiplies it (see :mod:`onepass.optim`).
 * **Checkpoints.** The optimizer's ``state_dict`` (``optimizer.pt``) carries
-  the tuned values, their optimiser's state and the position in the eval
-  data, so ``trainer.train(resume_from_checkpoint=...)`` resumes the tuned run.
+  the tuned values, their optimiser's state, the position in the eval
+  data and the fold's state (best weights, batches drawn), so
+  ``trainer.train(resume_from_checkpoint=...)`` resumes the tuned run exactly,
+  inside the fold too.
 
 Works: ``gradient_accumulation_steps``, ``max_grad_norm`` (clipping by norm is
 what the Trainer does; the hyperparameter step sees it), ``bf16``, ``fp16``
@@ -142,7 +154,7 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
         if optimizer.needs_graph:
             kwargs["create_graph"] = True
         return backward(loss, **kwargs)
-    trainer.accelerator.backward = backward_with_graph   # the one method tune() wraps
+    trainer.accelerator.backward = backward_with_graph   # one of the two methods tune() wraps
     tuning = _Tuning(trainer, optimizer, validation, prefix, fold, keep_best)
     training_step = trainer.training_step
 
