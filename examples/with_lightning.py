@@ -12,7 +12,9 @@ they are marked ``# onepass:``:
 4. the Trainer gets ``callbacks=[OnepassCallback()]``.
 
 The callback gives the differentiated updates their ``create_graph``
-backward and logs the tuned values (``onepass/lr/group0``, ...) to the
+backward, takes the recipe's loop step (the best-validation weights kept,
+the last quarter of the updates frozen with validation batches folded in)
+and logs the tuned values (``onepass/lr/group0``, ...) to the
 Trainer's loggers (``--log-dir DIR`` writes a CSV log there).
 
 Data: scikit-learn's bundled diabetes set (442 rows, no download), an MLP

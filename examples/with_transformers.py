@@ -1,5 +1,5 @@
-"""A Hugging Face ``Trainer`` whose AdamW tunes its own learning rate and weight
-decay while it trains (onepass.integrations.transformers).
+"""A Hugging Face ``Trainer`` whose AdamW tunes its own learning rate while it
+trains, with onepass's recipe (onepass.integrations.transformers).
 
 Compared with the same script on the Trainer's own AdamW, two lines change;
 they are marked ``# onepass:``:
@@ -7,9 +7,12 @@ they are marked ``# onepass:``:
 1. ``from onepass.integrations.transformers import tune``;
 2. ``trainer = tune(Trainer(...))``: the Trainer now trains with
    ``onepass.optim.AdamW`` (starting from ``args.learning_rate`` and
-   ``args.weight_decay``), takes the validation loss of each hyperparameter
-   step from its eval dataset (the model's own ``outputs.loss``, so the eval
-   rows carry labels), and logs the tuned values (``onepass/lr/group0``, ...)
+   ``args.weight_decay``; ``tune(..., tune=("lr", "weight_decay"))`` would
+   tune the weight decay too), takes the validation loss of each
+   hyperparameter step from its eval dataset (the model's own
+   ``outputs.loss``, so the eval rows carry labels), keeps the weights of the
+   lowest one, trains the last quarter frozen with the eval batches folded
+   in, and logs the tuned values (``onepass/lr/group0``, ...)
    with its own logs: ``trainer.state.log_history`` and every ``report_to``
    logger (``--tensorboard`` writes TensorBoard events under the output folder).
 
@@ -20,7 +23,7 @@ schedule that decays to 0, such as ``linear``, it ends at 0). Model: a tiny GPT-
 (counting mod 64 with a random start and stride). The last line printed is
 one JSON object::
 
-    {"hyperparameters": {"lr/group0": ..., "weight_decay/group0": ..., ...}, "val_loss": ...}
+    {"hyperparameters": {"lr/group0": ..., "lr_in_use/group0": ..., ...}, "val_loss": ...}
 """
 from __future__ import annotations
 

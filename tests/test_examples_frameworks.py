@@ -45,16 +45,19 @@ def logged_columns(path: Path) -> list[str]:
 
 
 def test_with_lightning(tmp_path):
-    result = run(sys.executable, str(EXAMPLES / "with_lightning.py"), "--steps", "20", "--log-dir", str(tmp_path))
+    # 40 updates: one hyperparameter step (at 20) before the recipe's fold (from 30)
+    result = run(sys.executable, str(EXAMPLES / "with_lightning.py"), "--steps", "40", "--log-dir", str(tmp_path))
     check_result(result, {"lr/group0": 1e-3})        # AdamW's recipe tunes the rate only
     assert result["hyperparameters"]["weight_decay/group0"] == pytest.approx(1e-2)
     (metrics,) = tmp_path.glob("lightning_logs/version_*/metrics.csv")
     with open(metrics) as f:
         logged = [float(r["onepass/lr/group0"]) for r in csv.DictReader(f) if r.get("onepass/lr/group0")]
-    assert len(logged) == 2 and logged[-1] != 1e-3     # every 10 steps (log_every_n_steps)
+    assert len(logged) == 4 and logged[-1] != 1e-3     # every 10 steps (log_every_n_steps)
     assert "onepass/weight_decay/group0" not in logged_columns(metrics)   # fixed values are not logged
 
 
 def test_with_transformers():
-    result = run(sys.executable, str(EXAMPLES / "with_transformers.py"), "--steps", "20")
-    check_result(result, {"lr/group0": 1e-3, "weight_decay/group0": 1e-2})
+    # 40 updates: one hyperparameter step (at 20) before the recipe's fold (from 30)
+    result = run(sys.executable, str(EXAMPLES / "with_transformers.py"), "--steps", "40")
+    check_result(result, {"lr/group0": 1e-3})        # the recipe tunes the rate only
+    assert result["hyperparameters"]["weight_decay/group0"] == pytest.approx(1e-2)
