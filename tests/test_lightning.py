@@ -471,3 +471,23 @@ def test_the_one_private_name_fails_with_one_line_naming_the_fix(monkeypatch):
     with pytest.raises(ValueError, match=r"^OnepassCallback: Lightning 3.0.0 is outside the versions .*"
                                          r"OnepassCallback\(val_dataloader=\.\.\.\)$"):
         _private.lightning_fit_val_loader(moved)
+
+
+def test_a_fit_stopped_before_the_fold_ends_on_the_best_weights(tmp_path):
+    """Stopped at update 12 of 23 (the fold would start at 17): the weights of the lowest
+    validation loss of the two hyperparameter steps are put back at the end."""
+    class Stop(lightning.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= 12:
+                trainer.should_stop = True
+
+    model = Regression()
+    run = trainer(tmp_path, [Stop()], max_steps=23)
+    run.fit(model, *loaders())
+    (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+    (fold,) = callback.folds
+    assert run.optimizers[0].steps_taken == 12 and not fold.folded and hypersteps(run) == 2
+    kept = fold.best.copies[:len(list(model.parameters()))]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), kept))
+    net, ref = plain_loop(12, fold=0.0)     # the same updates, then the best weights at the end
+    assert_same(model, run.optimizers[0], net, ref)

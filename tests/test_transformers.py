@@ -327,3 +327,24 @@ def test_ddp_on_two_ranks_equals_one_process(tmp_path):
     assert ranks[0]["hyperparameters"]["lr"] != pytest.approx(LR, rel=1e-3)
     torch.testing.assert_close(torch.tensor(ranks[0]["weights"]), torch.tensor(alone["weights"]),
                                rtol=1e-4, atol=2e-5)   # float32 sums in another order
+
+
+def test_training_stopped_before_the_fold_ends_on_the_best_weights(tmp_path):
+    """Stopped at update 12 of 24 (the fold would start at 18): the weights of the lowest
+    validation loss of the two hyperparameter steps are put back at the end."""
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= 12:
+                control.should_training_stop = True
+
+    trainer = tune(Trainer(model=model(), args=arguments(tmp_path, max_steps=24, save_strategy="no", report_to=[]),
+                           train_dataset=TRAIN, eval_dataset=EVAL, callbacks=[Stop()]), update_interval=5)
+    trainer.train()
+    optimizer = onepass_of(trainer)
+    assert optimizer.steps_taken == 12 and not optimizer.fold.folded and optimizer.validation.taken == 2
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    kept = optimizer.fold.best.copies[:len(params)]
+    assert all(torch.equal(p, q) for p, q in zip(params, kept))
+    assert optimizer.fold.best.loss == min(optimizer.fold.best.loss, torch.tensor(optimizer.validation.last))

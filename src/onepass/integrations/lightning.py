@@ -123,7 +123,7 @@ class OnepassCallback(pl.Callback):
             training data (:class:`~onepass.optim.Fold`). Default: the
             optimizer's recipe (AdamW and Adam: 0.25; SGD: none); 0 turns it off.
         keep_best: restore the weights of the lowest validation loss seen
-            while tuning, at the fold (at the end without a fold). Default:
+            while tuning, at the fold (at the end if the fit ends before it). Default:
             the recipe's (AdamW and Adam: on).
     """
 
@@ -309,8 +309,8 @@ class OnepassCallback(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         for fold in self.folds:
-            if fold.fraction == 0:
-                fold.restore_best()   # keep_best without a fold: the best weights at the end
+            if not fold.folded:
+                fold.restore_best()   # no fold, or the fit stopped before it: the best weights at the end
 
     # ------------------------------------------------------------------ the differentiated updates' forward
 

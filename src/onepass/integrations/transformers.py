@@ -112,7 +112,7 @@ def tune(trainer: "transformers.Trainer", eval_dataset: Any = None, prefix: str 
             batches (:class:`onepass.optim.Fold`). Default: the recipe's
             (0.25); 0 turns it off.
         keep_best: restore the weights of the lowest validation loss seen
-            while tuning, at the fold (at the end without one). Default: the
+            while tuning, at the fold (at the end if training ends before it). Default: the
             recipe's (on).
         **adamw: arguments of :class:`onepass.optim.AdamW`, overriding those
             read from ``trainer.args`` (``tune=("lr", "weight_decay")`` tunes
@@ -343,8 +343,8 @@ class _Tuning(transformers.TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._forward.close()
         fold = self.optimizer.fold
-        if fold is not None and fold.fraction == 0:
-            fold.restore_best()   # keep_best without a fold: the best weights at the end
+        if fold is not None and not fold.folded:
+            fold.restore_best()   # no fold, or training stopped before it: the best weights at the end
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not ("loss" in logs or "learning_rate" in logs):
