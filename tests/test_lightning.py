@@ -491,3 +491,18 @@ def test_a_fit_stopped_before_the_fold_ends_on_the_best_weights(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), kept))
     net, ref = plain_loop(12, fold=0.0)     # the same updates, then the best weights at the end
     assert_same(model, run.optimizers[0], net, ref)
+
+
+def test_a_training_loader_without_a_length_folds_without_validation_batches(tmp_path):
+    """An iterable training dataset (no length): the share of validation batches is unknown,
+    so the fold freezes the optimizer and trains on the training data only, with a warning."""
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(X[i:i + 16].double(), Y[i:i + 16].double()) for i in range(0, 96, 16)])
+
+    model = Regression()
+    run = trainer(tmp_path, max_steps=23)
+    with pytest.warns(UserWarning, match="the fold trains on the training data only"):
+        run.fit(model, DataLoader(Stream(), batch_size=None), loaders()[1])
+    (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+    assert run.optimizers[0].is_frozen and callback._fold_batches is None and "training_step" not in vars(model)

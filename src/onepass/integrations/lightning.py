@@ -276,11 +276,11 @@ class OnepassCallback(pl.Callback):
         self._fold_batches = None
         if any(f.fraction > 0 for f in self.folds):
             loader = self._loader if self._loader is not None else self._find_loader(trainer)
-            try:
+            try:   # no validation data, a loader without a length, an endless training loader: no share
                 self._fold_batches = FoldBatches(int(trainer.num_training_batches), len(loader))
-            except TypeError:   # no validation data, or a loader without a length
-                warnings.warn("OnepassCallback: the fold trains on the training data only (it needs a "
-                              "validation dataloader with a length)", UserWarning, stacklevel=2)
+            except (TypeError, ValueError, OverflowError):
+                warnings.warn("OnepassCallback: the fold trains on the training data only (it needs training "
+                              "and validation dataloaders with a length)", UserWarning, stacklevel=2)
         if self._fold_restored is not None:
             for fold, state in zip(self.folds, self._fold_restored["folds"]):
                 fold.load_state_dict(state)

@@ -298,7 +298,7 @@ class _Tuning(transformers.TrainerCallback):
             try:
                 eval_batches = len(trainer.get_eval_dataloader(self.validation.dataset))
                 optimizer.fold_batches = FoldBatches(len(train_dataloader), eval_batches)
-            except TypeError:   # a dataset without a length
+            except (TypeError, ValueError):   # a dataset without a length, or an empty one
                 warnings.warn("tune(trainer): the fold trains on the training data only (it needs train and "
                               "eval dataloaders with a length)", UserWarning, stacklevel=2)
         restored, optimizer.fold_restored = optimizer.fold_restored, None
