@@ -89,9 +89,18 @@ def _work(j: dict) -> tuple[dict, dict]:
     from workloads import run
     _quiet()
     torch.set_num_threads(1)
+    _warm(torch)
     with contextlib.redirect_stdout(io.StringIO()):   # the frameworks print their summaries
         record = run(ALL[j["workload"]], j["row"], j["seed"], j["steps"], j["options"])
     return j, record
+
+
+def _warm(torch) -> None:
+    """Pay a worker process's one-time costs before any run is timed: the first
+    ``add_param_group`` of any ``torch.optim`` optimizer imports ``torch._dynamo``
+    (~1–2 s, sympy included), which the first run in a process would otherwise
+    count as its own time, whichever row it is."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 class Runs:
