@@ -46,15 +46,12 @@ from .execution import Execution, NonFiniteError
 from .losses import ModelLosses
 from .products import LossPart, Tensors, clone
 from .rules import UpdateRule, get_rule
-from .sprint import SprintAdam
 
 METHODS = tuple(ESTIMATORS)
 HYPER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD,
                     # sign-driven: the step grows ×1.2 while the hypergradient keeps its
                     # sign and halves when it flips, between 0.001 and 0.5 per raw unit
-                    "rprop": functools.partial(torch.optim.Rprop, etas=(0.5, 1.2), step_sizes=(1e-3, 0.5)),
-                    # Adam, after sign steps growing ×1.2 until each value's first flip
-                    "sprint": SprintAdam}
+                    "rprop": functools.partial(torch.optim.Rprop, etas=(0.5, 1.2), step_sizes=(1e-3, 0.5))}
 
 __all__ = ["DataParallel", "HYPER_OPTIMIZERS", "METHODS", "NonFiniteError", "StepResult", "Tuner"]
 
