@@ -22,6 +22,7 @@ hyperparameters (exit 1 if not); rank 0 then prints one JSON line, last::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -100,7 +101,12 @@ def main(argv=None) -> int:
             print(f"step {step:5d}  rank-0 train loss {loss.item():.4f}  {values}", flush=True)
 
     agree = ranks_agree(model, opt) if world > 1 else True
+    hyperparameters = opt.hyperparameters
     if world > 1:
+        # DDP and the optimizer hold the process group: free them while Python still runs, so that
+        # gloo's threads are not torn down during interpreter shutdown (an abort, once in ~40 runs)
+        del opt, ddp_model, net
+        gc.collect()
         dist.destroy_process_group()
     if not agree:
         print(f"rank {rank}: the ranks hold different weights or hyperparameters", file=sys.stderr, flush=True)
@@ -108,7 +114,7 @@ def main(argv=None) -> int:
     if rank == 0:
         with torch.no_grad():
             val_loss = loss_fn(model(x_val), y_val).item()
-        print(json.dumps({"hyperparameters": opt.hyperparameters, "val_loss": val_loss}), flush=True)
+        print(json.dumps({"hyperparameters": hyperparameters, "val_loss": val_loss}), flush=True)
     return 0
 
 
