@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     if world > 1:
         # DDP and the optimizer hold the process group: free them while Python still runs, so that
         # gloo's threads are not torn down during interpreter shutdown (an abort, once in ~40 runs)
-        del opt, ddp_model, net
+        opt = ddp_model = net = None   # (net: unbound when --steps 0)
         gc.collect()
         dist.destroy_process_group()
     if not agree:
