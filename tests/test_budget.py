@@ -129,26 +129,50 @@ def test_the_choice_is_the_shortest_interval_that_keeps_the_budget():
             CostBudget(1.5, margin=margin)
 
 
-def test_the_tuner_chooses_once_after_its_measured_windows_and_keeps_to_it():
+def test_the_tuner_measures_then_catches_up_then_keeps_to_its_choice():
     clock, syncs = FakeClock(), []
     tuner = onepass.Tuner(make_model(), mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5),
                           update_interval=4, neumann_terms=3, cost_budget=budgeted(1.5, clock))
     tuner.cost_budget.sync = lambda: syncs.append(tuner.steps_taken)
-    closing = train_tuner(tuner, 70, clock)
-    # window 0 (updates 1-4) is not timed; windows 1-3 (5-16) are; at 16 the interval becomes 18
-    assert hyperstep_updates(closing) == [4, 8, 12, 16, 34, 52, 70]
-    assert tuner.update_interval == 18
+    intervals = []
+    closing = []
+    for t in range(120):
+        closing += train_tuner(tuner, 1, clock)
+        intervals.append(tuner.update_interval)
+    # window 0 (updates 1-4) is not timed; window 1 (5-8) is, and from its samples (plain 1, extra 9:
+    # 9 / 0.5 = 18) the measured windows 2 and 3 are 18 long (9-26, 27-44). They and the first two
+    # spent 4 × 9 extra over 44 updates, 14 more than 44 × 0.5: the catch-up window (45-90) is
+    # 46 long, 46 × 0.5 - 9 = 14 back; then 18 for good
+    assert hyperstep_updates(closing) == [4, 8, 26, 44, 90, 108]
+    assert intervals[7] == 18 and intervals[43] == 46 and intervals[89] == 18 == tuner.update_interval
     assert tuner.cost_budget.chosen == 18
-    assert tuner.cost_budget.first == [1.0] * 3 and tuner.cost_budget.plain == [1.0] * 6
+    # the run so far keeps the budget at every hyperparameter step from the catch-up's end on
+    for end in (90, 108):
+        spent = end + 9 * sum(1 for u in hyperstep_updates(closing) if u <= end)
+        assert spent <= 1.5 * end
+    assert tuner.cost_budget.first == [1.0] * 3 and tuner.cost_budget.plain == [1.0] * 34
     assert tuner.cost_budget.closing == [10.0] * 3
-    # the clock (and the device synchronisation) only while measuring: from update 4 to 16
-    assert clock.reads == 13 and syncs == list(range(4, 17))
+    # the clock (and the device synchronisation) only while measuring: from update 4 to 44
+    assert clock.reads == 41 and syncs == list(range(4, 45))
     state = tuner.state_dict()
     assert state["update_interval"] == 18 and state["cost_budget"]["chosen"] == 18
     # the hyper-step grows with the window (18 / 4): as far per weight update as before
     asked = onepass.Tuner(make_model(), mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5), update_interval=4)
     hyper_lr = asked.state_dict()["hyper_optimizer"]["param_groups"][0]["lr"]
     assert state["hyper_optimizer"]["param_groups"][0]["lr"] == pytest.approx(hyper_lr * 18 / 4)
+
+
+def test_the_catch_up_wins_back_what_the_measurement_overspent():
+    """The budget's own arithmetic: no catch-up where the windows kept the plan."""
+    budget = CostBudget(1.5, margin=0.0)
+    budget.plain, budget.closing, budget.first = [1.0] * 5, [10.0] * 3, [1.0] * 3   # extra 9
+    budget.closed, budget.updates = 4, 44
+    assert budget.catch_up_length(18) == 46            # (4 × 9 - 44 × 0.5 + 9) / 0.5
+    budget.updates = 4 * 18                            # every window as long as the choice: nothing to win back
+    assert budget.catch_up_length(18) == 18
+    budget.updates = 200
+    assert budget.catch_up_length(18) == 18
+    assert CostBudget(1.5).catch_up_length(7) == 7     # no samples
 
 
 def test_a_cheap_hyperstep_keeps_the_interval_and_tune_after_shifts_the_windows():
@@ -161,13 +185,14 @@ def test_a_cheap_hyperstep_keeps_the_interval_and_tune_after_shifts_the_windows(
 
 
 def assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, tolerance):
-    """40 updates each under fake clocks (a hyperparameter step costs 5 extra):
+    """60 updates each under fake clocks (a hyperparameter step costs 5 extra):
     the optimizer and the Tuner take their steps at the same updates, choose
     an interval of 10 and end with the same weights and learned lr."""
-    closing_a = train_optimizer(a, opt, 40, clock_a, extra=5.0)
-    closing_b = train_tuner(tuner, 40, clock_b, extra=5.0)
+    closing_a = train_optimizer(a, opt, 60, clock_a, extra=5.0)
+    closing_b = train_tuner(tuner, 60, clock_b, extra=5.0)
     assert closing_a == closing_b
-    assert hyperstep_updates(closing_a) == [4, 8, 12, 16, 26, 36]   # extra 5 / (1 × 0.5) = 10
+    # extra 5 / (1 × 0.5) = 10 from window 1 on; a catch-up of (4 × 5 - 28 × 0.5 + 5) / 0.5 = 22
+    assert hyperstep_updates(closing_a) == [4, 8, 18, 28, 50, 60]
     assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
     assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < tolerance
     assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=tolerance)
@@ -262,7 +287,7 @@ def test_a_generous_budget_on_the_real_clock_is_todays_run_bit_for_bit():
 
 # ------------------------------------------------------------------ checkpoints
 
-@pytest.mark.parametrize("resume_at", [8, 24])   # during the measurement, after the choice
+@pytest.mark.parametrize("resume_at", [8, 30, 60, 100])   # measuring, provisional, catching up, chosen
 def test_resume_from_state_dict_equals_the_uninterrupted_run(resume_at):
     def build(model, clock):
         return onepass.optim.Adam(model.parameters(), lr=0.01, tune=("lr", "weight_decay"), weight_decay=1e-3,
@@ -270,7 +295,7 @@ def test_resume_from_state_dict_equals_the_uninterrupted_run(resume_at):
                                   val_loss=lambda: mse_loss(model(XV), YV))
     whole, clock = make_model(), FakeClock()
     opt = build(whole, clock)
-    closing = train_optimizer(whole, opt, 60, clock)
+    closing = train_optimizer(whole, opt, 110, clock)
 
     first, clock = make_model(), FakeClock()
     opt1 = build(first, clock)
@@ -281,9 +306,9 @@ def test_resume_from_state_dict_equals_the_uninterrupted_run(resume_at):
     resumed.load_state_dict(saved_model)
     opt2 = build(resumed, clock)
     opt2.load_state_dict(saved_opt)
-    closing2 = train_optimizer(resumed, opt2, 60 - resume_at, clock, start=resume_at)
+    closing2 = train_optimizer(resumed, opt2, 110 - resume_at, clock, start=resume_at)
 
-    assert hyperstep_updates(closing) == [4, 8, 12, 16, 34, 52]
+    assert hyperstep_updates(closing) == [4, 8, 26, 44, 90, 108]
     assert closing2 == closing[resume_at:]
     assert same_tensors(whole.parameters(), resumed.parameters())
     assert opt.hyperparameters == opt2.hyperparameters
@@ -327,7 +352,7 @@ def test_the_config_key_reaches_the_tuner():
 
 def test_onepass_train_logs_the_chosen_interval_with_the_hyperparameters(uci_data_dir, tmp_path, monkeypatch):
     """``onepass train`` with ``algorithm.cost_budget``: metrics.csv, TensorBoard and
-    the run's summary carry ``interval``, the asked-for one until the budget chose."""
+    the run's summary carry ``interval``: the asked-for one, then each the budget sets."""
     import csv
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -336,20 +361,24 @@ def test_onepass_train_logs_the_chosen_interval_with_the_hyperparameters(uci_dat
 
     interval, reads = 4, []
 
-    def clock() -> float:   # read once per update from the end of the first window: every 4th closes it
-        reads.append(1.0 + (9.0 if len(reads) % interval == 0 else 0.0))
+    def clock() -> float:
+        # read once per update from the end of the first window (update 4); plain 1, extra 9: window 1
+        # (5-8) asks for ceil(9 / (1 × 0.45)) = 20 from then on, so windows close at 8, 28, 48, 68, 88
+        update = len(reads) + interval
+        reads.append(1.0 + (9.0 if update == 8 or (update > 8 and (update - 8) % 20 == 0) else 0.0))
         return sum(reads)
     monkeypatch.setitem(CostBudget.__init__.__kwdefaults__, "clock", clock)
-    config = load_config(["uci_energy", "ours_lr"], ["training.steps=60", "logging.interval=10",
+    config = load_config(["uci_energy", "ours_lr"], ["training.steps=150", "logging.interval=5",
                                                      "logging.tensorboard=true", "algorithm.cost_budget=1.5",
                                                      f"algorithm.update_interval={interval}"])
     summary = run_training(config, tmp_path, data_dir=uci_data_dir, progress=False)
-    # plain 1, extra 9, the default margin: ceil(9 / (1 × 0.45)) = 20, chosen at the end of window 5 (update 24)
+    # the measurement ends at update 88 with 6 × 9 extra over 88 updates, 14.4 over the plan (88 × 0.45):
+    # a catch-up window of ceil((14.4 + 9) / 0.45) = 52 (89-140), then 20 for good
     assert summary["status"] == "finished" and summary["hyperparameters"]["interval"] == 20.0
     with (tmp_path / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(int(r["step"]), float(r["interval"])) for r in rows] == \
-        [(10, 4.0), (20, 4.0), (30, 20.0), (40, 20.0), (50, 20.0), (60, 20.0)]
+    expected = [(s, 4.0 if s < 8 else 20.0 if s < 88 else 52.0 if s < 140 else 20.0) for s in range(5, 151, 5)]
+    assert [(int(r["step"]), float(r["interval"])) for r in rows] == expected
     assert all(float(r["lr"]) > 0 for r in rows)
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()
@@ -366,7 +395,7 @@ def test_onepass_train_logs_the_chosen_interval_with_the_hyperparameters(uci_dat
 
 # ------------------------------------------------------------------ data parallel
 
-WORLD, STEPS = 2, 40
+WORLD, STEPS = 2, 60
 
 
 def _ddp_train(rank: int, world: int) -> dict:
@@ -424,7 +453,7 @@ def test_ddp_ranks_take_rank_zeros_choice_and_stay_bit_identical(tmp_path):
     assert (a["own_choice"], b["own_choice"]) == (10, 30)
     assert a["hyper"]["interval"] == b["hyper"]["interval"] == 10.0
     assert a["closing"] == b["closing"]
-    assert hyperstep_updates(a["closing"]) == [4, 8, 12, 16, 26, 36]
+    assert hyperstep_updates(a["closing"]) == [4, 8, 18, 28, 50, 60]   # rank 0's, its catch-up too
     assert same_tensors(a["weights"], b["weights"])
     assert a["hyper"] == b["hyper"]
     single = _ddp_train(0, 1)   # one process on the whole batches, rank 0's clock

@@ -165,7 +165,8 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin", "budget_hyper_step")
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin", "budget_hyper_step",
+             "budget_measure")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and how the budget chooses."""
 
@@ -177,10 +178,12 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     answers a changed recipe with an old run."""
     config = {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
     if config.get("cost_budget", recipe(rule)["settings"]["cost_budget"]) is not None:
-        # how the budget chooses decides a run as much as its ratio: its margin, and that a
-        # longer window takes a proportionally longer hyper-step (runs from before lack the key)
+        # how the budget chooses decides a run as much as its ratio: its margin, that a longer
+        # window takes a proportionally longer hyper-step, how it measures (runs from before lack the keys)
         config["budget_margin"] = MARGIN
         config["budget_hyper_step"] = "scaled"
+        # the measured windows lengthened as their timings ask, then a catch-up window
+        config["budget_measure"] = "provisional+catch_up"
     return config
 
 

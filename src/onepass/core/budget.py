@@ -3,7 +3,7 @@
 The user gives the ratio of wall-clock to the bare optimizer they accept
 (``cost_budget=1.5``: at most 50% more). A run measures, on itself, what an
 update costs with and without the hyperparameter step, then fixes the window
-once, for the rest of the run::
+for the rest of the run, the shortest that keeps::
 
     (plain × interval + extra) / (plain × interval) ≤ 1 + (1 − margin) × (budget − 1)
 
@@ -27,15 +27,23 @@ user's loop that includes the forward and backward passes (the
 anything else the loop does, which the bare optimizer's loop would also do.
 The first window is left out (allocation, caches, compilation); the next
 ``windows`` (5) windows are measured, and the choice is taken at the end of
-the last of them. Only then, and only with a CUDA device, is the device
-synchronised before the clock is read. The choice is only as good as the
-timings: on a machine shared with other jobs it varies from run to run.
+the last of them. So that the measurement itself keeps the budget, each
+measured window after the first is as long as the samples so far ask (a
+provisional choice), and the window after the measurement catches up: it is
+long enough that the run so far, the first window and the measured ones
+included, keeps the planned ratio (:meth:`CostBudget.catch_up_length`), and
+the chosen interval follows it. Where the asked-for interval already keeps
+the budget, none of this moves a window. Only while measuring, and only with
+a CUDA device, is the device synchronised before the clock is read. The
+choice is only as good as the timings: on a machine shared with other jobs it
+varies from run to run.
 
-The choice is state: :meth:`CostBudget.state_dict` keeps it (and the samples
-of a measurement still under way), so a resume after the choice is exact.
-Under data parallelism ``agree`` hands every rank the first rank's choice.
-A run can be replayed without the clock by giving the chosen interval as
-``update_interval`` and no budget. No I/O here.
+The choices are state: :meth:`CostBudget.state_dict` keeps them (and the
+samples of a measurement still under way), so a resume is exact wherever it
+is taken. Under data parallelism ``agree`` hands every rank the first rank's
+choices. ``cost_budget=None`` with the chosen interval as ``update_interval``
+runs the chosen schedule without a clock (its first windows at the asked-for
+interval). No I/O here.
 """
 from __future__ import annotations
 
@@ -51,7 +59,7 @@ MARGIN = 0.1
 
 
 class CostBudget:
-    """Measure early, then fix the hyperparameter step's interval.
+    """Measure early, catch up, then fix the hyperparameter step's interval.
 
     Args:
         ratio: the wall-clock the user accepts, as a multiple of the bare
@@ -82,7 +90,11 @@ class CostBudget:
         self.windows = windows
         self.sync: Callable[[], None] | None = None
         self.agree: Callable[[int], int] | None = None
-        self.chosen: int | None = None
+        self.chosen: int | None = None   # the interval for the rest of the run, once fixed
+        self.asked: int | None = None    # the interval asked for (the recipe's), from the first update seen
+        self.closed = 0                  # windows closed so far, the untimed first one included
+        self.updates = 0                 # updates up to the end of the last measured window
+        self.catch_up: int | None = None  # while the catch-up window runs: the interval after it
         self.first: list[float] = []     # seconds of the update after a closing one
         self.plain: list[float] = []     # ... of the other plain updates
         self.closing: list[float] = []   # ... of the updates that close a window
@@ -104,31 +116,52 @@ class CostBudget:
 
     @property
     def measuring(self) -> bool:
+        """Until the interval is fixed (the measured windows and the catch-up)."""
         return self.chosen is None
 
-    def observe(self, window: int, position: int, interval: int) -> int | None:
-        """After an update: ``window`` counts windows from 0, ``position`` the
-        update within its window from 1 (``interval`` closes it with the
-        hyperparameter step). Returns the interval once it is chosen (at the
-        end of the last measured window), else ``None``."""
-        closes = position == interval
-        if self.chosen is not None or window > self.windows or (window == 0 and not closes):
-            return None   # the clock runs from the end of the first window
-        if self.sync is not None:
-            self.sync()
-        now = self.clock()
-        if window >= 1 and self._last is not None:
-            kind = self.closing if closes else self.first if position == 1 else self.plain
-            kind.append(now - self._last)
-        self._last = now
-        if not (closes and window == self.windows):
+    def observe(self, position: int, interval: int) -> int | None:
+        """After an update: ``position`` is the update within its window from 1
+        (``interval``, the current one, closes it with the hyperparameter
+        step). Returns the interval of the windows that follow when this update
+        closes one and the budget sets it (after each measured window, at the
+        end of the measurement, at the end of the catch-up), else ``None``."""
+        if self.chosen is not None:
             return None
-        chosen = self.choose(interval)
-        if self.agree is not None:
-            chosen = int(self.agree(chosen))
-        self.chosen = chosen
-        self._last = None
-        return chosen
+        if self.asked is None:
+            self.asked = interval
+        closes = position == interval
+        timed = 1 <= self.closed <= self.windows
+        if timed or (self.closed == 0 and closes):   # the clock runs from the end of the first window
+            if self.sync is not None:
+                self.sync()
+            now = self.clock()
+            if timed and self._last is not None:
+                kind = self.closing if closes else self.first if position == 1 else self.plain
+                kind.append(now - self._last)
+            self._last = now
+        if self.closed <= self.windows:
+            self.updates += 1
+        if not closes:
+            return None
+        self.closed += 1
+        if self.closed == 1:
+            return None
+        if self.closed <= self.windows:     # a provisional choice from the windows measured so far
+            return self._agreed(self.choose(self.asked))
+        if self.closed == self.windows + 1:
+            self._last = None
+            chosen = self._agreed(self.choose(self.asked))
+            length = self._agreed(self.catch_up_length(chosen))
+            if length > chosen:
+                self.catch_up = chosen
+                return length
+            self.chosen = chosen
+            return chosen
+        self.chosen, self.catch_up = self.catch_up, None   # the catch-up window closed
+        return self.chosen
+
+    def _agreed(self, interval: int) -> int:
+        return int(self.agree(interval)) if self.agree is not None else interval
 
     def costs(self) -> tuple[float, float] | None:
         """``(plain, extra)`` seconds from the medians, or ``None`` without the samples
@@ -162,13 +195,32 @@ class CostBudget:
         needed = math.ceil(extra / (plain * (self.planned - 1)) - 1e-9)
         return max(interval, needed)
 
+    def catch_up_length(self, chosen: int) -> int:
+        """The window that follows the measurement: long enough to win back what
+        the measured windows (and the first) spent beyond the planned ratio, so
+        that the run so far keeps it, and never shorter than ``chosen``."""
+        costs = self.costs()
+        if costs is None or costs[0] <= 0:
+            return chosen
+        plain, extra = costs
+        allowed = plain * (self.planned - 1)          # the extra seconds each update may carry
+        deficit = self.closed * extra - self.updates * allowed
+        if deficit <= 0 or allowed <= 0:
+            return chosen
+        return max(chosen, math.ceil((deficit + extra) / allowed - 1e-9))
+
     def state_dict(self) -> dict:
-        return {"ratio": self.ratio, "chosen": self.chosen, "first": list(self.first), "plain": list(self.plain),
-                "closing": list(self.closing)}
+        return {"ratio": self.ratio, "chosen": self.chosen, "asked": self.asked, "closed": self.closed,
+                "updates": self.updates, "catch_up": self.catch_up, "first": list(self.first),
+                "plain": list(self.plain), "closing": list(self.closing)}
 
     def load_state_dict(self, state: dict) -> None:
         self.chosen = state["chosen"]
         self.first, self.plain, self.closing = (list(state[k]) for k in ("first", "plain", "closing"))
+        self.asked, self.catch_up = state.get("asked"), state.get("catch_up")
+        # a state from before the catch-up counted no windows: its samples tell how many were measured
+        self.closed = state.get("closed", len(self.closing) + 1 if self.closing else 0)
+        self.updates = state.get("updates", len(self.first) + len(self.plain) + len(self.closing))
         self._last = None
 
 

@@ -156,12 +156,14 @@ class Tuner:
         cost_budget: the wall-clock the user accepts as a multiple of the bare
             optimizer's (``1.5``: 50% more), or a
             :class:`~onepass.core.budget.CostBudget` (to inject a clock). The
-            run times its own updates over its first windows, then fixes
-            :attr:`update_interval` (never below ``update_interval``) so that a
-            window costs at most that ratio of plain updates, and scales the
+            run times its own updates over its first windows (each as long as
+            the timings so far ask), takes one longer window that wins back
+            what they overspent, then fixes :attr:`update_interval` (never
+            below ``update_interval``) so that a window costs at most that
+            ratio of plain updates, and scales the
             hyper-optimiser's step by the same factor as the window, so the
             hyperparameters can move as far per weight update as before; the
-            choice is in :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
+            choices are in :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
             (the paper's schedule). Not for ``"baydin"`` methods (every
             update) or ``reset_each_window``.
         population: train ``P`` independent runs at once. Every parameter then
@@ -491,18 +493,17 @@ class Tuner:
     # ------------------------------------------------------------ the cost budget
 
     def _budget_after(self, step: int, position: int | None) -> None:
-        """Time update ``step``; at the end of the measurement fix the interval."""
+        """Time update ``step``; where the budget sets the interval, take it from the next window."""
         budget = self.cost_budget
         if budget is None or position is None or not budget.measuring:
             return
-        window = (step - self._window_origin - 1) // self.update_interval
-        chosen = budget.observe(window, position, self.update_interval)
-        if chosen is not None:
-            if self._hyper_optimizer is not None and chosen != self.update_interval:
+        interval = budget.observe(position, self.update_interval)
+        if interval is not None and interval != self.update_interval:
+            if self._hyper_optimizer is not None:
                 # as far per weight update as before: a longer window, a proportionally longer hyper-step
                 for group in self._hyper_optimizer.param_groups:
-                    group["lr"] *= chosen / self.update_interval
-            self._set_interval(chosen, step)
+                    group["lr"] *= interval / self.update_interval
+            self._set_interval(interval, step)
 
     def _set_interval(self, interval: int, origin: int) -> None:
         """Windows of ``interval`` updates from the update after ``origin``."""

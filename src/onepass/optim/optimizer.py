@@ -160,13 +160,14 @@ class TunedOptimizer(torch.optim.Optimizer):
         cost_budget: the wall-clock you accept, as a multiple of the bare
             ``torch.optim`` loop's (default: the recipe's, 1.5). Over its first
             windows the run times its own loop (your forward and backward
-            included), then fixes the interval once (never below
+            included), then fixes the interval (never below
             ``update_interval``) so that a window costs at most this ratio;
-            ``hyperparameters["interval"]`` shows it and ``state_dict()`` keeps
-            it. ``None``: ``update_interval`` throughout. To replay a run with
-            no clock, give its chosen interval as ``update_interval`` and
-            ``cost_budget=None``. A :class:`~onepass.core.budget.CostBudget`
-            sets the clock. Under DDP every rank takes rank 0's choice.
+            the measured windows are already lengthened as their timings ask,
+            and one longer window after them wins back what they overspent.
+            ``hyperparameters["interval"]`` shows the current one and
+            ``state_dict()`` keeps the choices. ``None``: ``update_interval``
+            throughout. A :class:`~onepass.core.budget.CostBudget` sets the
+            clock. Under DDP every rank takes rank 0's choices.
         lr_bounds: the learned learning rate is kept in this range, one pair for
             all groups or a list with one per group (a group's ``"lr_bounds"``
             key also works). Default ``(1e-10, 1)``: a rate above 1 diverges on
