@@ -134,11 +134,12 @@ def test_the_tuner_measures_then_catches_up_then_keeps_to_its_choice():
     tuner = onepass.Tuner(make_model(), mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5),
                           update_interval=4, neumann_terms=3, cost_budget=budgeted(1.5, clock))
     tuner.cost_budget.sync = lambda: syncs.append(tuner.steps_taken)
-    intervals = []
+    intervals, hyper_lrs = [], []
     closing = []
     for t in range(120):
         closing += train_tuner(tuner, 1, clock)
         intervals.append(tuner.update_interval)
+        hyper_lrs.append(tuner.state_dict()["hyper_optimizer"]["param_groups"][0]["lr"])
     # window 0 (updates 1-4) is not timed; window 1 (5-8) is, and from its samples (plain 1, extra 9:
     # 9 / 0.5 = 18) the measured windows 2 and 3 are 18 long (9-26, 27-44). They and the first two
     # spent 4 × 9 extra over 44 updates, 14 more than 44 × 0.5: the catch-up window (45-90) is
@@ -160,6 +161,10 @@ def test_the_tuner_measures_then_catches_up_then_keeps_to_its_choice():
     asked = onepass.Tuner(make_model(), mse_loss, hyperparameters=dict(lr=0.05, momentum=0.5), update_interval=4)
     hyper_lr = asked.state_dict()["hyper_optimizer"]["param_groups"][0]["lr"]
     assert state["hyper_optimizer"]["param_groups"][0]["lr"] == pytest.approx(hyper_lr * 18 / 4)
+    # ... from the end of update 8 on (windows of 18 follow); the catch-up window of 46 takes the
+    # same step, not 46 / 4
+    assert hyper_lrs[:7] == [hyper_lr] * 7
+    assert hyper_lrs[7:] == pytest.approx([hyper_lr * 18 / 4] * 113)
 
 
 def test_the_catch_up_wins_back_what_the_measurement_overspent():

@@ -83,6 +83,14 @@ def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch)
     text = table.read_text()
     assert "| digits_cnn |" in readme.read_text() and "geometric mean" in readme.read_text()
     assert "| uci_energy |" in text and "onepass / best default" in text and "at or below the best default" in text
+    # the README's time column from a timing measured apart, where one is given
+    timing = tmp_path / "timing.json"
+    timing.write_text(json.dumps({"workloads": {"uci_energy": {"rows": {"onepass": {"time_ratio": 1.25}}}}}))
+    suite.main(["--from-json", str(out), "--markdown", str(table), "--readme", str(readme), "--time-ratios", str(timing)])
+    quiet = readme.read_text().splitlines()
+    assert quiet[0].endswith("| time × Adam (quiet) |")
+    assert next(line for line in quiet if line.startswith("| uci_energy |")).endswith("| 1.25 |")
+    assert next(line for line in quiet if line.startswith("| digits_cnn |")).endswith("| — |")
 
 
 def test_interrupted_suite_keeps_the_finished_runs(tmp_path):

@@ -183,7 +183,7 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
         config["budget_margin"] = MARGIN
         config["budget_hyper_step"] = "scaled"
         # the measured windows lengthened as their timings ask, then a catch-up window
-        config["budget_measure"] = "provisional+catch_up"
+        config["budget_measure"] = "provisional+catch_up, its step the chosen window's"
     return config
 
 

@@ -162,8 +162,9 @@ class Tuner:
             below ``update_interval``) so that a window costs at most that
             ratio of plain updates, and scales the
             hyper-optimiser's step by the same factor as the window, so the
-            hyperparameters can move as far per weight update as before; the
-            choices are in :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
+            hyperparameters can move as far per weight update as before (the
+            catch-up window takes the chosen window's step, not one as many
+            times longer as it is); the choices are in :meth:`state_dict`. Default ``None``: ``update_interval`` throughout
             (the paper's schedule). Not for ``"baydin"`` methods (every
             update) or ``reset_each_window``.
         population: train ``P`` independent runs at once. Every parameter then
@@ -497,13 +498,23 @@ class Tuner:
         budget = self.cost_budget
         if budget is None or position is None or not budget.measuring:
             return
+        before = self._hyper_step_interval()
         interval = budget.observe(position, self.update_interval)
         if interval is not None and interval != self.update_interval:
-            if self._hyper_optimizer is not None:
+            self._set_interval(interval, step)
+            after = self._hyper_step_interval()
+            if self._hyper_optimizer is not None and after != before:
                 # as far per weight update as before: a longer window, a proportionally longer hyper-step
                 for group in self._hyper_optimizer.param_groups:
-                    group["lr"] *= interval / self.update_interval
-            self._set_interval(interval, step)
+                    group["lr"] *= after / before
+
+    def _hyper_step_interval(self) -> int:
+        """The window the hyper-step's length is scaled to: the current one, but
+        the chosen one during the budget's catch-up window (one window long
+        enough to win back an overspent measurement must not take a step as
+        many times longer)."""
+        budget = self.cost_budget
+        return budget.catch_up if budget is not None and budget.catch_up is not None else self.update_interval
 
     def _set_interval(self, interval: int, origin: int) -> None:
         """Windows of ``interval`` updates from the update after ``origin``."""
