@@ -30,8 +30,11 @@ update of each, their ratio (onepass ÷ bare, to hold ≤ the budget), the
 same ratio from medians (a window built from the median plain and closing
 update of onepass over the bare optimizer's median update: it discounts a
 neighbour's bursts on a shared machine), the interval chosen (the recipe's is
-the least; shown chosen/recipe), and the budget's own estimate of the ratio
-from what it measured::
+the least; shown chosen/recipe), the budget's own estimate of the ratio
+from what it measured, and the run's start (its first window, the measured
+windows and the catch-up, timed while running alone, less ``--warmup``
+updates as the bare step's) as seconds per update over the bare step's, with
+its number of updates::
 
     python benchmarks/full_size.py                         # every model, --size cpu on a CPU
     python benchmarks/full_size.py --only gru_adding --windows 5 --json out.json
@@ -188,8 +191,16 @@ def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=
     asked = tuner.update_interval
     for _ in range(warmup):
         bare()
+    start_seconds, start_updates, seen = 0.0, 0, 0
     while tuner.cost_budget is not None and tuner.cost_budget.measuring:   # alone: its own timings
+        _sync(device)
+        began = time.perf_counter()
         tuned()
+        _sync(device)
+        seen += 1
+        if seen > warmup:   # its first updates are its warm-up, as the bare step's are
+            start_seconds += time.perf_counter() - began
+            start_updates += 1
     while tuner.steps_taken == 0 or tuner.position(tuner.steps_taken) != tuner.update_interval:
         tuned()
     interval = tuner.update_interval
@@ -213,7 +224,12 @@ def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=
     costs = None if cost is None else cost.costs()
     estimate = None if cost is None else cost.estimate(interval)
     measured = None if costs is None else {"plain_s": costs[0], "extra_s": costs[1]}
+    # the run's start (the budget's first window, measured windows and catch-up, less as many
+    # warm-up updates as the bare step had) against the bare step's interleaved cost: what the
+    # catch-up keeps within the budget
+    start_ratio = start_seconds / start_updates / bare_s if start_updates else None
     return {"bare_s_per_update": bare_s, "onepass_s_per_update": tuned_s, "ratio": tuned_s / bare_s,
+            "start_updates": start_updates, "start_ratio": start_ratio,
             "ratio_by_medians": by_medians, "budget": None if cost is None else cost.ratio, "interval": interval,
             "recipe_interval": asked, "budget_estimate": estimate, "budget_measured": measured,
             "update_seconds": seconds, "hyperparameters": tuned.optimizer.hyperparameters}
@@ -243,14 +259,16 @@ def main(argv=None) -> int:
     size = args.size or ("cpu" if torch.device(device).type == "cpu" else "full")
     results = {}
     print(f"{'model':14s} {'bare s/upd':>11s} {'onepass s/upd':>14s} {'ratio':>6s} {'medians':>8s} {'budget':>7s} "
-          f"{'interval':>8s} {'estimate':>9s}")
+          f"{'interval':>8s} {'estimate':>9s} {'start':>13s}")
     for name in args.only:
         r = measure(name, device, size, args.rule, args.windows, args.warmup, args.budget)
         results[name] = r
         estimate = "-" if r["budget_estimate"] is None else f"{r['budget_estimate']:.2f}"
         budget = "-" if r["budget"] is None else f"{r['budget']:.2f}"
+        start = "-" if r["start_ratio"] is None else f"{r['start_ratio']:.2f} ({r['start_updates']})"
         print(f"{name:14s} {r['bare_s_per_update']:11.4f} {r['onepass_s_per_update']:14.4f} {r['ratio']:6.2f} "
-              f"{r['ratio_by_medians']:8.2f} {budget:>7s} {r['interval']:5d}/{r['recipe_interval']:<2d} {estimate:>9s}", flush=True)
+              f"{r['ratio_by_medians']:8.2f} {budget:>7s} {r['interval']:5d}/{r['recipe_interval']:<2d} {estimate:>9s} "
+              f"{start:>13s}", flush=True)
     if args.json:
         info = {"device": str(device), "threads": torch.get_num_threads(), "size": size, "rule": args.rule,
                 "windows": args.windows, "torch": torch.__version__,

@@ -482,3 +482,6 @@ def test_full_size_benchmark_reports_the_chosen_interval_and_the_ratio():
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0 and result["budget"] == 1000.0
     assert 1 <= result["budget_estimate"] < 1000
     assert result["hyperparameters"]["interval"] == 20.0
+    # the run's start: the first window and 5 measured ones at 20 (no catch-up under such a budget),
+    # less the one warm-up update
+    assert result["start_updates"] == 119 and math.isfinite(result["start_ratio"]) and result["start_ratio"] > 0
