@@ -67,17 +67,18 @@ def budgeted(ratio: float, clock: FakeClock) -> CostBudget:
 
 def train_optimizer(model, opt, steps, clock=None, plain=1.0, extra=9.0, start=0):
     """The documented loop; the fake clock charges ``plain`` per update and
-    ``extra`` more for the update that takes the hyperparameter step."""
-    closing = []
+    ``extra`` more for the update that takes the hyperparameter step (the one
+    that closes a window)."""
+    closing, tuner = [], opt.tuner
     for t in range(start, start + steps):
         x, y = batch(t)
         opt.zero_grad()
-        graph = opt.needs_graph
+        closes = tuner.position(tuner.steps_taken + 1) == tuner.update_interval
         if clock is not None:
-            clock.now += plain + (extra if graph else 0.0)
-        mse_loss(model(x), y).backward(create_graph=graph)
+            clock.now += plain + (extra if closes else 0.0)
+        mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
         opt.step()
-        closing.append(graph)
+        closing.append(closes)
     return closing
 
 
@@ -200,7 +201,7 @@ def assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, tolerance):
     assert hyperstep_updates(closing_a) == [4, 8, 18, 28, 50, 60]
     assert opt.hyperparameters["interval"] == 10.0 == tuner.update_interval
     assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < tolerance
-    assert opt.hyperparameters["lr/group0"] == pytest.approx(tuner.hyperparameters["lr"], rel=tolerance)
+    assert opt.tuner.hyperparameters["lr"] == pytest.approx(tuner.hyperparameters["lr"], rel=tolerance)
 
 
 def test_the_optimizer_and_the_tuner_make_the_same_choice_and_the_same_run():
@@ -214,15 +215,20 @@ def test_the_optimizer_and_the_tuner_make_the_same_choice_and_the_same_run():
     assert_same_choice_and_run(a, opt, clock_a, b, tuner, clock_b, 1e-10)
 
 
-@pytest.mark.parametrize("method", ["neumann", "cg"])
+@pytest.mark.parametrize("granularity", ["scalar", "tensor"])
+@pytest.mark.parametrize("method", ["neumann", "cg", "unroll"])
 @pytest.mark.parametrize("rule", ["sgd", "adam", "adamw"])
-def test_every_rule_and_method_the_budget_serves_chooses_and_trains_as_the_tuner(rule, method):
-    """Each update rule × each method the budget accepts: the optimizer and the
-    Tuner choose the same interval under the same fake clock and end with the
-    same weights and learned lr."""
+def test_every_rule_method_and_granularity_the_budget_serves_chooses_and_trains_as_the_tuner(
+        rule, method, granularity):
+    """Each update rule × each method the budget accepts × a scalar or per-tensor
+    lr: the optimizer and the Tuner choose the same intervals (the catch-up
+    included) under the same fake clock and end with the same weights and
+    learned lr. ``"unroll"`` differentiates through the closing update only, so
+    the fake clock charges the same update as for the other methods."""
     a, b = make_model(), make_model()
     clock_a, clock_b = FakeClock(), FakeClock()
-    settings = dict(tune=("lr",), update_interval=4, neumann_terms=3, method=method)
+    settings = dict(tune=("lr",), update_interval=4, neumann_terms=3, unroll_steps=1, method=method,
+                    granularity={"lr": granularity})
     cls = {"sgd": onepass.optim.SGD, "adam": onepass.optim.Adam, "adamw": onepass.optim.AdamW}[rule]
     opt = cls(a.parameters(), lr=0.01, val_loss=lambda: mse_loss(a(XV), YV),
               cost_budget=budgeted(1.5, clock_a), **settings)
