@@ -191,7 +191,7 @@ def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=
     asked = tuner.update_interval
     for _ in range(warmup):
         bare()
-    start_seconds, start_updates, seen = 0.0, 0, 0
+    start_seconds, seen = 0.0, 0
     while tuner.cost_budget is not None and tuner.cost_budget.measuring:   # alone: its own timings
         _sync(device)
         began = time.perf_counter()
@@ -200,7 +200,7 @@ def measure(name, device, size="cpu", rule="adamw", windows=3, warmup=3, budget=
         seen += 1
         if seen > warmup:   # its first updates are its warm-up, as the bare step's are
             start_seconds += time.perf_counter() - began
-            start_updates += 1
+    start_updates = max(seen - warmup, 0)
     while tuner.steps_taken == 0 or tuner.position(tuner.steps_taken) != tuner.update_interval:
         tuned()
     interval = tuner.update_interval

@@ -515,9 +515,9 @@ def readme_table(result: dict, time_ratios: dict | None = None) -> str:
     for name, e in result["workloads"].items():
         r = e["rows"]["onepass"]
         ratio = e.get("onepass_ratio")
-        seconds = (time_ratios or {}).get(name) if time_ratios else r["time_ratio"]
+        time_ratio = time_ratios.get(name) if time_ratios else r["time_ratio"]
         lines.append(f"| {name} | {_fmt(r['median'])} | {e.get('best_default', '—')} {_fmt(e.get('best_default_median'))}"
-                     f" | {'—' if ratio is None else f'{ratio:.3f}'} | {_fmt(seconds, 3)} |")
+                     f" | {'—' if ratio is None else f'{ratio:.3f}'} | {_fmt(time_ratio, 3)} |")
     s = result["summary"]["onepass"]
     lines.append(f"\nAt or below the best default on {s['wins']}/{s['workloads']} workloads; geometric mean "
                  f"of the ratios {s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f} "
