@@ -406,7 +406,28 @@ def compare(table: dict) -> dict:
     for row in ONEPASS_ROWS + ("adam_grid",):
         if row in table and table[row]["median"] is not None and defaults[best]:
             out[f"{row}_ratio"] = table[row]["median"] / defaults[best]
+            interval = ratio_interval(table[row]["values"], table[best]["values"])
+            if interval is not None:
+                out[f"{row}_ratio_interval"] = interval
     return out
+
+
+def ratio_interval(values, best_values, level: float = 0.9, draws: int = 2000) -> list[float] | None:
+    """A paired bootstrap interval of median(values) / median(best_values):
+    seeds resampled jointly (seed i of both rows shares its initial weights and
+    batch order), a fixed generator. None without at least 5 common seeds. It
+    says how far the seeds alone move the ratio: a loss whose interval lies
+    wholly above 1 is not the seeds' lottery."""
+    n = min(len(values), len(best_values))
+    if n < 5:
+        return None
+    a = np.array([math.inf if v is None else v for v in values[:n]])
+    b = np.array([math.inf if v is None else v for v in best_values[:n]])
+    index = np.random.default_rng(0).integers(0, n, size=(draws, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.median(a[index], axis=1) / np.median(b[index], axis=1)
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return [float(low), float(high)]
 
 
 def summarise(workloads: dict, row: str = "onepass") -> dict:
@@ -423,7 +444,9 @@ def summarise(workloads: dict, row: str = "onepass") -> dict:
             "within_1.03": sum(1 for r in ratios.values() if r <= 1.03),
             "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())),
             "max_ratio": max(ratios.values()), "max_time_ratio": max(times) if times else None, "diverged": missing,
-            "ratios": ratios}
+            "ratios": ratios,
+            "clear_losses": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", [0])[0] > 1.0],
+            "clear_wins": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", [2])[1] < 1.0]}
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -461,7 +484,7 @@ def markdown(result: dict) -> str:
     workloads = result["workloads"]
     rows = [r for r in ROWS + EQTIME_ROWS if any(r in e["rows"] for e in workloads.values())]
     eq = any("onepass_eqtime_ratio" in e for e in workloads.values())
-    head = ["workload", "metric", "seeds"] + rows + ["onepass / best default"] + (
+    head = ["workload", "metric", "seeds"] + rows + ["onepass / best default [90% interval]"] + (
         ["onepass / best equal-time"] if eq else []) + ["onepass acc. (published)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, e in workloads.items():
@@ -475,8 +498,9 @@ def markdown(result: dict) -> str:
             if row in EQTIME:
                 text += f" [{r['updates']}]"
             cells.append(f"**{text}**" if row == e.get("best_default") else text)
-        ratio = e.get("onepass_ratio")
-        cells.append("—" if ratio is None else f"{ratio:.3f}")
+        ratio, interval = e.get("onepass_ratio"), e.get("onepass_ratio_interval")
+        cells.append("—" if ratio is None else f"{ratio:.3f}" + (
+            f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""))
         if eq:
             cells.append("—" if e.get("onepass_eqtime_ratio") is None else f"{e['onepass_eqtime_ratio']:.3f}")
         acc = e["rows"].get("onepass", {}).get("accuracy_median")
@@ -489,7 +513,10 @@ def markdown(result: dict) -> str:
             lines.append(f"\n{row}: at or below the best default on {s['wins']}/{s['workloads']} workloads, "
                          f"within 1.03x on {s['within_1.03']}/{s['workloads']}; geometric mean of the ratios "
                          f"{s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f}" + (
-                             f"; time at most {s['max_time_ratio']:.2f}x Adam's." if s["max_time_ratio"] else "."))
+                             f"; time at most {s['max_time_ratio']:.2f}x Adam's." if s["max_time_ratio"] else ".")
+                         + (f" Beyond the seeds' spread (90% paired bootstrap interval of the ratio wholly "
+                            f"below / above 1): wins {', '.join(s['clear_wins']) or 'none'}; losses "
+                            f"{', '.join(s['clear_losses']) or 'none'}." if row == "onepass" else ""))
     s = summarise_grid(workloads)
     if s:
         lines.append(f"\nagainst the Adam grid: onepass at or below it on {s['at_or_below']}/{s['workloads']} "
@@ -584,6 +611,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--runs", type=Path, default=None, help="JSON-lines cache of finished runs (resume, reuse)")
     p.add_argument("--onepass", type=json.loads, default={}, help="JSON overrides of the onepass row (ablations)")
+    p.add_argument("--onepass-sgd", type=json.loads, default={}, help="the same for the onepass_sgd row")
     p.add_argument("--robustness", type=int, default=0, help="N starts at lr 10^U(-6,-1) on Energy, digits CNN")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", nargs="?", const="-", default=None, help="write the table (to stdout: -)")
@@ -606,7 +634,7 @@ def main(argv=None) -> dict:
         result = json.loads(args.from_json.read_text())
     else:
         config = onepass_config(**args.onepass)
-        sgd_config = onepass_config("sgd")
+        sgd_config = onepass_config("sgd", **args.onepass_sgd)
         rows = list(args.rows)
         runs = Runs(args.runs)
         start = time.perf_counter()
@@ -619,7 +647,8 @@ def main(argv=None) -> dict:
         result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | (
                       {"equal_time": summarise_equal_time(workloads)} if any(r in EQTIME for r in rows) else {}) | (
                   {"grid": summarise_grid(workloads)} if "adam_grid" in rows else {}),
-                  "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass},
+                  "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass,
+                             "sgd_overrides": args.onepass_sgd},
                   "seeds": args.seeds, "steps_scale": args.steps, "python": platform.python_version(),
                   "torch": torch.__version__, "command": "python benchmarks/suite.py " + " ".join(
                       sys.argv[1:] if argv is None else argv)}

@@ -181,3 +181,22 @@ def test_equal_time_updates():
     suite = _suite()
     assert suite.equal_time_updates(100, [3.0, 2.0, 10.0], [1.0, 2.0, 1.0]) == 300
     assert suite.equal_time_updates(100, [1.0], [2.0]) == 100      # load, not a cheaper onepass
+
+
+def test_ratio_interval_is_the_seeds_spread_of_the_median_ratio():
+    suite = _suite()
+    best = [1.0, 1.2, 0.9, 1.1, 1.05, 0.95]
+    assert suite.ratio_interval(best, best) == [1.0, 1.0]                 # paired: a row against itself
+    low, high = suite.ratio_interval([2 * v for v in best], best)
+    assert low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    noisy = [0.5, 2.0, 0.8, 1.6, 1.0, 1.3]                                # same scale, a wide spread
+    low, high = suite.ratio_interval(noisy, best)
+    assert low < 1.0 < high
+    assert suite.ratio_interval(noisy, best) == [low, high]               # a fixed generator
+    assert suite.ratio_interval(best[:4], best[:4]) is None               # too few seeds to say
+    low, high = suite.ratio_interval([None] * 6, best)                    # diverged runs are infinitely worse
+    assert low == high == math.inf
+    entry = suite.compare({"adam": {"median": 1.0, "values": best}, "onepass": {"median": 2.0, "values": [2 * v for v in best]}})
+    assert entry["onepass_ratio_interval"] == pytest.approx([2.0, 2.0])
+    summary = suite.summarise({"w": {"rows": {"onepass": {"time_ratio": None}}, **entry}})
+    assert summary["clear_losses"] == ["w"] and summary["clear_wins"] == []
