@@ -165,7 +165,7 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "hyper_decay", "lr_mean", "recipe", "budget_margin", "budget_hyper_step",
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin", "budget_hyper_step",
              "budget_measure")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and how the budget chooses."""
@@ -250,34 +250,6 @@ def split_validation(data: Data, keep: float):
             data.x_val[n - k:], data.y_val[n - k:])
 
 
-def _hyper_decay(opt, fold, start: float):
-    """Ablation: the hyper-step times min(1, start * T / t) after update t of the T tuned ones."""
-    groups = opt.tuner._hyper_optimizer.param_groups
-    seen = {"factor": 1.0}
-
-    def after():
-        fold.step()
-        factor = min(1.0, start * fold.fold_at / max(1, fold.steps))
-        for group in groups:
-            group["lr"] *= factor / seen["factor"]
-        seen["factor"] = factor
-    return after
-
-
-def _lr_mean(opt, fold, share: float):
-    """Ablation: the fold freezes the learned lr's geometric mean over the last
-    ``share`` of the tuned updates instead of its last value."""
-    logs = []
-
-    def after():
-        if fold.steps >= fold.fold_at * (1 - share) and fold.steps < fold.fold_at:
-            logs.append(math.log(opt.tuner.hyperparameters["lr"]))
-        if fold.steps + 1 == fold.fold_at and logs:
-            opt.tuner.set_hyperparameters(lr=math.exp(sum(logs) / len(logs)))
-        fold.step()
-    return after
-
-
 def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dict):
     """Train one row through a plain PyTorch loop: (model, seconds, finite, hyperparameters)."""
     data = workload.data
@@ -295,14 +267,9 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
         train = workload.batches(x_train, y_train, seed)
         folded = workload.batches(data.x_trainval, data.y_trainval, seed + 1)
         finite = True
-        after_step = fold.step
-        if config.get("hyper_decay"):
-            after_step = _hyper_decay(opt, fold, config["hyper_decay"])
-        if config.get("lr_mean"):
-            after_step = _lr_mean(opt, fold, config["lr_mean"])
         try:
             finite = _loop(workload, model, opt, steps, lambda: next(folded if fold.folded else train),
-                           graph=True, after_step=after_step)
+                           graph=True, after_step=fold.step)
         except onepass.NonFiniteError:
             finite = False
         hyper = opt.hyperparameters
