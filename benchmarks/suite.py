@@ -445,8 +445,8 @@ def summarise(workloads: dict, row: str = "onepass") -> dict:
             "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())),
             "max_ratio": max(ratios.values()), "max_time_ratio": max(times) if times else None, "diverged": missing,
             "ratios": ratios,
-            "clear_losses": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", [0])[0] > 1.0],
-            "clear_wins": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", [2])[1] < 1.0]}
+            "clear_losses": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", (0, 0))[0] > 1.0],
+            "clear_wins": [n for n, e in workloads.items() if e.get(f"{row}_ratio_interval", (2, 2))[1] < 1.0]}
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -538,17 +538,20 @@ def readme_table(result: dict, time_ratios: dict | None = None) -> str:
     """The README's compact table: onepass against the best default, per workload;
     the time column from ``time_ratios`` (measured apart, quiet) where given."""
     head = "time × Adam (quiet)" if time_ratios else "time × Adam"
-    lines = [f"| workload | onepass | best default | onepass / best | {head} |", "|---|---|---|---|---|"]
+    lines = [f"| workload | onepass | best default | onepass / best [90% interval] | {head} |", "|---|---|---|---|---|"]
     for name, e in result["workloads"].items():
         r = e["rows"]["onepass"]
-        ratio = e.get("onepass_ratio")
+        ratio, interval = e.get("onepass_ratio"), e.get("onepass_ratio_interval")
         time_ratio = time_ratios.get(name) if time_ratios else r["time_ratio"]
+        shown = "—" if ratio is None else f"{ratio:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
         lines.append(f"| {name} | {_fmt(r['median'])} | {e.get('best_default', '—')} {_fmt(e.get('best_default_median'))}"
-                     f" | {'—' if ratio is None else f'{ratio:.3f}'} | {_fmt(time_ratio, 3)} |")
+                     f" | {shown} | {_fmt(time_ratio, 3)} |")
     s = result["summary"]["onepass"]
     lines.append(f"\nAt or below the best default on {s['wins']}/{s['workloads']} workloads; geometric mean "
                  f"of the ratios {s['geomean_ratio']:.3f}, worst {s['max_ratio']:.3f} "
-                 f"({result['seeds']} seeds, median test loss).")
+                 f"({result['seeds']} seeds, median test loss)." + (
+                     f" Beyond the seeds' spread: wins {', '.join(s['clear_wins']) or 'none'}; losses "
+                     f"{', '.join(s['clear_losses']) or 'none'}." if "clear_wins" in s else ""))
     return "\n".join(lines)
 
 

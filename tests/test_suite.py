@@ -198,5 +198,6 @@ def test_ratio_interval_is_the_seeds_spread_of_the_median_ratio():
     assert low == high == math.inf
     entry = suite.compare({"adam": {"median": 1.0, "values": best}, "onepass": {"median": 2.0, "values": [2 * v for v in best]}})
     assert entry["onepass_ratio_interval"] == pytest.approx([2.0, 2.0])
-    summary = suite.summarise({"w": {"rows": {"onepass": {"time_ratio": None}}, **entry}})
-    assert summary["clear_losses"] == ["w"] and summary["clear_wins"] == []
+    few = {"rows": {"onepass": {"time_ratio": None}}, "onepass_ratio": 0.5}          # < 5 seeds: no interval
+    summary = suite.summarise({"w": {"rows": {"onepass": {"time_ratio": None}}, **entry}, "few": few})
+    assert summary["clear_losses"] == ["w"] and summary["clear_wins"] == [] and summary["wins"] == 1
