@@ -635,6 +635,9 @@ def main(argv=None) -> dict:
                        if e["rows"].get("onepass", {}).get("time_ratio")}
     if args.from_json:
         result = json.loads(args.from_json.read_text())
+        for entry in result["workloads"].values():   # results written before the intervals gain them
+            entry.update(compare(entry["rows"]))
+        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS})
     else:
         config = onepass_config(**args.onepass)
         sgd_config = onepass_config("sgd", **args.onepass_sgd)
