@@ -201,3 +201,14 @@ def test_ratio_interval_is_the_seeds_spread_of_the_median_ratio():
     few = {"rows": {"onepass": {"time_ratio": None}}, "onepass_ratio": 0.5}          # < 5 seeds: no interval
     summary = suite.summarise({"w": {"rows": {"onepass": {"time_ratio": None}}, **entry}, "few": few})
     assert summary["clear_losses"] == ["w"] and summary["clear_wins"] == [] and summary["wins"] == 1
+
+
+def test_onepass_sgd_row_takes_its_own_overrides(tmp_path):
+    suite = _suite()
+    result = suite.main(["--workloads", "uci_energy", "--rows", "onepass_sgd", "--seeds", "1", "--steps", "0.005",
+                         "--workers", "1", "--quiet", "--runs", str(tmp_path / "runs.jsonl"),
+                         "--onepass-sgd", '{"lr": 0.01, "momentum": 0.9}', "--markdown", str(tmp_path / "t.md")])
+    assert result["recipe"]["sgd"]["lr"] == 0.01 and result["recipe"]["sgd_overrides"] == {"lr": 0.01, "momentum": 0.9}
+    assert result["recipe"]["adamw"].get("lr") is None                    # the onepass row keeps the recipe
+    learned = result["workloads"]["uci_energy"]["rows"]["onepass_sgd"]["hyperparameters_median"]
+    assert 0.5 < learned["momentum/group0"] < 1.0                          # started at 0.9, so tuned (0 is "off")
