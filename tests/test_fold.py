@@ -153,3 +153,102 @@ def test_fold_average_puts_in_the_mean_of_the_last_updates_weights_and_buffers()
     assert int(model[1].num_batches_tracked) == steps   # integer buffers are not averaged
     with pytest.raises(ValueError, match=r"^average must lie in \[0, 1\)"):
         onepass.optim.Fold(opt, steps, average=1.0)
+
+
+@pytest.mark.parametrize("rule", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("granularity", [None, {"lr": "tensor"}])
+def test_back_off_scales_the_learned_rate_and_restarts_both_states(rule, granularity):
+    model, (x, y), (x_val, y_val) = _problem(3)
+    loss_fn = torch.nn.functional.mse_loss
+    extra = {"momentum": 0.9} if rule == "SGD" else {}
+    opt = getattr(onepass.optim, rule)(model.parameters(), lr=1e-2, val_loss=lambda: loss_fn(model(x_val), y_val),
+                                       model=model, update_interval=3, granularity=granularity, cost_budget=None,
+                                       **extra)
+    for _ in range(6):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+    before = opt.tuner.hyperparameters["lr"]
+    before = before if isinstance(before, list) else [before]
+    assert len(set(before)) == (1 if granularity is None else len(before)) and before[0] != 1e-2   # tuned
+    assert opt.tuner._hyper_optimizer.state
+    opt.back_off(0.25)
+    after = opt.tuner.hyperparameters["lr"]
+    after = after if isinstance(after, list) else [after]
+    assert after == pytest.approx([0.25 * v for v in before], rel=1e-5)        # every slot, its own value
+    assert opt.in_use()[0]["lr"] == pytest.approx(0.25 * before[0], rel=1e-5)  # what the update uses
+    state = opt.tuner.state
+    for key, value in state.items():
+        for t in (value if isinstance(value, tuple) else (value,)):
+            assert not t.any(), key                                             # the rule's state from zero
+    assert not opt.tuner._hyper_optimizer.state                                # so is the hyper-optimiser's
+    opt.zero_grad()
+    loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+    opt.step()                                                                  # and it goes on
+    with pytest.raises(ValueError, match="factor"):
+        opt.back_off(1.0)
+
+
+def _guarded_run(spike_at, guard=2.0, loss_given=False, stop=None, state=None):
+    """SGD on the toy problem; at update ``spike_at`` the weights are blown up by hand."""
+    model, (x, y), (x_val, y_val) = _problem(4)
+    loss_fn = torch.nn.functional.mse_loss
+    opt = onepass.optim.SGD(model.parameters(), lr=1e-3, momentum=0.5, val_loss=lambda: loss_fn(model(x_val), y_val),
+                            model=model, update_interval=4, cost_budget=None)
+    fold = onepass.optim.Fold(opt, 40, fraction=0.25, keep_best=True, guard=guard)
+    begin = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        fold.load_state_dict(state["fold"])
+        begin = fold.steps
+    events = []
+    for t in range(begin, 40):
+        if t == stop:
+            return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+                    "fold": copy.deepcopy(fold.state_dict())}
+        if t == spike_at:
+            with torch.no_grad():
+                model[3].weight.mul_(10.0)
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward(create_graph=opt.needs_graph)
+        opt.step()
+        backoffs, lr = fold.backoffs, opt.tuner.hyperparameters["lr"]
+        fold.step(loss if loss_given else None)
+        if fold.backoffs != backoffs:
+            restored = all(torch.equal(a, b) for a, b in zip(fold.best.tensors, fold.best.copies))
+            events.append((t, lr, opt.tuner.hyperparameters["lr"], restored))
+    return model, fold, events
+
+
+def test_guard_puts_the_best_weights_back_and_halves_the_rate_when_validation_blows_up():
+    model, fold, events = _guarded_run(spike_at=13)
+    assert fold.backoffs == 1 and len(events) == 1
+    t, lr_before, lr_after, restored = events[0]
+    assert t == 15                                       # the window closing after the spike (updates 12-15)
+    assert lr_after == pytest.approx(lr_before / 2, rel=1e-5)
+    assert restored                                      # the best weights and buffers are back in place
+    calm_model, calm_fold, calm_events = _guarded_run(spike_at=None)
+    assert calm_fold.backoffs == 0 and not calm_events   # no blow-up, no back-off: the same run as without
+    plain_model, _, _ = _guarded_run(spike_at=None, guard=0)
+    for a, b in zip(calm_model.state_dict().values(), plain_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_guard_given_the_training_loss_acts_inside_the_window():
+    _, fold, events = _guarded_run(spike_at=13, loss_given=True)
+    assert events[0][0] == 13 and events[0][3] and fold.backoffs == 1     # at once, not at the window's end
+
+
+def test_guard_resumes_exactly_and_refuses_bad_settings():
+    whole, _, _ = _guarded_run(spike_at=13)
+    resumed, _, _ = _guarded_run(spike_at=13, state=_guarded_run(spike_at=13, stop=8))
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    model, _, (x_val, _) = _problem()
+    opt = onepass.optim.SGD(model.parameters(), lr=1e-2, val_loss=lambda: model(x_val).pow(2).mean(), model=model)
+    with pytest.raises(ValueError, match="guard"):
+        onepass.optim.Fold(opt, 10, keep_best=False, guard=10.0)
+    with pytest.raises(ValueError, match="guard"):
+        onepass.optim.Fold(opt, 10, keep_best=True, guard=0.5)

@@ -165,7 +165,7 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "recipe", "budget_margin", "budget_hyper_step",
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "guard", "recipe", "budget_margin", "budget_hyper_step",
              "budget_measure")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and how the budget chooses."""
@@ -235,7 +235,7 @@ def _loop(workload: Workload, model, opt, steps: int, next_batch, schedule=None,
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:
-            after_step()
+            after_step(loss.detach())
     return True
 
 
@@ -263,7 +263,7 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
                                 options.get("start"))
         fold = onepass.optim.Fold(opt, steps, fraction=config.get("fold", 0.0),
                                   keep_best=config.get("keep_best", False), model=model,
-                                  average=config.get("average", 0.0))
+                                  average=config.get("average", 0.0), guard=config.get("guard"))
         train = workload.batches(x_train, y_train, seed)
         folded = workload.batches(data.x_trainval, data.y_trainval, seed + 1)
         finite = True
@@ -272,7 +272,7 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
                            graph=True, after_step=fold.step)
         except onepass.NonFiniteError:
             finite = False
-        hyper = opt.hyperparameters
+        hyper = {**opt.hyperparameters, **({"backoffs": fold.backoffs} if fold.guard is not None else {})}
     else:
         on_train = options.get("on_train", False)
         x, y = (data.x_train, data.y_train) if on_train else (data.x_trainval, data.y_trainval)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -405,6 +406,28 @@ class Tuner:
             self._check_name(name)
             self.slots.set(name, value)
         self.slots.clip_lr(self.lr_bounds)
+        self._execution.invalidate()
+
+    def back_off(self, factor: float) -> None:
+        """After a blow-up, once the weights are put back: a tuned learning rate
+        times ``factor`` (every slot, in place, within ``lr_bounds``), and the
+        update rule's state (momentum buffers, Adam's moments) and the
+        hyper-optimiser's started afresh, so neither carries the blow-up's
+        gradients on. Call it between windows."""
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must lie in (0, 1), got {factor}")
+        if self._estimator.in_window():
+            raise RuntimeError("back_off() between windows only")
+        slots = self.slots
+        with torch.no_grad():
+            for leaf in slots.raw.get("lr", []):
+                leaf.add_(math.log10(factor))
+            self._execution.state = self._execution.rule.init(tuple(self._execution.params))
+        slots.values_version += 1
+        slots.clip_lr(self.lr_bounds)
+        if self._hyper_optimizer is not None:
+            self._hyper_optimizer.state.clear()
+        self._estimator.reset()
         self._execution.invalidate()
 
     def state_dict(self) -> dict:

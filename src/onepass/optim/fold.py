@@ -90,7 +90,8 @@ class Fold:
     """
 
     def __init__(self, optimizer, total_steps: int, *, fraction: float | None = None,
-                 keep_best: bool | None = None, model: nn.Module | None = None, average: float | None = None):
+                 keep_best: bool | None = None, model: nn.Module | None = None, average: float | None = None,
+                 guard: float | None = None):
         loop = recipe(optimizer.tuner.rule.name).get("loop", {})
         self.fraction = float(loop.get("fold", 0.0) if fraction is None else fraction)
         if not 0.0 <= self.fraction < 1.0:
@@ -113,6 +114,12 @@ class Fold:
         self.averaged = [t for t in tensors if t.is_floating_point()]
         self.mean: list[Tensor] = []
         keep_best = bool(loop.get("keep_best", False) if keep_best is None else keep_best)
+        self.guard = loop.get("guard") if guard is None else (guard or None)
+        if self.guard is not None and (not keep_best or self.guard <= 1.0):
+            raise ValueError(f"guard needs keep_best and a factor above 1, got {self.guard} with keep_best={keep_best}")
+        self.last: Tensor | None = None        # the guard: the previous validation loss
+        self.blown: Tensor | None = None       # and whether the latest one blew up
+        self.backoffs = 0
         if keep_best:
             self.best = BestWeights(tensors)
             watched = optimizer.val_loss
@@ -128,17 +135,45 @@ class Fold:
             value = val_loss()
             if not self.folded:
                 self.best.observe(value)
+                if self.guard is not None:
+                    self._check(value)
             return value
         return watched
+
+    def _check(self, value: Tensor) -> None:
+        """The guard: a validation loss that is not finite, or above ``guard``
+        times the previous one, has blown up (flagged on the device)."""
+        with torch.no_grad():
+            value = value.detach().float().reshape(())
+            blown = ~torch.isfinite(value)
+            if self.last is not None:
+                blown = blown | (value > self.guard * self.last)
+            self.blown = blown if self.blown is None else self.blown | blown
+            self.last = torch.where(torch.isfinite(value), value, self.last if self.last is not None else value)
 
     @property
     def folded(self) -> bool:
         """True from the fold on: feed train+validation."""
         return self.fraction > 0 and self.steps >= self.fold_at
 
-    def step(self) -> None:
-        """Count one update; at the fold restore the best weights and freeze the optimizer."""
+    def step(self, loss: Tensor | None = None) -> None:
+        """Count one update; at the fold restore the best weights and freeze the
+        optimizer. With ``guard``, give the update's training ``loss`` to also
+        catch a blow-up inside a window (one host sync per update then)."""
         self.steps += 1
+        if loss is not None and self.guard is not None and not self.folded:
+            with torch.no_grad():
+                loss = loss.detach().float().reshape(())
+                blown = ~torch.isfinite(loss)
+                if self.last is not None:
+                    blown = blown | (loss > self.guard * self.last)
+                self.blown = blown if self.blown is None else self.blown | blown
+        if self.blown is not None:
+            blown, self.blown = bool(self.blown), None     # one host sync per window, with the guard on
+            if blown and not self.folded and self.restore_best():
+                self.optimizer.back_off(0.5)
+                self.last = self.best.loss.clone()
+                self.backoffs += 1
         if self.fraction > 0 and self.steps == self.fold_at:
             self.restore_best()
             self.optimizer.freeze()
@@ -165,10 +200,12 @@ class Fold:
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "best": self.best.state_dict() if self.best is not None else None,
-                "mean": list(self.mean)}
+                "mean": list(self.mean), "last": self.last, "backoffs": self.backoffs}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"]
+        self.last = state.get("last")
+        self.backoffs = state.get("backoffs", 0)
         self.mean = [m.clone() for m in state.get("mean", [])]
         if self.best is not None and state["best"] is not None:
             self.best.load_state_dict(state["best"])

@@ -537,6 +537,14 @@ class TunedOptimizer(torch.optim.Optimizer):
             out["interval"] = float(self._tuner.update_interval)
         return out
 
+    def back_off(self, factor: float = 0.5) -> None:
+        """After the loss blew up, with the weights already put back (as
+        :class:`~onepass.optim.Fold` does with its best weights): the learned
+        learning rate times ``factor``, the rule's state (momentum buffers,
+        Adam's moments) and the hyper-optimiser's started afresh. Call it
+        after a ``step()`` that closed a window; tuning goes on from there."""
+        self._tuner.back_off(factor)
+
     def freeze(self) -> None:
         """Stop tuning, in place: from now on :meth:`step` is the ``torch.optim``
         namesake's update at the values in use (:meth:`in_use`: the learned ones
