@@ -252,3 +252,4 @@ def test_guard_resumes_exactly_and_refuses_bad_settings():
         onepass.optim.Fold(opt, 10, keep_best=False, guard=10.0)
     with pytest.raises(ValueError, match="guard"):
         onepass.optim.Fold(opt, 10, keep_best=True, guard=0.5)
+

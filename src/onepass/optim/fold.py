@@ -86,6 +86,11 @@ class Fold:
     train+validation. ``keep_best`` (default: the recipe's) restores the
     weights of the lowest validation loss seen before the fold. ``model``
     (default: the optimizer's ``model=``) adds its buffers to what is kept.
+    ``guard`` (default: the recipe's, none; an option) needs
+    ``keep_best``: a validation loss above ``guard`` times the previous one
+    (or, given to :meth:`step`, a training loss above it) puts the best
+    weights back and calls ``optimizer.back_off()`` (the learned lr halved,
+    the rule's state restarted); :attr:`backoffs` counts them.
     Call :meth:`step` once after every ``optimizer.step()``.
     """
 
