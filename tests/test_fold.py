@@ -19,6 +19,21 @@ def _problem(seed=0):
     return model, (x, y), (x_val, y_val)
 
 
+def _checkpoint(model, opt, fold) -> dict:
+    return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
+            "fold": copy.deepcopy(fold.state_dict())}
+
+
+def _resume(model, opt, fold, state) -> int:
+    """Load a :func:`_checkpoint` (if any); the update to go on from."""
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    fold.load_state_dict(state["fold"])
+    return fold.steps
+
+
 def test_best_weights_keep_the_lowest_finite_loss_on_the_device():
     t = torch.zeros(3)
     best = BestWeights([t])
@@ -107,16 +122,10 @@ def test_fold_state_dict_resumes_exactly():
         opt = onepass.optim.Adam(model.parameters(), lr=1e-2, val_loss=lambda: loss_fn(model(x_val), y_val),
                                  model=model, update_interval=5)
         fold = onepass.optim.Fold(opt, 40, fraction=0.25, keep_best=True)
-        begin = 0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            fold.load_state_dict(state["fold"])
-            begin = fold.steps
+        begin = _resume(model, opt, fold, state)
         for t in range(begin, 40):
             if t == stop:
-                return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-                        "fold": copy.deepcopy(fold.state_dict())}
+                return _checkpoint(model, opt, fold)
             opt.zero_grad()
             loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
             opt.step()
@@ -196,17 +205,11 @@ def _guarded_run(spike_at, guard=2.0, loss_given=False, stop=None, state=None):
     opt = onepass.optim.SGD(model.parameters(), lr=1e-3, momentum=0.5, val_loss=lambda: loss_fn(model(x_val), y_val),
                             model=model, update_interval=4, cost_budget=None)
     fold = onepass.optim.Fold(opt, 40, fraction=0.25, keep_best=True, guard=guard)
-    begin = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        fold.load_state_dict(state["fold"])
-        begin = fold.steps
+    begin = _resume(model, opt, fold, state)
     events = []
     for t in range(begin, 40):
         if t == stop:
-            return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
-                    "fold": copy.deepcopy(fold.state_dict())}
+            return _checkpoint(model, opt, fold)
         if t == spike_at:
             with torch.no_grad():
                 model[3].weight.mul_(10.0)

@@ -145,16 +145,21 @@ class Fold:
             return value
         return watched
 
-    def _check(self, value: Tensor) -> None:
-        """The guard: a validation loss that is not finite, or above ``guard``
-        times the previous one, has blown up (flagged on the device)."""
+    def _flag(self, value: Tensor) -> Tensor:
+        """The guard: a loss that is not finite, or above ``guard`` times the
+        previous validation loss, has blown up (flagged on the device)."""
         with torch.no_grad():
             value = value.detach().float().reshape(())
             blown = ~torch.isfinite(value)
             if self.last is not None:
                 blown = blown | (value > self.guard * self.last)
             self.blown = blown if self.blown is None else self.blown | blown
-            self.last = torch.where(torch.isfinite(value), value, self.last if self.last is not None else value)
+        return value
+
+    def _check(self, value: Tensor) -> None:
+        """A validation loss: flagged, then the next one's reference."""
+        value = self._flag(value)
+        self.last = torch.where(torch.isfinite(value), value, self.last if self.last is not None else value)
 
     @property
     def folded(self) -> bool:
@@ -167,12 +172,7 @@ class Fold:
         catch a blow-up inside a window (one host sync per update then)."""
         self.steps += 1
         if loss is not None and self.guard is not None and not self.folded:
-            with torch.no_grad():
-                loss = loss.detach().float().reshape(())
-                blown = ~torch.isfinite(loss)
-                if self.last is not None:
-                    blown = blown | (loss > self.guard * self.last)
-                self.blown = blown if self.blown is None else self.blown | blown
+            self._flag(loss)
         if self.blown is not None:
             blown, self.blown = bool(self.blown), None     # one host sync per window, with the guard on
             if blown and not self.folded and self.restore_best():
