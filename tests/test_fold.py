@@ -244,6 +244,35 @@ def test_guard_given_the_training_loss_acts_inside_the_window():
     assert events[0][0] == 13 and events[0][3] and fold.backoffs == 1     # at once, not at the window's end
 
 
+def test_guard_given_the_training_loss_acts_in_the_fold_on_the_frozen_update():
+    model, fold, events = _guarded_run(spike_at=33, loss_given=True)
+    assert fold.folded and fold.optimizer.is_frozen and fold.backoffs == 1
+    t, lr_before, lr_after, restored = events[0]
+    assert t == 33 and restored and lr_after == pytest.approx(lr_before / 2, rel=1e-5)
+    assert fold.optimizer.in_use()[0]["lr"] == pytest.approx(lr_before / 2, rel=1e-5)
+    _, spiked_no_loss, no_events = _guarded_run(spike_at=33)
+    assert spiked_no_loss.backoffs == 0 and not no_events   # without the loss the fold has no validation to watch
+    # the frozen update after a back-off: torch.optim.SGD's at half the rate, its momentum buffer from zero
+    model, (x, y), (x_val, y_val) = _problem(5)
+    loss_fn = torch.nn.functional.mse_loss
+    opt = onepass.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, val_loss=lambda: loss_fn(model(x_val), y_val),
+                            model=model, update_interval=2, cost_budget=None)
+    for _ in range(4):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+    opt.freeze()
+    rate = opt.in_use()[0]["lr"]
+    opt.back_off(0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    opt.step()
+    for p, w, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), w - 0.5 * rate * g)
+
+
 def test_guard_resumes_exactly_and_refuses_bad_settings():
     whole, _, _ = _guarded_run(spike_at=13)
     resumed, _, _ = _guarded_run(spike_at=13, state=_guarded_run(spike_at=13, stop=8))

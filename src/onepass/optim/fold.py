@@ -88,9 +88,10 @@ class Fold:
     (default: the optimizer's ``model=``) adds its buffers to what is kept.
     ``guard`` (default: the recipe's, none; an option) needs
     ``keep_best``: a validation loss above ``guard`` times the previous one
-    (or, given to :meth:`step`, a training loss above it) puts the best
-    weights back and calls ``optimizer.back_off()`` (the learned lr halved,
-    the rule's state restarted); :attr:`backoffs` counts them.
+    (or, given to :meth:`step`, a training loss above it, in the fold too)
+    puts the best weights back and calls ``optimizer.back_off()`` (the
+    learned lr halved, the rule's state restarted); :attr:`backoffs` counts
+    them.
     Call :meth:`step` once after every ``optimizer.step()``.
     """
 
@@ -171,11 +172,11 @@ class Fold:
         optimizer. With ``guard``, give the update's training ``loss`` to also
         catch a blow-up inside a window (one host sync per update then)."""
         self.steps += 1
-        if loss is not None and self.guard is not None and not self.folded:
+        if loss is not None and self.guard is not None:
             self._flag(loss)
         if self.blown is not None:
             blown, self.blown = bool(self.blown), None     # one host sync per window, with the guard on
-            if blown and not self.folded and self.restore_best():
+            if blown and self.restore_best():
                 self.optimizer.back_off(0.5)
                 self.last = self.best.loss.clone()
                 self.backoffs += 1
