@@ -285,3 +285,22 @@ def test_guard_resumes_exactly_and_refuses_bad_settings():
     with pytest.raises(ValueError, match="guard"):
         onepass.optim.Fold(opt, 10, keep_best=True, guard=0.5)
 
+
+def test_sgd_default_use_starts_from_the_recipe_and_any_value_given_keeps_torch_defaults():
+    model, _, (x_val, y_val) = _problem()
+    val = lambda: model(x_val).pow(2).mean()   # noqa: E731
+    start = recipe("sgd")["start"]
+    default = onepass.optim.SGD(model.parameters(), val_loss=val, model=model)
+    values = default.in_use()[0]
+    assert values["lr"] == pytest.approx(start["lr"]) and values["momentum"] == pytest.approx(start["momentum"])
+    assert set(default.tuner.slots.tuned) == {"lr", "momentum"}
+    fold = onepass.optim.Fold(default, 100)
+    assert fold.guard == recipe("sgd")["loop"]["guard"] and fold.best is not None and fold.fraction == 0.25
+    assert onepass.optim.Fold(default, 100, keep_best=False).guard is None   # the recipe's guard needs its best weights
+    torch_defaults = torch.optim.SGD(model.parameters()).defaults
+    for kwargs in ({"lr": 0.1}, {"momentum": 0.5}, {"tune": ()}, {"method": "baydin"}):
+        opt = onepass.optim.SGD(model.parameters(), val_loss=val, model=model, **kwargs)
+        values = opt.in_use()[0]
+        for name in ("lr", "momentum"):
+            assert values[name] == pytest.approx(kwargs.get(name, torch_defaults[name])), (kwargs, name)
+    assert onepass.optim.Fold(onepass.optim.AdamW(model.parameters(), val_loss=val, model=model), 100).guard is None

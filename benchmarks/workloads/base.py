@@ -165,7 +165,7 @@ def set_mode(opt, training: bool) -> None:
         switch()
 
 
-LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "guard", "recipe", "budget_margin", "budget_hyper_step",
+LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "guard", "guard_scope", "recipe", "budget_margin", "budget_hyper_step",
              "budget_measure")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and how the budget chooses."""
@@ -177,6 +177,8 @@ def onepass_config(rule: str = "adamw", **overrides) -> dict:
     ``recipe`` entry fingerprints the recipe's table, so the suite's cache never
     answers a changed recipe with an old run."""
     config = {"rule": rule, **recipe(rule).get("loop", {}), **overrides, "recipe": recipe_fingerprint(rule)}
+    if config.get("guard"):   # where the guard acts decides a run (runs from before lack the key)
+        config["guard_scope"] = "tuning and fold, the training loss each update"
     if config.get("cost_budget", recipe(rule)["settings"]["cost_budget"]) is not None:
         # how the budget chooses decides a run as much as its ratio: its margin, that a longer
         # window takes a proportionally longer hyper-step, how it measures (runs from before lack the keys)
@@ -191,7 +193,7 @@ def recipe_fingerprint(rule: str = "adamw") -> str:
     """The recipe table a onepass run used (part of its cache key, so a changed
     recipe never reads an old run)."""
     table = recipe(rule)
-    return json.dumps({k: table[k] for k in ("values", "settings")}, sort_keys=True, default=str)
+    return json.dumps({k: table[k] for k in ("values", "settings", "start") if k in table}, sort_keys=True, default=str)
 
 
 def optimizer_overrides(config: dict) -> dict:

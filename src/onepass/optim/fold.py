@@ -10,10 +10,11 @@ asks::
     for step in range(steps):
         x, y = next(train_and_val if fold.folded else train)
         opt.zero_grad()
-        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        loss = loss_fn(model(x), y)
+        loss.backward(create_graph=opt.needs_graph)
         opt.step()
         scheduler.step()          # yours, if you have one: it keeps driving opt
-        fold.step()
+        fold.step(loss)           # the loss lets a guard (SGD's recipe) see a blow-up at once
 
 Until the fold, it watches the optimizer's ``val_loss`` and keeps a copy of the
 weights (and the model's buffers, BatchNorm's statistics) at the lowest
@@ -86,7 +87,7 @@ class Fold:
     train+validation. ``keep_best`` (default: the recipe's) restores the
     weights of the lowest validation loss seen before the fold. ``model``
     (default: the optimizer's ``model=``) adds its buffers to what is kept.
-    ``guard`` (default: the recipe's, none; an option) needs
+    ``guard`` (default: the recipe's: SGD's 10, AdamW's none) needs
     ``keep_best``: a validation loss above ``guard`` times the previous one
     (or, given to :meth:`step`, a training loss above it, in the fold too)
     puts the best weights back and calls ``optimizer.back_off()`` (the
@@ -120,7 +121,8 @@ class Fold:
         self.averaged = [t for t in tensors if t.is_floating_point()]
         self.mean: list[Tensor] = []
         keep_best = bool(loop.get("keep_best", False) if keep_best is None else keep_best)
-        self.guard = loop.get("guard") if guard is None else (guard or None)
+        # the recipe's guard goes with its best weights; one asked for without them is refused
+        self.guard = (loop.get("guard") if keep_best else None) if guard is None else (guard or None)
         if self.guard is not None and (not keep_best or self.guard <= 1.0):
             raise ValueError(f"guard needs keep_best and a factor above 1, got {self.guard} with keep_best={keep_best}")
         self.last: Tensor | None = None        # the guard: the previous validation loss

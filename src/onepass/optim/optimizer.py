@@ -689,12 +689,18 @@ def _check_range(name: str, value, low: float, high: float | None, *, low_open: 
 class SGD(TunedOptimizer):
     """``torch.optim.SGD`` (no dampening) that tunes ``lr`` (and ``momentum``,
     ``weight_decay`` where they start above 0) during training; see
-    :class:`TunedOptimizer` for the extra arguments and the loop's contract."""
+    :class:`TunedOptimizer` for the extra arguments and the loop's contract.
+    Given neither ``lr`` nor ``momentum`` (nor ``tune`` or ``method``) it
+    starts from the recipe's lr 0.01 with momentum 0.9, both tuned
+    (``recipe("sgd")["start"]``); given either, the rest take
+    ``torch.optim.SGD``'s defaults."""
 
     def __init__(self, params: Iterable, lr: float | None = None, momentum: float | None = None,
                  dampening: float = 0.0, weight_decay: float | None = None, nesterov: bool = False, **tuning):
         if dampening != 0:
             raise ValueError("onepass.optim.SGD supports dampening=0 only")
+        if lr is None and momentum is None and tuning.get("tune") is None and tuning.get("method") is None:
+            lr, momentum = recipe("sgd")["start"]["lr"], recipe("sgd")["start"]["momentum"]   # the default use
         if momentum is None:
             momentum = recipe("sgd")["values"]["momentum"]
         if nesterov and not momentum > 0:
