@@ -198,6 +198,26 @@ def test_back_off_scales_the_learned_rate_and_restarts_both_states(rule, granula
         opt.back_off(1.0)
 
 
+@pytest.mark.parametrize("method", ["neumann", "cg", "unroll"])
+def test_back_off_inside_a_window_goes_on_with_the_rest_of_it(method):
+    model, (x, y), (x_val, y_val) = _problem(3)
+    loss_fn = torch.nn.functional.mse_loss
+    opt = onepass.optim.SGD(model.parameters(), lr=1e-2, momentum=0.5, val_loss=lambda: loss_fn(model(x_val), y_val),
+                            model=model, update_interval=4, unroll_steps=4, method=method, cost_budget=None)
+    lrs = []
+    for t in range(14):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+        lrs.append(opt.tuner.hyperparameters["lr"])
+        if t == 5:                                   # the second window's second update
+            before = lrs[-1]
+            opt.back_off(0.5)
+            assert opt.tuner.hyperparameters["lr"] == pytest.approx(before / 2, rel=1e-5)
+    assert lrs[7] != lrs[6] and lrs[11] != lrs[10]   # that window's and the next one's hyper-steps are taken
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _guarded_run(spike_at, guard=2.0, loss_given=False, stop=None, state=None):
     """SGD on the toy problem; at update ``spike_at`` the weights are blown up by hand."""
     model, (x, y), (x_val, y_val) = _problem(4)

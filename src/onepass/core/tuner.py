@@ -413,11 +413,10 @@ class Tuner:
         times ``factor`` (every slot, in place, within ``lr_bounds``), and the
         update rule's state (momentum buffers, Adam's moments) and the
         hyper-optimiser's started afresh, so neither carries the blow-up's
-        gradients on. Call it between windows."""
+        gradients on. Inside an unrolled window the stretch so far is dropped:
+        the window's hypergradient differentiates the updates after it."""
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must lie in (0, 1), got {factor}")
-        if self._estimator.in_window():
-            raise RuntimeError("back_off() between windows only")
         slots = self.slots
         with torch.no_grad():
             for leaf in slots.raw.get("lr", []):

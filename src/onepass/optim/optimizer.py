@@ -542,8 +542,8 @@ class TunedOptimizer(torch.optim.Optimizer):
         :class:`~onepass.optim.Fold` does with its best weights): the learned
         learning rate times ``factor``, the rule's state (momentum buffers,
         Adam's moments) and the hyper-optimiser's started afresh. Call it
-        after a ``step()`` that closed a window (or any step once frozen);
-        tuning, or the frozen update, goes on from there."""
+        after any ``step()``; tuning, or the frozen update, goes on from
+        there."""
         self._tuner.back_off(factor)
         self._groups_seen = None   # frozen: the values in use are read again
 

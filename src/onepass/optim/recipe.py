@@ -49,8 +49,8 @@ puts the best weights back and halves the learned rate (``opt.back_off()``).
 ``start`` (SGD's): where ``onepass.optim.SGD`` starts when given neither
 ``lr`` nor ``momentum`` (nor ``tune`` or ``method``): lr 0.01 with momentum
 0.9, both tuned. From torch's 1e-3 without momentum it crawls (the suite's
-``onepass_sgd`` row: 2.4x the best default on average, 1.01-1.04x from this
-start with the guard; without the guard, lr and momentum climb to the edge
+``onepass_sgd`` row: 2.4x the best default on average, 1.01-1.10x from this
+start with the guard in three runs; without the guard, lr and momentum climb to the edge
 of stability and full-batch Naval diverged on 4 of 5 seeds). Given either
 value, the rest are torch's defaults, as a drop-in expects."""
 
