@@ -478,6 +478,13 @@ def _fmt(v, digits: int = 4) -> str:
     return "—" if v is None else f"{v:.{digits}g}"
 
 
+def _ratio_text(ratio, interval) -> str:
+    """onepass's ratio to the best default, with its interval where there is one."""
+    if ratio is None:
+        return "—"
+    return f"{ratio:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def markdown(result: dict) -> str:
     """The suite's table: each row's median (time x Adam), the best default in
     bold, and onepass's ratio to it."""
@@ -498,9 +505,7 @@ def markdown(result: dict) -> str:
             if row in EQTIME:
                 text += f" [{r['updates']}]"
             cells.append(f"**{text}**" if row == e.get("best_default") else text)
-        ratio, interval = e.get("onepass_ratio"), e.get("onepass_ratio_interval")
-        cells.append("—" if ratio is None else f"{ratio:.3f}" + (
-            f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""))
+        cells.append(_ratio_text(e.get("onepass_ratio"), e.get("onepass_ratio_interval")))
         if eq:
             cells.append("—" if e.get("onepass_eqtime_ratio") is None else f"{e['onepass_eqtime_ratio']:.3f}")
         acc = e["rows"].get("onepass", {}).get("accuracy_median")
@@ -541,9 +546,8 @@ def readme_table(result: dict, time_ratios: dict | None = None) -> str:
     lines = [f"| workload | onepass | best default | onepass / best [90% interval] | {head} |", "|---|---|---|---|---|"]
     for name, e in result["workloads"].items():
         r = e["rows"]["onepass"]
-        ratio, interval = e.get("onepass_ratio"), e.get("onepass_ratio_interval")
         time_ratio = time_ratios.get(name) if time_ratios else r["time_ratio"]
-        shown = "—" if ratio is None else f"{ratio:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+        shown = _ratio_text(e.get("onepass_ratio"), e.get("onepass_ratio_interval"))
         lines.append(f"| {name} | {_fmt(r['median'])} | {e.get('best_default', '—')} {_fmt(e.get('best_default_median'))}"
                      f" | {shown} | {_fmt(time_ratio, 3)} |")
     s = result["summary"]["onepass"]

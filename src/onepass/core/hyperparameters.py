@@ -326,6 +326,14 @@ class Slots:
                                  "the same lr_bounds for each of them")
         return [slots[k] for k in sorted(slots)]
 
+    def multiply_lr(self, factor: float) -> None:
+        """Multiply a tuned learning rate by ``factor``, every slot (``log10`` of it, in place)."""
+        if "lr" in self.raw:
+            self.values_version += 1
+            with torch.no_grad():
+                for leaf in self.raw["lr"]:
+                    leaf.add_(math.log10(factor))
+
     def clip_lr(self, bounds: list[tuple[float, float]]) -> None:
         """Clip a tuned learning rate to ``bounds`` (one range per slot; ``log10`` of it, in place)."""
         if "lr" in self.raw:

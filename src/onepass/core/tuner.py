@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -417,13 +416,10 @@ class Tuner:
         the window's hypergradient differentiates the updates after it."""
         if not 0.0 < factor < 1.0:
             raise ValueError(f"factor must lie in (0, 1), got {factor}")
-        slots = self.slots
+        self.slots.multiply_lr(factor)
+        self.slots.clip_lr(self.lr_bounds)
         with torch.no_grad():
-            for leaf in slots.raw.get("lr", []):
-                leaf.add_(math.log10(factor))
             self._execution.state = self._execution.rule.init(tuple(self._execution.params))
-        slots.values_version += 1
-        slots.clip_lr(self.lr_bounds)
         if self._hyper_optimizer is not None:
             self._hyper_optimizer.state.clear()
         self._estimator.reset()
