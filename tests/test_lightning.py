@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 import onepass.optim as oo
 from onepass.integrations.lightning import OnepassCallback
+from onepass.optim.recipe import recipe
 
 
 
@@ -506,3 +507,38 @@ def test_a_training_loader_without_a_length_folds_without_validation_batches(tmp
         run.fit(model, DataLoader(Stream(), batch_size=None), loaders()[1])
     (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
     assert run.optimizers[0].is_frozen and callback._fold_batches is None and "training_step" not in vars(model)
+
+
+class SpikedSGD(Regression):
+    """``onepass.optim.SGD`` (its recipe's guard) whose training loss is scaled
+    up a millionfold at one update of the fold."""
+
+    def __init__(self, spike_at: int | None):
+        super().__init__()
+        self.spike_at = spike_at
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e6 if self.global_step == self.spike_at else loss
+
+    def configure_optimizers(self):
+        return oo.SGD(self.parameters(), lr=0.02, momentum=0.5, update_interval=INTERVAL)
+
+
+def test_the_sgd_recipes_guard_sees_the_training_loss_in_the_fold(tmp_path):
+    """23 updates, the fold from update 17 on; the loss blown up at update 19 (global
+    step 19, the 20th update): the callback hands it to the fold, whose guard puts
+    the best weights back and halves the frozen rate at once."""
+    rates = {}
+    for spike_at in (None, 19):
+        model = SpikedSGD(spike_at)
+        run = trainer(tmp_path / str(spike_at), max_steps=23)
+        run.fit(model, *loaders())
+        (callback,) = [c for c in run.callbacks if isinstance(c, OnepassCallback)]
+        (fold,) = callback.folds
+        assert fold.guard == recipe("sgd")["loop"]["guard"] and fold.folded
+        rates[spike_at] = (fold.backoffs, run.optimizers[0].in_use()[0]["lr"])
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert rates[None][0] == 0 and rates[19][0] == 1
+    # the same frozen rate until the spike, then half of it (the guard's back-off)
+    assert rates[19][1] == pytest.approx(rates[None][1] / 2, rel=1e-9)

@@ -57,7 +57,9 @@ What the callback does, from ``on_fit_start`` to ``teardown``:
   rule (:class:`~._common.FoldBatches`): Lightning gives a callback no way to
   change the training data, and this trains on the validation data as a
   plain loop's fold draws from train+validation. ``onepass.optim.SGD``'s
-  recipe has no loop step.
+  recipe adds its guard: each update's training loss (``training_step``'s
+  ``loss``) is handed to the fold, so a blow-up, in the fold too, puts the
+  best weights back and halves the learned rate, as in a plain loop.
 * **Logging.** The tuned values go to Lightning's loggers through
   ``pl_module.log_dict`` as ``onepass/lr/group0``, ... (the learned value;
   ``onepass/lr_in_use/group0`` is the rate in use, learned × scheduled; fixed values are not logged), with
@@ -302,10 +304,14 @@ class OnepassCallback(pl.Callback):
             return training_step(batch, *args, **kwargs)
         return training_step_of_the_fold
 
-    def _count_updates(self, before: list[int]) -> None:
+    def _count_updates(self, before: list[int], loss: torch.Tensor | None) -> None:
+        """One ``fold.step`` per update taken; the last one gets the batch's
+        training loss, for a guard (``onepass.optim.SGD``'s recipe) to see a
+        blow-up at once, in the fold too."""
         for fold, optimizer, seen in zip(self.folds, self._optimizers, before):
-            for _ in range(optimizer.steps_taken - seen):
-                fold.step()
+            taken = optimizer.steps_taken - seen
+            for i in range(taken):
+                fold.step(loss if i == taken - 1 else None)
 
     def on_train_end(self, trainer, pl_module) -> None:
         for fold in self.folds:
@@ -378,14 +384,14 @@ class OnepassCallback(pl.Callback):
 
     # ------------------------------------------------------------------ logging
 
-    def _log(self, trainer, pl_module) -> None:
+    def _log(self, trainer, pl_module, loss: torch.Tensor | None = None) -> None:
         optimizers = self._optimizers
         if not optimizers:
             return
         steps = [o.steps_taken for o in optimizers]
         if steps == self._logged_at:
             return   # a micro-batch of gradient accumulation: no update yet
-        self._count_updates(self._logged_at)
+        self._count_updates(self._logged_at, loss)
         self._logged_at = steps
         # Only on the steps Lightning writes (every log_every_n_steps), as its own
         # LearningRateMonitor does: self.log costs more than the values themselves.
@@ -424,7 +430,8 @@ class OnepassCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._forward.close()   # a micro-batch of gradient accumulation takes no optimizer step
-        self._log(trainer, pl_module)
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        self._log(trainer, pl_module, loss.detach() if isinstance(loss, torch.Tensor) else None)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._unpatch()
