@@ -20,6 +20,7 @@ separate comparison ("at equal wall-clock onepass wins on X/N"), not a default.
     python benchmarks/suite.py --workloads uci_energy digits_cnn --rows onepass adam --seeds 1 --steps 0.1
     python benchmarks/suite.py --workloads heldout --runs runs.jsonl        # the held-out check
     python benchmarks/suite.py --rows onepass --onepass '{"hyper_lr": 0.1}' --runs runs.jsonl   # an ablation
+    python benchmarks/suite.py --rows onepass --onepass '{"schedule": "cosine"}' --runs runs.jsonl   # a learned factor on warm-up + cosine
     python benchmarks/suite.py --rows adam_eqtime adamw_eqtime adamw_cosine_eqtime --seeds 3 --runs runs.jsonl
     python benchmarks/suite.py --from-json suite.json --markdown --plot suite.png                # re-render
 

@@ -212,3 +212,20 @@ def test_onepass_sgd_row_takes_its_own_overrides(tmp_path):
     assert result["recipe"]["adamw"].get("lr") is None                    # the onepass row keeps the recipe
     learned = result["workloads"]["uci_energy"]["rows"]["onepass_sgd"]["hyperparameters_median"]
     assert 0.5 < learned["momentum/group0"] < 1.0                          # started at 0.9, so tuned (0 is "off")
+
+
+def test_a_schedule_ablation_runs_the_onepass_row_under_that_lr_scheduler(tmp_path):
+    """``--onepass '{"schedule": "cosine"}'``: the loop drives onepass with the
+    ``adamw_cosine`` row's LambdaLR, the optimizer learning a factor on it, so the
+    rate in use ends at the cosine's 0 while the learned value does not."""
+    suite = _suite()
+    result = suite.main(["--workloads", "uci_energy", "--rows", "onepass", "--seeds", "1", "--steps", "0.005",
+                         "--workers", "1", "--quiet", "--runs", str(tmp_path / "runs.jsonl"),
+                         "--onepass", '{"schedule": "cosine"}', "--markdown", str(tmp_path / "t.md")])
+    learned = result["workloads"]["uci_energy"]["rows"]["onepass"]["hyperparameters_median"]
+    assert learned["lr/group0"] > 1e-4 and learned["lr_in_use/group0"] == pytest.approx(0.0, abs=1e-12)
+    plain = suite.main(["--workloads", "uci_energy", "--rows", "onepass", "--seeds", "1", "--steps", "0.005",
+                        "--workers", "1", "--quiet", "--runs", str(tmp_path / "runs.jsonl"),
+                        "--markdown", str(tmp_path / "u.md")])
+    in_use = plain["workloads"]["uci_energy"]["rows"]["onepass"]["hyperparameters_median"]
+    assert in_use["lr_in_use/group0"] == pytest.approx(in_use["lr/group0"])

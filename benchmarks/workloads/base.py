@@ -138,6 +138,11 @@ def warmup_cosine(steps: int) -> Callable[[int], float]:
     return factor
 
 
+SCHEDULES = {"cosine": warmup_cosine}
+"""A onepass row's ``schedule`` (an ablation): the LR scheduler its loop runs;
+the optimizer learns a factor on it (learned lr x the scheduled factor)."""
+
+
 def baseline_optimizer(row: str, params, steps: int, *, lr: float | None = None, weight_decay: float = 0.0):
     """(optimizer, LambdaLR factor or None) of a baseline row at its published defaults."""
     params = list(params)
@@ -166,7 +171,7 @@ def set_mode(opt, training: bool) -> None:
 
 
 LOOP_KEYS = ("rule", "fold", "keep_best", "val_keep", "average", "guard", "guard_scope", "recipe", "budget_margin", "budget_hyper_step",
-             "budget_measure")
+             "budget_measure", "schedule")
 """Keys of a onepass row's configuration that are not the optimizer's arguments:
 the loop's step, the recipe's fingerprint and how the budget chooses."""
 
@@ -271,6 +276,7 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
         finite = True
         try:
             finite = _loop(workload, model, opt, steps, lambda: next(folded if fold.folded else train),
+                           schedule=SCHEDULES[config["schedule"]](steps) if config.get("schedule") else None,
                            graph=True, after_step=fold.step)
         except onepass.NonFiniteError:
             finite = False
