@@ -61,8 +61,7 @@ class Execution:
         self.slots = slots
         self.max_grad_norm = max_grad_norm
         self.population = population
-        with torch.no_grad():
-            self.state = rule.init(tuple(params))
+        self.restart_state()
         self.diverged: Tensor | None = None   # population: bool (P,), members frozen for good
         if population is not None:
             self.diverged = torch.zeros(population, dtype=torch.bool, device=params[0].device)
@@ -79,6 +78,11 @@ class Execution:
         self._seen = (slots.values_version, slots.scale_version)
 
     # ------------------------------------------------------------ the rule
+
+    def restart_state(self) -> None:
+        """The update rule's state (momentum buffers, Adam's moments) from its start."""
+        with torch.no_grad():
+            self.state = self.rule.init(tuple(self.params))
 
     def clip(self, grads: Tensors, max_norm: float | None = None) -> Tensors:
         max_norm = self.max_grad_norm if max_norm is None else max_norm

@@ -418,8 +418,7 @@ class Tuner:
             raise ValueError(f"factor must lie in (0, 1), got {factor}")
         self.slots.multiply_lr(factor)
         self.slots.clip_lr(self.lr_bounds)
-        with torch.no_grad():
-            self._execution.state = self._execution.rule.init(tuple(self._execution.params))
+        self._execution.restart_state()
         if self._hyper_optimizer is not None:
             self._hyper_optimizer.state.clear()
         self._estimator.reset()
@@ -552,7 +551,7 @@ class Tuner:
             for name, value in self._initial["buffers"].items():
                 buffers[name].copy_(value)
             if self.reset_optimizer_state:
-                execution.state = self.rule.init(tuple(execution.params))
+                execution.restart_state()
         self._estimator.reset()
 
     def _check_name(self, name: str) -> None:

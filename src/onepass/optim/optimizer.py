@@ -700,7 +700,8 @@ class SGD(TunedOptimizer):
         if dampening != 0:
             raise ValueError("onepass.optim.SGD supports dampening=0 only")
         if lr is None and momentum is None and tuning.get("tune") is None and tuning.get("method") is None:
-            lr, momentum = recipe("sgd")["start"]["lr"], recipe("sgd")["start"]["momentum"]   # the default use
+            start = recipe("sgd")["start"]                                   # the default use
+            lr, momentum = start["lr"], start["momentum"]
         if momentum is None:
             momentum = recipe("sgd")["values"]["momentum"]
         if nesterov and not momentum > 0:
