@@ -170,7 +170,8 @@ def test_nothing_tuned_is_the_torch_optim_namesake(rule):
             o.zero_grad()
             mse_loss(model(x), y).backward()
             o.step()
-        assert max_diff(a.parameters(), b.parameters()) < 1e-13
+        # Adam's groups take torch.optim's own foreach operations: the same bits
+        assert max_diff(a.parameters(), b.parameters()) <= (0 if rule.startswith("adam") else 1e-13)
 
 
 # ----------------------------------------------------- schedulers

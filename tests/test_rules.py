@@ -270,7 +270,7 @@ def _float_hyper(rule_name):
 
 
 @pytest.mark.parametrize("rule_name", sorted(RULES))
-@pytest.mark.parametrize("form", ["floats", "per_tensor"])
+@pytest.mark.parametrize("form", ["floats", "per_group_floats", "per_tensor"])
 def test_update_in_place_matches_update(rule_name, form):
     """The no-grad fast path writes the same numbers as the pure rule, in place."""
     rule = get_rule(rule_name)
@@ -282,6 +282,12 @@ def test_update_in_place_matches_update(rule_name, form):
     if form == "floats":
         fast_hyper = _float_hyper(rule_name)
         pure_hyper = tensors
+    elif form == "per_group_floats":
+        # one float per weight tensor, as parameter groups give: the first two tensors share theirs
+        scale = (1.0, 1.0, 0.5)
+        pure_hyper = {k: tuple(v * s if k in ("lr", "weight_decay") else v.clone() for s in scale)
+                      for k, v in tensors.items()}
+        fast_hyper = {k: tuple(x.item() for x in v) for k, v in pure_hyper.items()}
     else:
         # one value per weight tensor, different between tensors
         scale = (1.0, 0.5, 2.0)

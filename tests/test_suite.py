@@ -112,7 +112,7 @@ def test_rows_are_the_published_defaults_and_the_readme_use():
     from workloads import ALL, HELDOUT, SUITE, base
     import onepass.optim
     assert len(SUITE) >= 10 and not set(SUITE) & set(HELDOUT)
-    assert set(HELDOUT) == {"uci_boston", "uci_concrete", "uci_wine", "uci_yacht"}
+    assert set(HELDOUT) == {"uci_boston", "uci_concrete", "uci_wine", "uci_yacht", "token_mlp"}
     params = [torch.nn.Parameter(torch.zeros(2))]
     adam, _ = base.baseline_optimizer("adam", params, 100)
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 1e-3
@@ -229,3 +229,22 @@ def test_a_schedule_ablation_runs_the_onepass_row_under_that_lr_scheduler(tmp_pa
                         "--markdown", str(tmp_path / "u.md")])
     in_use = plain["workloads"]["uci_energy"]["rows"]["onepass"]["hyperparameters_median"]
     assert in_use["lr_in_use/group0"] == pytest.approx(in_use["lr/group0"])
+
+
+def test_the_token_mlp_gives_every_row_its_two_parameter_groups(tmp_path):
+    """The held-out token MLP (the recipe issue's new user's script): the
+    embedding in a group without weight decay, for onepass and the baselines
+    alike; onepass reports both groups, the embedding's decay untouched."""
+    suite = _suite()
+    from workloads import ALL
+    workload = ALL["token_mlp"]
+    groups = workload.parameters(workload.model(0))
+    assert [g.get("weight_decay") for g in groups] == [0.0, None]
+    assert groups[0]["params"][0].shape == (64, 32)
+    result = suite.main(["--workloads", "token_mlp", "--rows", "onepass", "adamw", "--seeds", "1", "--steps", "0.05",
+                         "--workers", "1", "--quiet", "--runs", str(tmp_path / "runs.jsonl"),
+                         "--markdown", str(tmp_path / "t.md")])
+    learned = result["workloads"]["token_mlp"]["rows"]["onepass"]["hyperparameters_median"]
+    assert learned["weight_decay/group0"] == 0.0 and learned["weight_decay/group1"] == pytest.approx(1e-2)
+    assert learned["lr/group0"] == learned["lr/group1"] != pytest.approx(1e-3)      # one tuned rate, moved
+    assert result["workloads"]["token_mlp"]["rows"]["adamw"]["median"] > 0

@@ -68,6 +68,7 @@ class Workload:
     family: str = ""
     reference: dict | None = None          # published figures to print next to ours
     train: Callable | None = None
+    groups: Callable[[nn.Module], list] | None = None   # the optimizers' parameter groups, if not one
     _data: Data | None = field(default=None, repr=False)
 
     @property
@@ -83,6 +84,10 @@ class Workload:
     def model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return self.build_model(seed)
+
+    def parameters(self, model: nn.Module) -> list:
+        """What every row's optimizer is given: ``groups(model)``, or all the parameters."""
+        return self.groups(model) if self.groups is not None else list(model.parameters())
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "regression":
@@ -266,7 +271,7 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
     if row in ("onepass", "onepass_sgd"):
         config = options["config"]
         x_train, y_train, x_val, y_val = split_validation(data, config.get("val_keep", 1.0))
-        opt = onepass_optimizer(model.parameters(), config, lambda: workload.loss(model(x_val), y_val), model,
+        opt = onepass_optimizer(workload.parameters(model), config, lambda: workload.loss(model(x_val), y_val), model,
                                 options.get("start"))
         fold = onepass.optim.Fold(opt, steps, fraction=config.get("fold", 0.0),
                                   keep_best=config.get("keep_best", False), model=model,
@@ -284,7 +289,7 @@ def train_loop(workload: Workload, row: str, seed: int, steps: int, options: dic
     else:
         on_train = options.get("on_train", False)
         x, y = (data.x_train, data.y_train) if on_train else (data.x_trainval, data.y_trainval)
-        opt, schedule = baseline_optimizer(row, model.parameters(), steps, lr=options.get("lr"),
+        opt, schedule = baseline_optimizer(row, workload.parameters(model), steps, lr=options.get("lr"),
                                            weight_decay=options.get("weight_decay", 0.0))
         set_mode(opt, True)
         batches = workload.batches(x, y, seed)

@@ -15,33 +15,17 @@ from __future__ import annotations
 import functools
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
 from .base import Data, Workload, baseline_optimizer, integration_loop, optimizer_overrides, set_mode
+from .tokens import CLASSES, LENGTH, VOCAB, token_task
 
-VOCAB, LENGTH, CLASSES, GROUP = 64, 24, 4, 4
-N_TRAIN, N_VAL, N_TEST = 1600, 400, 1000
-NOISE = 0.1
 
 
 @functools.lru_cache(maxsize=1)
 def load() -> Data:
-    rng = np.random.default_rng(0)
-    n = N_TRAIN + N_VAL + N_TEST
-    labels = rng.integers(CLASSES, size=n)
-    tokens = rng.integers(2 + CLASSES * GROUP, VOCAB, size=(n, LENGTH))          # filler
-    keyword = rng.random((n, LENGTH)) < 0.25
-    own = rng.random((n, LENGTH)) < 0.5
-    group = np.where(own, labels[:, None], rng.integers(CLASSES, size=(n, LENGTH)))
-    tokens = np.where(keyword, 2 + group * GROUP + rng.integers(GROUP, size=(n, LENGTH)), tokens)
-    tokens[:, 0] = 1                                                             # [CLS]
-    flip = rng.random(n) < NOISE
-    labels = np.where(flip, rng.integers(CLASSES, size=n), labels)
-    x, y = torch.tensor(tokens, dtype=torch.int64), torch.tensor(labels, dtype=torch.int64)
-    a, b = N_TRAIN, N_TRAIN + N_VAL
-    return Data(x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:], info={"label_noise": NOISE})
+    return token_task(seed=0, noise=0.1, sizes=(1600, 400, 1000))
 
 
 class Logits(nn.Module):

@@ -17,6 +17,17 @@ from .products import Gradient, LossPart, Ops, Tensors, detach, mask_members, tr
 from .rules import UpdateRule, clip_gradients
 
 
+def _floats(value):
+    """A tensor as a Python float, and a sequence of 0-d tensors (one value per
+    weight tensor: per-group values) as a tuple of floats; anything else (a
+    float, a tensor per weight) as it is."""
+    if isinstance(value, Tensor):
+        return value.item()
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) and v.dim() == 0 for v in value):
+        return tuple(v.item() for v in value)
+    return value
+
+
 class NonFiniteError(FloatingPointError):
     """A loss, gradient or hypergradient was NaN or infinite.
 
@@ -243,13 +254,13 @@ class Execution:
         return self._hyper_cache
 
     def hyper_in_place(self) -> dict:
-        """:meth:`hyper` with scalars as Python floats, for ``update_in_place``;
+        """:meth:`hyper` with scalars as Python floats, for ``update_in_place``
+        (a value per weight tensor too, where each is a scalar: per-group values);
         a fixed value given as a float (:attr:`Slots.exact`) is used as it is."""
         self._check_slots()
         if self._hyper_floats is None:
             exact = self.slots.exact
-            self._hyper_floats = {name: exact[name] if name in exact else
-                                  value.item() if isinstance(value, Tensor) else value
+            self._hyper_floats = {name: exact[name] if name in exact else _floats(value)
                                   for name, value in self.hyper().items()}
         return self._hyper_floats
 

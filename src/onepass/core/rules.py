@@ -43,8 +43,8 @@ class UpdateRule:
     ``update_in_place(weights, state, grads, hyper) -> state`` is an optional
     fast twin of ``update`` for steps that are not differentiated: it writes
     the weights (and the state's tensors) in place with ``torch._foreach_*``
-    kernels, as ``torch.optim`` does. Its ``hyper`` values are Python floats or
-    one tensor per weight tensor. The tests hold the two to the same numbers.
+    kernels, as ``torch.optim`` does. Its ``hyper`` values are Python floats,
+    one float per weight tensor, or one tensor per weight tensor. The tests hold the two to the same numbers.
     """
 
     name: str
@@ -187,23 +187,50 @@ def adam_update(weights: Weights, state: State, grads: Weights, hyper: Hyper,
 
 
 def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = False) -> State:
-    """:func:`adam_update`, in place; hyperparameters must be Python floats."""
-    lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
-    if not all(isinstance(v, float) for v in hyper.values()):
+    """:func:`adam_update`, in place. Hyperparameters given as Python floats
+    (or one float per weight tensor: the weights that share their values, a
+    parameter group, are updated together, as ``torch.optim`` does group by
+    group) take ``torch.optim.Adam``'s ``foreach`` operations; tensors take the
+    differentiable rule's arithmetic."""
+    buckets = _float_buckets(hyper, len(weights))
+    if buckets is None:
         new_weights, new_state = adam_update(weights, state, grads, hyper, decoupled=decoupled)
         torch._foreach_copy_(list(weights), list(new_weights))
         return new_state
-    weight_decay = hyper.get("weight_decay")
-    weights, grads = list(weights), list(grads)
     step = state["step"] + 1
     t = float(step)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    for values, index in buckets:
+        pick = (lambda seq: [seq[i] for i in index]) if len(buckets) > 1 else list
+        _adam_foreach(pick(weights), pick(grads), pick(exp_avg), pick(exp_avg_sq), t, values, decoupled)
+    return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}
+
+
+def _float_buckets(hyper: Hyper, n: int) -> list[tuple[dict, list[int]]] | None:
+    """The weight tensors' indices grouped by their hyperparameters' float
+    values, or None where a value is a tensor."""
+    if all(isinstance(v, float) for v in hyper.values()):
+        return [(dict(hyper), list(range(n)))]
+    if not all(isinstance(v, float) or (isinstance(v, (tuple, list)) and len(v) == n
+                                        and all(isinstance(x, float) for x in v)) for v in hyper.values()):
+        return None
+    buckets: dict[tuple, list[int]] = {}
+    for i in range(n):
+        buckets.setdefault(tuple(v if isinstance(v, float) else v[i] for v in hyper.values()), []).append(i)
+    return [(dict(zip(hyper, key)), index) for key, index in buckets.items()]
+
+
+def _adam_foreach(weights, grads, exp_avg, exp_avg_sq, t: float, hyper: Mapping[str, float],
+                  decoupled: bool) -> None:
+    """One Adam step of tensors sharing float hyperparameters, in place: torch.optim.Adam's
+    own operations, in its order (the same bits)."""
+    lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
+    weight_decay = hyper.get("weight_decay")
     if weight_decay is not None:
         if decoupled:
             torch._foreach_mul_(weights, 1 - lr * weight_decay)
         else:
             grads = torch._foreach_add(grads, weights, alpha=weight_decay)
-    exp_avg, exp_avg_sq = list(state["exp_avg"]), list(state["exp_avg_sq"])
-    # torch.optim.Adam's own operations, in its order: the same bits.
     torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
@@ -211,7 +238,6 @@ def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = Fals
     torch._foreach_div_(denom, (1 - beta2 ** t) ** 0.5)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(weights, exp_avg, denom, -lr / (1 - beta1 ** t))
-    return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}
 
 
 def _adamw_update(weights, state, grads, hyper):
