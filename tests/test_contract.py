@@ -483,3 +483,27 @@ def test_a_scheduler_built_before_freeze_still_scales_the_learned_lr(name):
         for (n, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.equal(p, q), (name, t, n)
     assert len(rates) == 6 and opt.hyperparameters["lr/group0"] == learned
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_long_window_keeps_its_flags_without_allocating_the_window(name):
+    """The non-finite flags grow with the window, not with ``update_interval``:
+    a window of a billion updates allocates nothing for the updates it has not
+    reached, and a NaN at update 70 of a long window (past the first buffer) is
+    still named at the window's end off the CPU."""
+    cls, _, kwargs = OPTIMIZERS[name]
+    model = WithHead()
+    opt = cls(model.parameters(), **kwargs, update_interval=10 ** 9, val_loss=val_loss_of(model))
+    run(model, opt, 3)
+    assert max(flags.numel() for flags, _ in opt._watch._flags.values()) <= 64
+    model, opt = _off_the_host(name, interval=80, updates=69, graph=False)
+    model.head.bias.grad[0] = math.nan                      # update 70, past the first 64 flags
+    opt.step()
+    run(model, opt, 9, 70)
+    x, y = batch(79)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+    with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 70; updates 70-79 "
+                                                     r"were applied with it") as caught:
+        opt.step()
+    assert caught.value.step == 70 and opt.steps_taken == 79

@@ -270,7 +270,7 @@ def _float_hyper(rule_name):
 
 
 @pytest.mark.parametrize("rule_name", sorted(RULES))
-@pytest.mark.parametrize("form", ["floats", "per_group_floats", "per_tensor"])
+@pytest.mark.parametrize("form", ["floats", "per_group_floats", "per_weight_lr", "per_tensor"])
 def test_update_in_place_matches_update(rule_name, form):
     """The no-grad fast path writes the same numbers as the pure rule, in place."""
     rule = get_rule(rule_name)
@@ -288,6 +288,12 @@ def test_update_in_place_matches_update(rule_name, form):
         pure_hyper = {k: tuple(v * s if k in ("lr", "weight_decay") else v.clone() for s in scale)
                       for k, v in tensors.items()}
         fast_hyper = {k: tuple(x.item() for x in v) for k, v in pure_hyper.items()}
+    elif form == "per_weight_lr":
+        # a learning rate per weight (the "weight" granularity), the rest per-group floats
+        lr = tensors["lr"]
+        pure_hyper = {k: tuple(v.clone() * (1.0 if i < 2 else 0.5) for i in range(n)) for k, v in tensors.items()}
+        pure_hyper["lr"] = tuple(lr * torch.exp(torch.randn_like(w)) for w in start)
+        fast_hyper = {k: v if k == "lr" else tuple(x.item() for x in v) for k, v in pure_hyper.items()}
     else:
         # one value per weight tensor, different between tensors
         scale = (1.0, 0.5, 2.0)

@@ -187,12 +187,13 @@ def adam_update(weights: Weights, state: State, grads: Weights, hyper: Hyper,
 
 
 def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = False) -> State:
-    """:func:`adam_update`, in place. Hyperparameters given as Python floats
-    (or one float per weight tensor: the weights that share their values, a
+    """:func:`adam_update`, in place. Hyperparameters given as Python floats, or
+    one float per weight tensor (the weights that share their values, a
     parameter group, are updated together, as ``torch.optim`` does group by
-    group) take ``torch.optim.Adam``'s ``foreach`` operations; tensors take the
-    differentiable rule's arithmetic."""
-    buckets = _float_buckets(hyper, len(weights))
+    group), take ``torch.optim.Adam``'s ``foreach`` operations, and so does a
+    learning rate per weight (a tensor of each weight's shape); any other
+    tensor takes the differentiable rule's arithmetic."""
+    buckets = _float_buckets(hyper, weights)
     if buckets is None:
         new_weights, new_state = adam_update(weights, state, grads, hyper, decoupled=decoupled)
         torch._foreach_copy_(list(weights), list(new_weights))
@@ -202,42 +203,58 @@ def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = Fals
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     for values, index in buckets:
         pick = (lambda seq: [seq[i] for i in index]) if len(buckets) > 1 else list
-        _adam_foreach(pick(weights), pick(grads), pick(exp_avg), pick(exp_avg_sq), t, values, decoupled)
+        lr = values["lr"] if isinstance(values["lr"], float) else pick(hyper["lr"])
+        _adam_foreach(pick(weights), pick(grads), pick(exp_avg), pick(exp_avg_sq), t, {**values, "lr": lr},
+                      decoupled)
     return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}
 
 
-def _float_buckets(hyper: Hyper, n: int) -> list[tuple[dict, list[int]]] | None:
+def _float_buckets(hyper: Hyper, weights: Weights) -> list[tuple[dict, list[int]]] | None:
     """The weight tensors' indices grouped by their hyperparameters' float
-    values, or None where a value is a tensor."""
+    values (``lr`` may instead be a tensor of each weight's shape: then it is
+    left out of the grouping), or None where another value is a tensor."""
+    n = len(weights)
     if all(isinstance(v, float) for v in hyper.values()):
         return [(dict(hyper), list(range(n)))]
-    if not all(isinstance(v, float) or (isinstance(v, (tuple, list)) and len(v) == n
-                                        and all(isinstance(x, float) for x in v)) for v in hyper.values()):
+
+    def per_tensor_floats(v):
+        return isinstance(v, (tuple, list)) and len(v) == n and all(isinstance(x, float) for x in v)
+
+    lr = hyper.get("lr")
+    per_weight_lr = (isinstance(lr, (tuple, list)) and len(lr) == n
+                     and all(isinstance(x, Tensor) and x.shape == w.shape for x, w in zip(lr, weights)))
+    others = {k: v for k, v in hyper.items() if not (k == "lr" and per_weight_lr)}
+    if not all(isinstance(v, float) or per_tensor_floats(v) for v in others.values()):
         return None
     buckets: dict[tuple, list[int]] = {}
     for i in range(n):
-        buckets.setdefault(tuple(v if isinstance(v, float) else v[i] for v in hyper.values()), []).append(i)
-    return [(dict(zip(hyper, key)), index) for key, index in buckets.items()]
+        buckets.setdefault(tuple(v if isinstance(v, float) else v[i] for v in others.values()), []).append(i)
+    return [({**dict(zip(others, key)), **({"lr": None} if per_weight_lr else {})}, index)
+            for key, index in buckets.items()]
 
 
-def _adam_foreach(weights, grads, exp_avg, exp_avg_sq, t: float, hyper: Mapping[str, float],
-                  decoupled: bool) -> None:
+def _adam_foreach(weights, grads, exp_avg, exp_avg_sq, t: float, hyper: Mapping, decoupled: bool) -> None:
     """One Adam step of tensors sharing float hyperparameters, in place: torch.optim.Adam's
-    own operations, in its order (the same bits)."""
+    own operations, in its order (the same bits); ``lr`` a float or a tensor per weight."""
     lr, beta1, beta2, eps = hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"]
     weight_decay = hyper.get("weight_decay")
     if weight_decay is not None:
-        if decoupled:
+        if not decoupled:
+            grads = torch._foreach_add(grads, weights, alpha=weight_decay)
+        elif isinstance(lr, float):
             torch._foreach_mul_(weights, 1 - lr * weight_decay)
         else:
-            grads = torch._foreach_add(grads, weights, alpha=weight_decay)
+            torch._foreach_mul_(weights, torch._foreach_add(torch._foreach_mul(lr, -weight_decay), 1.0))
     torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sq, beta2)
     torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sq)
     torch._foreach_div_(denom, (1 - beta2 ** t) ** 0.5)
     torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(weights, exp_avg, denom, -lr / (1 - beta1 ** t))
+    if isinstance(lr, float):
+        torch._foreach_addcdiv_(weights, exp_avg, denom, -lr / (1 - beta1 ** t))
+    else:
+        torch._foreach_addcdiv_(weights, torch._foreach_mul(exp_avg, lr), denom, -1 / (1 - beta1 ** t))
 
 
 def _adamw_update(weights, state, grads, hyper):

@@ -95,7 +95,7 @@ class _NonFiniteWatch:
         self._groups = list(by_device.items())
         self._host = all(device.type == "cpu" for device in by_device)
         self._one = {device: torch.ones((), dtype=torch.float32, device=device) for device in by_device}
-        self._flags: dict = {}   # device -> (interval,) float32, and its one-element views
+        self._flags: dict = {}   # device -> float32 flags of the window so far, and their one-element views
         self._found: tuple[int, int] | None = None
         self._open = False
 
@@ -107,10 +107,10 @@ class _NonFiniteWatch:
         if position == 1 or not self._open:
             self._start(interval)
         for device, indices in self._groups:
-            flags, views = self._flags[device]
+            flag = self._flag(device, position)
             tensors = grads if len(self._groups) == 1 else [grads[i] for i in indices]
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, views[position - 1], self._one[device])
-            if self._host and self._found is None and views[position - 1].item():
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, self._one[device])
+            if self._host and self._found is None and flag.item():
                 self._found = (position, _first_non_finite(grads))
 
     def first(self, position: int, grads) -> tuple[int, int | None] | None:
@@ -128,13 +128,26 @@ class _NonFiniteWatch:
     def _start(self, interval: int) -> None:
         for device, _ in self._groups:
             flags = self._flags.get(device, (None,))[0]
-            if flags is None or flags.numel() < interval:
-                flags = torch.zeros(interval, dtype=torch.float32, device=device)
-                self._flags[device] = (flags, [flags[k:k + 1] for k in range(interval)])
+            if flags is None:   # grown as the window goes (a window may be very long)
+                self._flags[device] = self._allocate(min(interval, 64), device)
             else:
                 flags.zero_()
         self._found = None
         self._open = True
+
+    @staticmethod
+    def _allocate(n: int, device) -> tuple:
+        flags = torch.zeros(n, dtype=torch.float32, device=device)
+        return flags, [flags[k:k + 1] for k in range(n)]
+
+    def _flag(self, device, position: int) -> torch.Tensor:
+        """Update ``position``'s flag (the buffer doubled where the window outgrew it)."""
+        flags, views = self._flags[device]
+        if position > flags.numel():
+            grown, views = self._allocate(max(position, 2 * flags.numel()), device)
+            grown[:flags.numel()].copy_(flags)
+            self._flags[device] = (grown, views)
+        return views[position - 1]
 
 
 def _first_non_finite(grads) -> int:
