@@ -174,6 +174,56 @@ def test_nothing_tuned_is_the_torch_optim_namesake(rule):
         assert max_diff(a.parameters(), b.parameters()) <= (0 if rule.startswith("adam") else 1e-13)
 
 
+@pytest.mark.parametrize("rule", ["adam", "adamw"])
+@pytest.mark.parametrize("shape", ["two groups", "lr per group", "lr per tensor", "lr per weight"])
+def test_adams_plain_update_takes_the_foreach_path_for_every_granularity(rule, shape, monkeypatch):
+    """A plain update never falls back to the differentiable rule's per-tensor
+    arithmetic (1.4-1.5x torch.optim's, which the cost budget cannot see):
+    per-group floats, and an lr per tensor or per weight, take foreach kernels
+    (``benchmarks/plain_update.py`` times them)."""
+    import onepass.core.rules as rules
+    cls, kwargs, _, _ = RULES[rule]
+    model = make_model()
+    params = two_groups(model, kwargs["lr"] * 2) if shape == "lr per group" else \
+        [{"params": list(model[0].parameters()), "weight_decay": 0.0}, {"params": list(model[2].parameters())}] \
+        if shape == "two groups" else model.parameters()
+    granularity = {"lr per group": "group", "lr per tensor": "tensor", "lr per weight": "weight"}.get(shape)
+    opt = cls(params, **kwargs, val_loss=val_loss_of(model), update_interval=3, cost_budget=None,
+              **({"granularity": {"lr": granularity}} if granularity else {}))
+    for t in range(3):                                       # a window, so that the values differ per slot
+        x, y = batch(t)
+        opt.zero_grad()
+        mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+    hyper = opt.tuner._execution.hyper_in_place()
+    assert not all(isinstance(v, float) for v in hyper.values())      # not the one-group case
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plain update fell back to the differentiable rule")
+    monkeypatch.setattr(rules, "adam_update", refuse)
+    before = [p.detach().clone() for p in model.parameters()]
+    for t in range(3, 5):                                     # plain updates only
+        x, y = batch(t)
+        opt.zero_grad()
+        mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+        opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_the_plain_update_benchmark_covers_every_rule_and_granularity():
+    """``benchmarks/plain_update.py`` times each rule with one group, two groups
+    and an lr per group, tensor and weight (figures, not asserted: timing
+    targets live in the benchmark)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("plain_update", Path(__file__).parents[1] / "benchmarks" /
+                                                  "plain_update.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ratios = module.main(["--updates", "2", "--rounds", "1"])
+    assert set(ratios) == {f"{r}/{s}" for r in ("adamw", "adam", "sgd") for s in module.SHAPES}
+    assert all(math.isfinite(v) and v > 0 for v in ratios.values())
+
+
 # ----------------------------------------------------- schedulers
 
 def test_a_constant_schedule_factor_equals_the_tuner_at_the_scaled_rate():
