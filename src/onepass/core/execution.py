@@ -24,6 +24,8 @@ def _floats(value):
     if isinstance(value, Tensor):
         return value.item()
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) and v.dim() == 0 for v in value):
+        if len({(v.dtype, v.device) for v in value}) == 1:
+            return tuple(torch.stack(list(value)).tolist())     # one host sync, not one per tensor
         return tuple(v.item() for v in value)
     return value
 
