@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -228,22 +229,31 @@ def _off_the_host(name, interval: int, updates: int, graph: bool):
     return model, opt
 
 
+def _a_nan_named_at_the_window_end(name, interval: int, at: int):
+    """Off the host, a NaN in update ``at``'s gradients, then the updates to
+    the window's end: (the optimizer, the error its closing update raised)."""
+    model, opt = _off_the_host(name, interval=interval, updates=at - 1, graph=False)
+    model.head.bias.grad[0] = math.nan
+    opt.step()
+    end = (at - 1) // interval * interval + interval
+    run(model, opt, end - at - 1, at)
+    x, y = batch(end - 1)
+    opt.zero_grad()
+    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+    with pytest.raises(onepass.NonFiniteError) as caught:
+        opt.step()
+    return opt, caught.value
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_on_an_accelerator_the_window_end_names_the_update(name):
     """Off the CPU no flag is read before the window's last update (no host sync
     per update): the update is named, and the parameter where that update's
     gradients are at hand. Simulated on the CPU by reading the flags as there."""
-    model, opt = _off_the_host(name, interval=5, updates=6, graph=False)
-    model.head.bias.grad[0] = math.nan                      # update 7
-    opt.step()
-    run(model, opt, 2, 7)
-    x, y = batch(9)
-    opt.zero_grad()
-    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
-    with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 7; updates 7-9 "
-                                                     r"were applied with it, as torch.optim would, .*") as caught:
-        opt.step()
-    assert caught.value.step == 7 and caught.value.where is None and opt.steps_taken == 9
+    opt, error = _a_nan_named_at_the_window_end(name, interval=5, at=7)
+    assert re.match(r"^non-finite training gradient at update 7; updates 7-9 were applied with it, as torch.optim "
+                    r"would, .*", str(error))
+    assert error.step == 7 and error.where is None and opt.steps_taken == 9
     model, opt = _off_the_host(name, interval=2, updates=1, graph=True)
     model.head.bias.grad[0] = math.inf                      # the window's last update: its gradients are here
     before = snapshot(model)
@@ -496,14 +506,6 @@ def test_a_long_window_keeps_its_flags_without_allocating_the_window(name):
     opt = cls(model.parameters(), **kwargs, update_interval=10 ** 9, val_loss=val_loss_of(model))
     run(model, opt, 3)
     assert max(flags.numel() for flags, _ in opt._watch._flags.values()) <= 64
-    model, opt = _off_the_host(name, interval=80, updates=69, graph=False)
-    model.head.bias.grad[0] = math.nan                      # update 70, past the first 64 flags
-    opt.step()
-    run(model, opt, 9, 70)
-    x, y = batch(79)
-    opt.zero_grad()
-    mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
-    with pytest.raises(onepass.NonFiniteError, match=r"^non-finite training gradient at update 70; updates 70-79 "
-                                                     r"were applied with it") as caught:
-        opt.step()
-    assert caught.value.step == 70 and opt.steps_taken == 79
+    opt, error = _a_nan_named_at_the_window_end(name, interval=80, at=70)     # past the first 64 flags
+    assert re.match(r"^non-finite training gradient at update 70; updates 70-79 were applied with it", str(error))
+    assert error.step == 70 and opt.steps_taken == 79
