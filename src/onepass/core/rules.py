@@ -44,7 +44,8 @@ class UpdateRule:
     fast twin of ``update`` for steps that are not differentiated: it writes
     the weights (and the state's tensors) in place with ``torch._foreach_*``
     kernels, as ``torch.optim`` does. Its ``hyper`` values are Python floats,
-    one float per weight tensor, or one tensor per weight tensor. The tests hold the two to the same numbers.
+    one float per weight tensor, or one tensor per weight tensor. The tests
+    hold the two to the same numbers.
     """
 
     name: str
