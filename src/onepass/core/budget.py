@@ -19,7 +19,9 @@ keeps changes nothing. The choice plans for only part of the extra the budget
 allows (``margin``: 10% of it is left unplanned, so ``cost_budget=1.5`` plans
 for 1.45): the budget is a ceiling, and the choice cannot see what moves the
 ratio after it (the medians of a few windows, a neighbour's load that grows,
-onepass's plain update costing 0–7% more than ``torch.optim``'s).
+onepass's plain update costing other than ``torch.optim``'s: 0.80–0.97×
+of it in ``benchmarks/plain_update.py``, 1.4–1.5× for Adam with parameter groups
+before 2026-12-07).
 
 What is timed is the span between the ends of consecutive updates: in a
 user's loop that includes the forward and backward passes (the
