@@ -190,11 +190,14 @@ def test_adams_plain_update_takes_the_foreach_path_for_every_granularity(rule, s
     granularity = {"lr per group": "group", "lr per tensor": "tensor", "lr per weight": "weight"}.get(shape)
     opt = cls(params, **kwargs, val_loss=val_loss_of(model), update_interval=3, cost_budget=None,
               **({"granularity": {"lr": granularity}} if granularity else {}))
-    for t in range(3):                                       # a window, so that the values differ per slot
-        x, y = batch(t)
-        opt.zero_grad()
-        mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
-        opt.step()
+
+    def updates(times):
+        for t in times:
+            x, y = batch(t)
+            opt.zero_grad()
+            mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
+            opt.step()
+    updates(range(3))                                        # a window, so that the values differ per slot
     hyper = opt.tuner._execution.hyper_in_place()
     assert not all(isinstance(v, float) for v in hyper.values())      # not the one-group case
 
@@ -202,11 +205,7 @@ def test_adams_plain_update_takes_the_foreach_path_for_every_granularity(rule, s
         raise AssertionError("the plain update fell back to the differentiable rule")
     monkeypatch.setattr(rules, "adam_update", refuse)
     before = [p.detach().clone() for p in model.parameters()]
-    for t in range(3, 5):                                     # plain updates only
-        x, y = batch(t)
-        opt.zero_grad()
-        mse_loss(model(x), y).backward(create_graph=opt.needs_graph)
-        opt.step()
+    updates(range(3, 5))                                     # plain updates only
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 

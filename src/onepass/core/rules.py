@@ -204,7 +204,7 @@ def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = Fals
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     for values, index in buckets:
         pick = (lambda seq: [seq[i] for i in index]) if len(buckets) > 1 else list
-        lr = values["lr"] if isinstance(values["lr"], float) else pick(hyper["lr"])
+        lr = values["lr"] if "lr" in values else pick(hyper["lr"])      # a float, or a tensor per weight
         _adam_foreach(pick(weights), pick(grads), pick(exp_avg), pick(exp_avg_sq), t, {**values, "lr": lr},
                       decoupled)
     return {"step": step, "exp_avg": tuple(exp_avg), "exp_avg_sq": tuple(exp_avg_sq)}
@@ -213,7 +213,8 @@ def adam_update_in_place(weights, state, grads, hyper, *, decoupled: bool = Fals
 def _float_buckets(hyper: Hyper, weights: Weights) -> list[tuple[dict, list[int]]] | None:
     """The weight tensors' indices grouped by their hyperparameters' float
     values (``lr`` may instead be a tensor of each weight's shape: then it is
-    left out of the grouping), or None where another value is a tensor."""
+    left out of the grouping and of the values), or None where another value
+    is a tensor."""
     n = len(weights)
     if all(isinstance(v, float) for v in hyper.values()):
         return [(dict(hyper), list(range(n)))]
@@ -230,8 +231,7 @@ def _float_buckets(hyper: Hyper, weights: Weights) -> list[tuple[dict, list[int]
     buckets: dict[tuple, list[int]] = {}
     for i in range(n):
         buckets.setdefault(tuple(v if isinstance(v, float) else v[i] for v in others.values()), []).append(i)
-    return [({**dict(zip(others, key)), **({"lr": None} if per_weight_lr else {})}, index)
-            for key, index in buckets.items()]
+    return [(dict(zip(others, key)), index) for key, index in buckets.items()]
 
 
 def _adam_foreach(weights, grads, exp_avg, exp_avg_sq, t: float, hyper: Mapping, decoupled: bool) -> None:
