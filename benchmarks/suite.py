@@ -513,7 +513,7 @@ def markdown(result: dict) -> str:
         published = (e.get("reference") or {}).get("published_accuracy")
         cells.append("—" if acc is None else f"{acc:.1%}" + (f" ({published:.0%})" if published else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    for row in ONEPASS_ROWS:
+    for row in ONEPASS_ROWS + ("adam_grid",):    # the grid too: how far 13 runs get against the same bar
         s = summarise(workloads, row)
         if s:
             lines.append(f"\n{row}: at or below the best default on {s['wins']}/{s['workloads']} workloads, "
@@ -642,7 +642,8 @@ def main(argv=None) -> dict:
         result = json.loads(args.from_json.read_text())
         for entry in result["workloads"].values():   # results written before the intervals gain them
             entry.update(compare(entry["rows"]))
-        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS})
+        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS + ("adam_grid",)
+                                  if r in ONEPASS_ROWS or any(r in e["rows"] for e in result["workloads"].values())})
     else:
         config = onepass_config(**args.onepass)
         sgd_config = onepass_config("sgd", **args.onepass_sgd)
@@ -656,6 +657,7 @@ def main(argv=None) -> dict:
 
         import torch
         result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | (
+                      {"adam_grid": summarise(workloads, "adam_grid")} if "adam_grid" in rows else {}) | (
                       {"equal_time": summarise_equal_time(workloads)} if any(r in EQTIME for r in rows) else {}) | (
                   {"grid": summarise_grid(workloads)} if "adam_grid" in rows else {}),
                   "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass,

@@ -248,3 +248,33 @@ def test_the_token_mlp_gives_every_row_its_two_parameter_groups(tmp_path):
     assert learned["weight_decay/group0"] == 0.0 and learned["weight_decay/group1"] == pytest.approx(1e-2)
     assert learned["lr/group0"] == learned["lr/group1"] != pytest.approx(1e-3)      # one tuned rate, moved
     assert result["workloads"]["token_mlp"]["rows"]["adamw"]["median"] > 0
+
+
+def test_the_grid_row_is_held_to_the_bar_onepass_is(tmp_path):
+    """The 13-run Adam grid is summarised against the best default like onepass
+    (wins, within 1.03x, worst), in the JSON and the table, also re-rendered."""
+    suite = _suite()
+    out, table = tmp_path / "grid.json", tmp_path / "grid.md"
+    result = suite.main(["--workloads", "uci_energy", "--rows", "onepass", "adam", "adamw", "adam_grid", "--seeds", "1",
+                         "--steps", "0.005", "--workers", "1", "--quiet", "--runs", str(tmp_path / "runs.jsonl"),
+                         "--json", str(out), "--markdown", str(table)])
+    entry = result["workloads"]["uci_energy"]
+    best = min(("adam", "adamw"), key=lambda r: entry["rows"][r]["median"])
+    ratio = entry["rows"]["adam_grid"]["median"] / entry["rows"][best]["median"]
+    grid = result["summary"]["adam_grid"]
+    assert grid["ratios"]["uci_energy"] == pytest.approx(ratio)
+    assert grid["wins"] == int(ratio <= 1.0) and grid["max_ratio"] == pytest.approx(ratio)
+    assert result["summary"]["grid"]["ratios"]["uci_energy"] == pytest.approx(
+        entry["rows"]["onepass"]["median"] / entry["rows"]["adam_grid"]["median"])
+    assert "\nadam_grid: at or below the best default on" in table.read_text()
+    stored = json.loads(out.read_text())
+    del stored["summary"]["adam_grid"]                                    # written before the grid had its line
+    out.write_text(json.dumps(stored))
+    again = suite.main(["--from-json", str(out), "--markdown", str(tmp_path / "again.md")])
+    assert again["summary"]["adam_grid"]["ratios"] == pytest.approx(grid["ratios"])
+    for e in stored["workloads"].values():                                 # a result without the grid row gains no line
+        del e["rows"]["adam_grid"]
+        e.pop("adam_grid_ratio"), e.pop("adam_grid_ratio_interval", None)
+    out.write_text(json.dumps(stored))
+    plain = suite.main(["--from-json", str(out), "--markdown", str(tmp_path / "plain.md")])
+    assert "adam_grid" not in plain["summary"] and "adam_grid:" not in (tmp_path / "plain.md").read_text()
