@@ -381,6 +381,31 @@ def summarise_equal_time(workloads: dict) -> dict:
             "max_ratio": max(ratios.values()), "min_ratio": min(ratios.values()), "ratios": ratios}
 
 
+def summarise_defaults(workloads: dict) -> dict:
+    """Each default held to onepass's bar, without itself: its median over the
+    best of the other defaults, per workload (wins, within 1.03x, geometric
+    mean, worst; a diverged median is a loss, listed under ``diverged``)."""
+    out = {}
+    for row in DEFAULTS:
+        ratios, diverged = {}, []
+        for n, e in workloads.items():
+            others = [e["rows"][r]["median"] for r in DEFAULTS if r != row and r in e["rows"]]
+            others = [m for m in others if m is not None]
+            if row not in e["rows"] or not others:
+                continue
+            if e["rows"][row]["median"] is None:
+                diverged.append(n)
+            else:
+                ratios[n] = e["rows"][row]["median"] / min(others)
+        if ratios or diverged:
+            out[row] = {"workloads": len(ratios) + len(diverged), "wins": sum(1 for r in ratios.values() if r <= 1.0),
+                        "within_1.03": sum(1 for r in ratios.values() if r <= 1.03),
+                        "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())) if ratios
+                        else None, "max_ratio": math.inf if diverged else max(ratios.values()), "diverged": diverged,
+                        "ratios": ratios}
+    return out
+
+
 def summarise_grid(workloads: dict) -> dict:
     """The moonshot: where onepass's median is at or below the Adam grid's, and
     onepass's median time over the grid's (all 13 runs), per workload."""
@@ -523,6 +548,11 @@ def markdown(result: dict) -> str:
                          + (f" Beyond the seeds' spread (90% paired bootstrap interval of the ratio wholly "
                             f"below / above 1): wins {', '.join(s['clear_wins']) or 'none'}; losses "
                             f"{', '.join(s['clear_losses']) or 'none'}." if row == "onepass" else ""))
+    s = summarise_defaults(workloads)
+    if len(s) > 1:
+        lines.append("\nthe same bar for each default, against the best of the others: " + "; ".join(
+            f"{row} {d['wins']}/{d['workloads']} (within 1.03x {d['within_1.03']}, worst {d['max_ratio']:.3f})"
+            for row, d in s.items()) + ".")
     s = summarise_grid(workloads)
     if s:
         lines.append(f"\nagainst the Adam grid: onepass at or below it on {s['at_or_below']}/{s['workloads']} "
@@ -642,6 +672,7 @@ def main(argv=None) -> dict:
         result = json.loads(args.from_json.read_text())
         for entry in result["workloads"].values():   # results written before the intervals gain them
             entry.update(compare(entry["rows"]))
+        result["summary"]["defaults"] = summarise_defaults(result["workloads"])
         result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS + ("adam_grid",)
                                   if r in ONEPASS_ROWS or any(r in e["rows"] for e in result["workloads"].values())})
     else:
@@ -656,7 +687,8 @@ def main(argv=None) -> dict:
         import platform
 
         import torch
-        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | (
+        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | {
+                      "defaults": summarise_defaults(workloads)} | (
                       {"adam_grid": summarise(workloads, "adam_grid")} if "adam_grid" in rows else {}) | (
                       {"equal_time": summarise_equal_time(workloads)} if any(r in EQTIME for r in rows) else {}) | (
                   {"grid": summarise_grid(workloads)} if "adam_grid" in rows else {}),

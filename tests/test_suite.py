@@ -61,6 +61,13 @@ def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch)
     assert summary["workloads"] == 2 and summary["wins"] == sum(
         data["workloads"][n]["onepass_ratio"] <= 1 for n in ("uci_energy", "digits_cnn"))
     assert data["recipe"]["adamw"]["fold"] == 0.25
+    for row in ("adam", "adamw_cosine", "schedulefree"):                 # each default against the best of the others
+        medians = {n: {r: e["rows"][r]["median"] for r in ("adam", "adamw_cosine", "schedulefree")}
+                   for n, e in data["workloads"].items()}
+        ratios = {n: m[row] / min(v for r, v in m.items() if r != row) for n, m in medians.items()}
+        assert data["summary"]["defaults"][row]["ratios"] == pytest.approx(ratios)
+        assert data["summary"]["defaults"][row]["wins"] == sum(r <= 1 for r in ratios.values())
+    assert sum(data["summary"]["defaults"][r]["wins"] for r in ("adam", "adamw_cosine", "schedulefree")) == 2
     assert png.stat().st_size > 1000
 
     # every run is cached once; a second invocation runs nothing and gives the same table
@@ -83,6 +90,7 @@ def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch)
     text = table.read_text()
     assert "| digits_cnn |" in readme.read_text() and "geometric mean" in readme.read_text()
     assert "| uci_energy |" in text and "onepass / best default" in text and "at or below the best default" in text
+    assert "the same bar for each default, against the best of the others: adam " in text
     # the README's time column from a timing measured apart, where one is given
     timing = tmp_path / "timing.json"
     timing.write_text(json.dumps({"workloads": {"uci_energy": {"rows": {"onepass": {"time_ratio": 1.25}}}}}))
