@@ -384,7 +384,8 @@ def summarise_equal_time(workloads: dict) -> dict:
 def summarise_defaults(workloads: dict) -> dict:
     """Each default held to onepass's bar, without itself: its median over the
     best of the other defaults, per workload (wins, within 1.03x, geometric
-    mean, worst; a diverged median is a loss, listed under ``diverged``)."""
+    mean and worst over the finite medians; a diverged one is a loss, listed
+    under ``diverged``)."""
     out = {}
     for row in DEFAULTS:
         ratios, diverged = {}, []
@@ -401,7 +402,7 @@ def summarise_defaults(workloads: dict) -> dict:
             out[row] = {"workloads": len(ratios) + len(diverged), "wins": sum(1 for r in ratios.values() if r <= 1.0),
                         "within_1.03": sum(1 for r in ratios.values() if r <= 1.03),
                         "geomean_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios.values())) if ratios
-                        else None, "max_ratio": math.inf if diverged else max(ratios.values()), "diverged": diverged,
+                        else None, "max_ratio": max(ratios.values()) if ratios else None, "diverged": diverged,
                         "ratios": ratios}
     return out
 
@@ -551,7 +552,9 @@ def markdown(result: dict) -> str:
     s = summarise_defaults(workloads)
     if len(s) > 1:
         lines.append("\nthe same bar for each default, against the best of the others: " + "; ".join(
-            f"{row} {d['wins']}/{d['workloads']} (within 1.03x {d['within_1.03']}, worst {d['max_ratio']:.3f})"
+            f"{row} {d['wins']}/{d['workloads']} (within 1.03x {d['within_1.03']}, worst "
+            + (f"{d['max_ratio']:.3f}" if d["max_ratio"] is not None else "—")
+            + (f", diverged on {', '.join(d['diverged'])}" if d["diverged"] else "") + ")"
             for row, d in s.items()) + ".")
     s = summarise_grid(workloads)
     if s:
@@ -673,8 +676,9 @@ def main(argv=None) -> dict:
         for entry in result["workloads"].values():   # results written before the intervals gain them
             entry.update(compare(entry["rows"]))
         result["summary"]["defaults"] = summarise_defaults(result["workloads"])
-        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS + ("adam_grid",)
-                                  if r in ONEPASS_ROWS or any(r in e["rows"] for e in result["workloads"].values())})
+        present = {r for e in result["workloads"].values() for r in e["rows"]}
+        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS})
+        result["summary"].update({"adam_grid": summarise(result["workloads"], "adam_grid")} if "adam_grid" in present else {})
     else:
         config = onepass_config(**args.onepass)
         sgd_config = onepass_config("sgd", **args.onepass_sgd)

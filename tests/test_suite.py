@@ -286,3 +286,16 @@ def test_the_grid_row_is_held_to_the_bar_onepass_is(tmp_path):
     out.write_text(json.dumps(stored))
     plain = suite.main(["--from-json", str(out), "--markdown", str(tmp_path / "plain.md")])
     assert "adam_grid" not in plain["summary"] and "adam_grid:" not in (tmp_path / "plain.md").read_text()
+
+
+def test_each_default_is_held_to_the_bar_against_the_best_of_the_others():
+    suite = _suite()
+    workloads = {"w1": {"rows": {"adam": {"median": 1.0}, "prodigy": {"median": None}, "schedulefree": {"median": 2.0},
+                                 "onepass": {"median": 0.5}}},
+                 "w2": {"rows": {"adam": {"median": 3.0}, "prodigy": {"median": 1.0}, "schedulefree": {"median": 3.0}}}}
+    s = suite.summarise_defaults(workloads)
+    assert set(s) == {"adam", "prodigy", "schedulefree"}                  # onepass is never one of the others
+    assert s["adam"]["ratios"] == {"w1": 0.5, "w2": 3.0} and s["adam"]["wins"] == 1 and s["adam"]["max_ratio"] == 3.0
+    assert s["prodigy"]["diverged"] == ["w1"] and s["prodigy"]["ratios"] == {"w2": pytest.approx(1 / 3)}
+    assert s["prodigy"]["workloads"] == 2 and s["prodigy"]["wins"] == 1   # a divergence is never a win
+    assert s["schedulefree"]["ratios"] == {"w1": 2.0, "w2": 3.0} and s["schedulefree"]["within_1.03"] == 0
