@@ -590,6 +590,10 @@ def readme_table(result: dict, time_ratios: dict | None = None) -> str:
                  f"({result['seeds']} seeds, median test loss)." + (
                      f" Beyond the seeds' spread: wins {', '.join(s['clear_wins']) or 'none'}; losses "
                      f"{', '.join(s['clear_losses']) or 'none'}." if "clear_wins" in s else ""))
+    d = result["summary"].get("defaults") or {}
+    if len(d) > 1:
+        lines.append("Each default held to the same bar, against the best of the other defaults: " + ", ".join(
+            f"{row} {v['wins']}/{v['workloads']}" for row, v in d.items()) + ".")
     return "\n".join(lines)
 
 

@@ -89,6 +89,7 @@ def test_suite_writes_its_json_and_resumes_from_its_cache(tmp_path, monkeypatch)
                 "--readme", str(readme)])
     text = table.read_text()
     assert "| digits_cnn |" in readme.read_text() and "geometric mean" in readme.read_text()
+    assert "Each default held to the same bar, against the best of the other defaults: adam " in readme.read_text()
     assert "| uci_energy |" in text and "onepass / best default" in text and "at or below the best default" in text
     assert "the same bar for each default, against the best of the others: adam " in text
     # the README's time column from a timing measured apart, where one is given
