@@ -423,6 +423,19 @@ def summarise_grid(workloads: dict) -> dict:
             "max_time_over_grid": max(times.values()) if times else None}
 
 
+def summaries(workloads: dict) -> dict:
+    """The result's ``summary``: each onepass row and each default against the
+    best default, and, where the workloads ran them, the grid (also against
+    onepass) and the equal-time rows."""
+    present = {r for e in workloads.values() for r in e["rows"]}
+    out = {r: summarise(workloads, r) for r in ONEPASS_ROWS} | {"defaults": summarise_defaults(workloads)}
+    if "adam_grid" in present:
+        out |= {"adam_grid": summarise(workloads, "adam_grid"), "grid": summarise_grid(workloads)}
+    if present & set(EQTIME):
+        out["equal_time"] = summarise_equal_time(workloads)
+    return out
+
+
 def compare(table: dict) -> dict:
     """The best single default's row and median, and each onepass row's ratio to it."""
     defaults = {r: table[r]["median"] for r in DEFAULTS if r in table}
@@ -679,10 +692,7 @@ def main(argv=None) -> dict:
         result = json.loads(args.from_json.read_text())
         for entry in result["workloads"].values():   # results written before the intervals gain them
             entry.update(compare(entry["rows"]))
-        result["summary"]["defaults"] = summarise_defaults(result["workloads"])
-        present = {r for e in result["workloads"].values() for r in e["rows"]}
-        result["summary"].update({r: summarise(result["workloads"], r) for r in ONEPASS_ROWS})
-        result["summary"].update({"adam_grid": summarise(result["workloads"], "adam_grid")} if "adam_grid" in present else {})
+        result["summary"].update(summaries(result["workloads"]))
     else:
         config = onepass_config(**args.onepass)
         sgd_config = onepass_config("sgd", **args.onepass_sgd)
@@ -695,11 +705,7 @@ def main(argv=None) -> dict:
         import platform
 
         import torch
-        result = {"workloads": workloads, "summary": {r: summarise(workloads, r) for r in ONEPASS_ROWS} | {
-                      "defaults": summarise_defaults(workloads)} | (
-                      {"adam_grid": summarise(workloads, "adam_grid")} if "adam_grid" in rows else {}) | (
-                      {"equal_time": summarise_equal_time(workloads)} if any(r in EQTIME for r in rows) else {}) | (
-                  {"grid": summarise_grid(workloads)} if "adam_grid" in rows else {}),
+        result = {"workloads": workloads, "summary": summaries(workloads),
                   "recipe": {"adamw": config, "sgd": sgd_config, "overrides": args.onepass,
                              "sgd_overrides": args.onepass_sgd},
                   "seeds": args.seeds, "steps_scale": args.steps, "python": platform.python_version(),

@@ -22,7 +22,6 @@ from .base import Data, Workload, baseline_optimizer, integration_loop, optimize
 from .tokens import CLASSES, LENGTH, VOCAB, token_task
 
 
-
 @functools.lru_cache(maxsize=1)
 def load() -> Data:
     return token_task(seed=0, noise=0.1, sizes=(1600, 400, 1000))
